@@ -1,0 +1,265 @@
+//! Typed settings, read once from the environment at startup.
+//!
+//! Each binary builds its own `Settings` from the pieces defined here
+//! ([`RedisSettings`], [`DatabaseSettings`], [`TelemetrySettings`],
+//! [`CacheSettings`]). Every field documents its variable and default, and the
+//! same list lives in `.env.example` and in the README. A value that does not
+//! parse stops startup with a [`ConfigError`] naming the variable, instead of
+//! silently falling back to a default.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A setting that is present but unusable. The message always names the
+/// variable, so an operator can fix the deployment without reading code.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value {value:?} for environment variable {var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable that holds the bad value.
+    pub var: &'static str,
+    /// The value as it was found.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `var` holding `value`.
+    pub fn new(var: &'static str, value: impl Into<String>, reason: impl Display) -> Self {
+        Self {
+            var,
+            value: value.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Reads `var`, or `None` when it is unset or empty.
+///
+/// Empty counts as unset so that a `.env` line like `OTEL_EXPORTER_OTLP_ENDPOINT=`
+/// means "off" rather than "the empty endpoint".
+pub fn env_opt(var: &'static str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Reads and parses `var`, falling back to `default` when it is unset.
+pub fn env_or<T>(var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match env_opt(var) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::new(var, raw, e)),
+    }
+}
+
+/// Like [`env_or`], and also rejects values outside `min..=max`.
+pub fn env_in_range<T>(var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+    T::Err: Display,
+{
+    let value = env_or(var, default)?;
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            var,
+            value.to_string(),
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Where Redis is and how the services talk to it.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `REDIS_URL`: the Redis server. Defaults to `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// `REDIS_NAMESPACE`: prefix of every key, so that several deployments or
+    /// test runs can share one Redis. Defaults to `pricing`.
+    pub namespace: String,
+    /// `REDIS_POOL_SIZE`: multiplexed connections per process (1–64). Each one
+    /// pipelines many concurrent requests, so a handful saturates Redis. Defaults to 4.
+    pub pool_size: usize,
+    /// `REDIS_TIMEOUT_MS`: connect and response timeout. A read path that
+    /// cannot reach Redis within it falls back to the store. Defaults to 500.
+    pub timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Reads `REDIS_URL`, `REDIS_NAMESPACE`, `REDIS_POOL_SIZE` and `REDIS_TIMEOUT_MS`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = env_or("REDIS_URL", "redis://127.0.0.1:6379".to_string())?;
+        redis::Client::open(url.as_str()).map_err(|e| ConfigError::new("REDIS_URL", &url, e))?;
+        let namespace = env_or("REDIS_NAMESPACE", "pricing".to_string())?;
+        validate_namespace(&namespace)?;
+        Ok(Self {
+            url,
+            namespace,
+            pool_size: env_in_range("REDIS_POOL_SIZE", 4, 1, 64)?,
+            timeout: Duration::from_millis(env_in_range("REDIS_TIMEOUT_MS", 500, 10, 60_000)?),
+        })
+    }
+
+    /// Settings for a given server and namespace with the other defaults; used by tests and tools.
+    pub fn for_url(url: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: namespace.into(),
+            pool_size: 4,
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 64
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "REDIS_NAMESPACE",
+            ns,
+            "must be 1-64 characters of [A-Za-z0-9_.:-]",
+        ))
+    }
+}
+
+/// Where the catalog store is.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`: the catalog store. Defaults to `sqlite://data/pricing.db`;
+    /// the file and its folder are created if missing.
+    pub url: String,
+    /// `DATABASE_MAX_CONNECTIONS`: size of the store's connection pool (1–256). Defaults to 8.
+    pub max_connections: u32,
+}
+
+impl DatabaseSettings {
+    /// Reads `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = env_or("DATABASE_URL", "sqlite://data/pricing.db".to_string())?;
+        if !url.starts_with("sqlite:") {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                url,
+                "only sqlite: URLs are supported by this build",
+            ));
+        }
+        Ok(Self {
+            url,
+            max_connections: env_in_range("DATABASE_MAX_CONNECTIONS", 8, 1, 256)?,
+        })
+    }
+}
+
+/// How prices are cached.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// `CACHE_TTL_SECS`: lifetime of a cached price, in seconds (1–86400). Defaults to 60.
+    pub ttl: Duration,
+}
+
+impl CacheSettings {
+    /// Reads `CACHE_TTL_SECS`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            ttl: Duration::from_secs(env_in_range("CACHE_TTL_SECS", 60, 1, 86_400)?),
+        })
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when the output is a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "pretty" | "text" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            _ => Err("expected `pretty` or `json`".into()),
+        }
+    }
+}
+
+/// Logging and tracing export.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `OTEL_SERVICE_NAME`: the service name on exported spans. Defaults to the
+    /// binary's own (`pricing-api`, `pricing-worker`, `pricing-listener`).
+    pub service_name: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector. Unset means no export.
+    pub otlp_endpoint: Option<String>,
+    /// `LOG_FORMAT`: `pretty` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `RUST_LOG`: the env-filter directive. Defaults to `info`.
+    pub log_filter: String,
+}
+
+impl TelemetrySettings {
+    /// Reads the telemetry variables; `default_service` names the binary.
+    pub fn from_env(default_service: &str) -> Result<Self, ConfigError> {
+        let log_filter = env_or("RUST_LOG", "info".to_string())?;
+        tracing_subscriber::EnvFilter::try_new(&log_filter)
+            .map_err(|e| ConfigError::new("RUST_LOG", &log_filter, e))?;
+        let otlp_endpoint = env_opt("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(ep) = &otlp_endpoint
+            && !(ep.starts_with("http://") || ep.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                ep,
+                "must start with http:// or https://",
+            ));
+        }
+        Ok(Self {
+            service_name: env_or("OTEL_SERVICE_NAME", default_service.to_string())?,
+            otlp_endpoint,
+            log_format: env_or("LOG_FORMAT", LogFormat::Pretty)?,
+            log_filter,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_error_names_the_variable() {
+        let err = ConfigError::new("CACHE_TTL_SECS", "abc", "invalid digit");
+        assert!(err.to_string().contains("CACHE_TTL_SECS"));
+        assert!(err.to_string().contains("abc"));
+    }
+
+    #[test]
+    fn namespace_rejects_spaces_and_empty() {
+        assert!(validate_namespace("pricing").is_ok());
+        assert!(validate_namespace("test:run-1").is_ok());
+        assert!(validate_namespace("").is_err());
+        assert!(validate_namespace("has space").is_err());
+    }
+
+    #[test]
+    fn log_format_parses_both_spellings() {
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("pretty".parse::<LogFormat>(), Ok(LogFormat::Pretty));
+        assert!("yaml".parse::<LogFormat>().is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! A small pool of multiplexed, self-reconnecting Redis connections.
+//!
+//! One multiplexed connection already pipelines every concurrent request onto
+//! one socket, so a "pool" here is not a checkout queue: it is a handful of
+//! [`ConnectionManager`]s handed out round-robin, which spreads the parsing
+//! work of a busy process over a few sockets. Handing one out is an `Arc`
+//! clone; no request ever opens a connection of its own.
+//!
+//! The connections are created lazily, so a service starts even while Redis
+//! is down (its `/ready` says so). Each manager reconnects by itself after an
+//! I/O error, and every command is bounded by the configured timeout, so a
+//! dead or hung Redis costs a request at most that long.
+//!
+//! The pool keeps counters that `/metrics` reports as the pool state: its
+//! size, how many connections answered their last command, and how many
+//! commands failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisSettings;
+
+/// Reconnection attempts a manager makes per failed command before giving up
+/// on that command. Kept low so that a dead Redis fails requests fast instead
+/// of queueing them behind retries; the next command tries again anyway.
+const RECONNECT_RETRIES: usize = 1;
+
+/// A cheaply clonable handle to the pool.
+#[derive(Clone)]
+pub struct RedisPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    errors: AtomicU64,
+}
+
+struct Slot {
+    conn: ConnectionManager,
+    healthy: AtomicBool,
+}
+
+/// A snapshot of the pool for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// Connections in the pool.
+    pub size: usize,
+    /// Connections whose last command succeeded.
+    pub healthy: usize,
+    /// Commands that failed since start.
+    pub errors: u64,
+}
+
+/// Remembers which slot a connection came from, so that the outcome of its
+/// command can be recorded in the pool state.
+pub struct Tracker<'a> {
+    pool: &'a Inner,
+    slot: usize,
+}
+
+impl Tracker<'_> {
+    /// Records the outcome of a command, for the pool state, and passes it on.
+    pub fn track<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        let healthy = match &result {
+            Ok(_) => true,
+            // A server-side error reply (WRONGTYPE, NOSCRIPT, …) means the
+            // connection itself is fine.
+            Err(e) => !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()),
+        };
+        if result.is_err() {
+            self.pool.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pool.slots[self.slot]
+            .healthy
+            .store(healthy, Ordering::Relaxed);
+        result
+    }
+}
+
+impl RedisPool {
+    /// Builds the pool. No connection is opened until the first command.
+    pub fn new(settings: &RedisSettings) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(settings.timeout);
+        let slots = (0..settings.pool_size.max(1))
+            .map(|_| {
+                Ok(Slot {
+                    conn: ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+                    healthy: AtomicBool::new(false),
+                })
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                slots,
+                next: AtomicUsize::new(0),
+                errors: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The next connection, round-robin, with the tracker for its outcome.
+    pub fn get(&self) -> (ConnectionManager, Tracker<'_>) {
+        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        self.slot(slot)
+    }
+
+    fn slot(&self, slot: usize) -> (ConnectionManager, Tracker<'_>) {
+        (
+            self.inner.slots[slot].conn.clone(),
+            Tracker {
+                pool: &self.inner,
+                slot,
+            },
+        )
+    }
+
+    /// Sends PING on every connection; used by readiness checks. Succeeds
+    /// only if all of them answer.
+    pub async fn ping_all(&self) -> redis::RedisResult<()> {
+        for i in 0..self.inner.slots.len() {
+            let (mut conn, tracker) = self.slot(i);
+            let res: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            tracker.track(res)?;
+        }
+        Ok(())
+    }
+
+    /// Current pool state.
+    pub fn state(&self) -> PoolState {
+        PoolState {
+            size: self.inner.slots.len(),
+            healthy: self
+                .inner
+                .slots
+                .iter()
+                .filter(|s| s.healthy.load(Ordering::Relaxed))
+                .count(),
+            errors: self.inner.errors.load(Ordering::Relaxed),
+        }
+    }
+}

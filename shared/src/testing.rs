@@ -1,0 +1,185 @@
+//! Test harness: real servers on loopback, torn down by PID.
+//!
+//! [`RedisServer`] starts the real `redis-server` binary (Debian's package,
+//! or `REDIS_SERVER_BIN`) on a free 127.0.0.1 port with its own temporary
+//! data folder, waits until it answers PING, and kills it when dropped. It
+//! can be stopped and restarted on the same port, which is how tests take
+//! Redis away from a running service. [`temp_store`] opens a fresh SQLite
+//! catalog in a temporary folder. Nothing here needs Docker.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::store::CatalogStore;
+use crate::store::sqlite::SqliteStore;
+
+/// How long a started redis-server may take to answer PING.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Options for a test Redis.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Persist with an append-only file (`appendfsync always`), so that a
+    /// restart keeps every acknowledged write.
+    pub aof: bool,
+}
+
+/// A real redis-server on a free loopback port.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    options: RedisOptions,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    pub async fn start() -> Self {
+        Self::start_with(RedisOptions::default()).await
+    }
+
+    /// Starts a server with `options`.
+    pub async fn start_with(options: RedisOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder for redis");
+        for _ in 0..20 {
+            let port = free_port();
+            if let Some(child) = spawn_and_wait(port, dir.path(), &options).await {
+                return Self {
+                    child: Some(child),
+                    port,
+                    dir,
+                    options,
+                };
+            }
+        }
+        panic!("could not start redis-server on a free port after 20 attempts");
+    }
+
+    /// The server's URL, e.g. `redis://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL, by PID), as a crash or an outage would.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same port and data folder.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_and_wait(self.port, self.dir.path(), &self.options).await;
+        assert!(
+            self.child.is_some(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// A fresh async connection, for assertions.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts redis-server on `port` and waits until it answers; `None` if it
+/// exited (most likely because the port was taken meanwhile) or never answered.
+async fn spawn_and_wait(port: u16, dir: &Path, options: &RedisOptions) -> Option<Child> {
+    let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+    let mut cmd = Command::new(bin);
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+        .args(["--protected-mode", "yes", "--loglevel", "warning"])
+        .arg("--dir")
+        .arg(dir);
+    if options.aof {
+        cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+    } else {
+        cmd.args(["--appendonly", "no"]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if ping(&url).await {
+            return Some(child);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+async fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .is_ok()
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A fresh SQLite catalog in its own temporary folder. Keep the folder
+/// alive as long as the store is used.
+pub async fn temp_store() -> (Arc<SqliteStore>, TempDir, String) {
+    let dir = tempfile::tempdir().expect("temporary folder for the store");
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    let store = SqliteStore::connect(&url, 4)
+        .await
+        .expect("open temporary SQLite store");
+    (Arc::new(store), dir, url)
+}
+
+/// Upcasts a concrete store to the trait object handlers use.
+pub fn as_dyn(store: Arc<SqliteStore>) -> Arc<dyn CatalogStore> {
+    store
+}
