@@ -1,1 +1,8 @@
-fn main() {}
+//! `listener`: see the library docs for what it does.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = listener::config::Settings::from_env()?;
+    let _telemetry = shared::telemetry::init(&settings.telemetry)?;
+    listener::run(settings, shared::shutdown::signal()).await
+}

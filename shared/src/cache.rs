@@ -183,7 +183,10 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let entry = CachedPrice::new("P-1", 1250, DateTime::UNIX_EPOCH);
-        assert_eq!(CachedPrice::decode("P-1", entry.encode().as_bytes()), Ok(entry));
+        assert_eq!(
+            CachedPrice::decode("P-1", entry.encode().as_bytes()),
+            Ok(entry)
+        );
     }
 
     #[test]

@@ -155,9 +155,6 @@ mod tests {
             validate_product_id("a b"),
             Err(ProductIdError::BadCharacter)
         );
-        assert_eq!(
-            validate_product_id("é"),
-            Err(ProductIdError::BadCharacter)
-        );
+        assert_eq!(validate_product_id("é"), Err(ProductIdError::BadCharacter));
     }
 }

@@ -125,7 +125,10 @@ pub fn customer_price_cents(price_cents: i64, is_prime_member: bool) -> i64 {
 
 /// Applies the customer's discount to a price, in currency units.
 pub fn customer_price(price: f64, is_prime_member: bool) -> f64 {
-    cents_to_amount(customer_price_cents(amount_to_cents(price), is_prime_member))
+    cents_to_amount(customer_price_cents(
+        amount_to_cents(price),
+        is_prime_member,
+    ))
 }
 
 /// Converts whole cents to a currency amount.

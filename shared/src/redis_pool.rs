@@ -148,3 +148,32 @@ impl RedisPool {
         }
     }
 }
+
+/// First pause between connection attempts at startup.
+pub const INITIAL_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Longest pause between connection attempts: long enough not to hammer a
+/// Redis that is restarting, short enough that a service notices within seconds.
+pub const MAX_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until every pool connection answers PING, retrying with exponential
+/// backoff between [`INITIAL_RECONNECT_DELAY`] and [`MAX_RECONNECT_DELAY`].
+/// Returns `false` if `stop` resolves first.
+pub async fn wait_until_ready(
+    pool: &RedisPool,
+    stop: impl std::future::Future<Output = ()>,
+) -> bool {
+    tokio::pin!(stop);
+    let mut delay = INITIAL_RECONNECT_DELAY;
+    loop {
+        match pool.ping_all().await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet"),
+        }
+        tokio::select! {
+            () = &mut stop => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}

@@ -99,7 +99,8 @@ pub fn init_for_tests() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("debug"));
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("debug"));
             let _ = tracing_subscriber::registry()
                 .with(filter)
                 .with(fmt::layer().with_test_writer())

@@ -183,3 +183,58 @@ pub async fn temp_store() -> (Arc<SqliteStore>, TempDir, String) {
 pub fn as_dyn(store: Arc<SqliteStore>) -> Arc<dyn CatalogStore> {
     store
 }
+
+/// Runs a service binary until it logs `ready_marker`, sends it SIGTERM (by
+/// PID) and waits for it to exit. Returns whether it exited successfully and
+/// everything it printed. Panics if the marker never appears.
+pub fn run_until_ready_then_sigterm(
+    bin: &str,
+    envs: &[(&str, String)],
+    ready_marker: &str,
+) -> (bool, String) {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = Command::new(bin)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn service binary");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut output = String::new();
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                output.push_str(&line);
+                output.push('\n');
+                if line.contains(ready_marker) {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{bin} never logged {ready_marker:?}; output:\n{output}");
+            }
+        }
+    }
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
+    let status = child.wait().expect("wait for service");
+    let _ = reader.join();
+    output.extend(rx.try_iter().map(|l| l + "\n"));
+    (status.success(), output)
+}

@@ -65,7 +65,9 @@ struct CsvRow {
 
 /// Parses and validates a whole CSV catalog.
 pub fn parse(reader: impl Read) -> Result<Vec<Product>, ImportError> {
-    let mut csv = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+    let mut csv = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
     let now = chrono::Utc::now();
     let mut products = Vec::new();
     for result in csv.deserialize::<CsvRow>() {
@@ -140,11 +142,18 @@ mod tests {
 
     #[test]
     fn refuses_unknown_columns_and_bad_numbers() {
-        let unknown = "id,name,category,unit_cost,base_price,stock,target_stock,colour\nA,a,c,1,2,3,4,red\n";
+        let unknown =
+            "id,name,category,unit_cost,base_price,stock,target_stock,colour\nA,a,c,1,2,3,4,red\n";
         assert!(parse(unknown.as_bytes()).is_err());
         let bad = format!("{HEADER}A,a,c,one,2,3,4,1,0.1,0.5\n");
-        assert!(matches!(parse(bad.as_bytes()), Err(ImportError::Row { line: 2, .. })));
+        assert!(matches!(
+            parse(bad.as_bytes()),
+            Err(ImportError::Row { line: 2, .. })
+        ));
         let margins = format!("{HEADER}A,a,c,1,2,3,4,1,0.5,0.1\n");
-        assert!(matches!(parse(margins.as_bytes()), Err(ImportError::Row { line: 2, .. })));
+        assert!(matches!(
+            parse(margins.as_bytes()),
+            Err(ImportError::Row { line: 2, .. })
+        ));
     }
 }

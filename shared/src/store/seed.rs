@@ -87,11 +87,13 @@ pub fn synthetic(i: u64) -> SeedRow {
             observed_at: epoch,
         })
         .collect();
-    let demand = (splitmix64(i.wrapping_add(7)) % 2 == 0).then(|| DemandSignal {
-        product_id: id.clone(),
-        demand_index: round2(draw(i, 8, 0.6, 1.8)),
-        observed_at: epoch,
-    });
+    let demand = splitmix64(i.wrapping_add(7))
+        .is_multiple_of(2)
+        .then(|| DemandSignal {
+            product_id: id.clone(),
+            demand_index: round2(draw(i, 8, 0.6, 1.8)),
+            observed_at: epoch,
+        });
 
     SeedRow {
         product: Product {

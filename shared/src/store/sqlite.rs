@@ -45,7 +45,8 @@ impl SqliteStore {
             && !dir.as_os_str().is_empty()
             && filename.to_str() != Some(":memory:")
         {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -167,8 +168,9 @@ impl CatalogStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let mut written = 0;
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO demand_signals (product_id, demand_index, observed_at) ");
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO demand_signals (product_id, demand_index, observed_at) ",
+            );
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(r.product_id.clone())
                     .push_bind(r.demand_index)

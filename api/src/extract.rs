@@ -1,0 +1,257 @@
+//! Request extractors that turn every kind of bad input into an [`ApiError`].
+//!
+//! axum's own `Json` rejects bad bodies with plain-text messages. Clients of
+//! this API get the JSON error body instead, with the offending field named:
+//! [`ValidJson`] reports the JSON path of an ill-typed value, and the field
+//! name of a missing or unknown one.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest accepted request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON body, deserialised with errors that name the field at fault.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ValidJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(&req) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+            } else {
+                ApiError::InvalidJson(rejection.body_text())
+            }
+        })?;
+        parse_object(&bytes).map(ValidJson)
+    }
+}
+
+fn is_json(req: &Request) -> bool {
+    let Some(value) = req.headers().get(CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Like [`parse_json`], but the body must be a JSON object. serde would
+/// otherwise also accept a struct written as an array (`["P-1"]`), a form no
+/// client means to send.
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => parse_json(bytes),
+        Some(_) => Err(ApiError::Validation {
+            detail: "request body must be a JSON object".into(),
+            fields: Vec::new(),
+        }),
+    }
+}
+
+/// Deserialises `bytes` into `T`, classifying the failure.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        json_error(&path, &inner)
+    })?;
+    de.end().map_err(|e| {
+        ApiError::InvalidJson(format!("trailing characters after the JSON body: {e}"))
+    })?;
+    Ok(value)
+}
+
+fn json_error(path: &str, err: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::InvalidJson(format!("request body is not valid JSON: {err}"))
+        }
+        Category::Data => {
+            let message = err.to_string();
+            let field = if path.is_empty() || path == "." {
+                // Missing and unknown fields are reported at their parent;
+                // serde names them in backticks.
+                backticked(&message).unwrap_or_default()
+            } else {
+                path.to_string()
+            };
+            let detail = strip_position(&message);
+            ApiError::Validation {
+                detail,
+                fields: if field.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![field]
+                },
+            }
+        }
+    }
+}
+
+/// The field a query-string error is about. serde_urlencoded reports an
+/// ill-typed value as `…query string: FIELD: reason` and an unknown field
+/// as `…unknown field `FIELD`…`.
+fn query_field(text: &str) -> String {
+    let rest = text.split_once("query string: ").map_or(text, |(_, r)| r);
+    if let Some((head, _)) = rest.split_once(':')
+        && !head.is_empty()
+        && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return head.to_string();
+    }
+    backticked(rest).unwrap_or_default()
+}
+
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// A query string, deserialised with errors in the JSON error body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ValidQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) =
+            Query::<T>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| {
+                    let text = rejection.body_text();
+                    let field = query_field(&text);
+                    ApiError::Validation {
+                        detail: text,
+                        fields: if field.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![field]
+                        },
+                    }
+                })?;
+        Ok(ValidQuery(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Req {
+        product_id: String,
+        #[serde(default)]
+        is_prime_member: bool,
+    }
+
+    fn fields(err: ApiError) -> Vec<String> {
+        match err {
+            ApiError::Validation { fields, .. } => fields,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_missing_unknown_and_ill_typed_fields() {
+        assert_eq!(
+            fields(parse_json::<Req>(b"{}").unwrap_err()),
+            ["product_id"]
+        );
+        assert_eq!(
+            fields(parse_json::<Req>(br#"{"product_id":"a","colour":1}"#).unwrap_err()),
+            ["colour"]
+        );
+        assert_eq!(
+            fields(
+                parse_json::<Req>(br#"{"product_id":"a","is_prime_member":"yes"}"#).unwrap_err()
+            ),
+            ["is_prime_member"]
+        );
+    }
+
+    #[test]
+    fn query_errors_name_their_field() {
+        assert_eq!(
+            query_field(
+                "Failed to deserialize query string: is_prime_member: provided string was not `true` or `false`"
+            ),
+            "is_prime_member"
+        );
+        assert_eq!(
+            query_field("Failed to deserialize query string: unknown field `colour`, expected `a`"),
+            "colour"
+        );
+    }
+
+    #[test]
+    fn bodies_must_be_objects() {
+        assert!(matches!(
+            parse_object::<Req>(br#"["P-1"]"#),
+            Err(ApiError::Validation { .. })
+        ));
+        assert!(matches!(
+            parse_object::<Req>(b"  42"),
+            Err(ApiError::Validation { .. })
+        ));
+        assert!(parse_object::<Req>(br#" {"product_id":"P-1"}"#).is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json() {
+        assert!(matches!(
+            parse_json::<Req>(b"{"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_json::<Req>(b""),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_json::<Req>(br#"{"product_id":"a"} x"#),
+            Err(ApiError::InvalidJson(_))
+        ));
+    }
+}

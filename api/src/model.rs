@@ -1,0 +1,148 @@
+//! Request and response bodies of the price endpoints.
+//!
+//! The request shape is the original service's, so its clients keep working:
+//! `{"product_id", "user_location"?, "is_prime_member"?}`. Unknown fields are
+//! refused, so a typo (`is_prime`) is an error, not a silently full price.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+
+/// Most product ids one batch request may ask for.
+pub const MAX_BATCH_IDS: usize = 1_000;
+
+/// Longest accepted `user_location`.
+pub const MAX_LOCATION_LEN: usize = 128;
+
+/// `POST /api/v1/price`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRequest {
+    /// Product id: 1–64 characters of `[A-Za-z0-9_.:-]`.
+    #[schema(example = "P-42")]
+    pub product_id: String,
+    /// Where the customer is; accepted for compatibility and logged, not priced.
+    #[serde(default)]
+    #[schema(example = "US-NY")]
+    pub user_location: Option<String>,
+    /// Prime members get a 5% discount, applied after the cache.
+    #[serde(default)]
+    pub is_prime_member: bool,
+}
+
+/// Query of `GET /api/v1/price/{product_id}`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PriceQuery {
+    /// Prime members get a 5% discount.
+    #[serde(default)]
+    pub is_prime_member: bool,
+    /// Where the customer is; accepted for compatibility, not priced.
+    #[serde(default)]
+    pub user_location: Option<String>,
+}
+
+/// `POST /api/v1/prices/batch`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1,000 product ids; duplicates are answered once.
+    pub product_ids: Vec<String>,
+    /// Prime members get a 5% discount.
+    #[serde(default)]
+    pub is_prime_member: bool,
+}
+
+/// Where a price came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PriceSource {
+    /// Read from the Redis cache.
+    Cache,
+    /// Computed from the catalog store (a cache miss).
+    Database,
+}
+
+/// A price, as returned to a customer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct PriceDetail {
+    /// The product.
+    #[schema(example = "P-42")]
+    pub product_id: String,
+    /// What this customer pays: `base_price × (1 − discount_rate)`, in whole cents.
+    #[schema(example = 18.99)]
+    pub final_price: f64,
+    /// The product's dynamic price before any per-customer adjustment
+    /// (the value that is cached).
+    #[schema(example = 19.99)]
+    pub base_price: f64,
+    /// The customer's discount: 0.05 for prime members, else 0.
+    #[schema(example = 0.05)]
+    pub discount_rate: f64,
+    /// `cache` on a hit, `database` on a miss.
+    pub source: PriceSource,
+    /// ISO 4217 currency code.
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// When the dynamic price was computed.
+    pub calculated_at: DateTime<Utc>,
+}
+
+/// Answer of `POST /api/v1/prices/batch`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// Prices of the known products, in request order.
+    pub prices: Vec<PriceDetail>,
+    /// Requested ids that are not in the catalog.
+    pub not_found: Vec<String>,
+}
+
+/// Checks a product id and names the field on failure.
+pub fn check_product_id(field: &str, id: &str) -> Result<(), ApiError> {
+    shared::domain::validate_product_id(id)
+        .map_err(|e| ApiError::field(field, format!("{field} {e}")))
+}
+
+/// Checks an optional location.
+pub fn check_location(location: Option<&str>) -> Result<(), ApiError> {
+    match location {
+        Some(loc)
+            if loc.chars().count() > MAX_LOCATION_LEN || loc.chars().any(char::is_control) =>
+        {
+            Err(ApiError::field(
+                "user_location",
+                format!("user_location must be at most {MAX_LOCATION_LEN} printable characters"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl BatchRequest {
+    /// Validates the request and returns its ids without duplicates, in order.
+    pub fn unique_ids(&self) -> Result<Vec<String>, ApiError> {
+        if self.product_ids.is_empty() {
+            return Err(ApiError::field(
+                "product_ids",
+                "product_ids must not be empty",
+            ));
+        }
+        if self.product_ids.len() > MAX_BATCH_IDS {
+            return Err(ApiError::field(
+                "product_ids",
+                format!("product_ids holds at most {MAX_BATCH_IDS} ids"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.product_ids.len());
+        let mut ids = Vec::with_capacity(self.product_ids.len());
+        for (i, id) in self.product_ids.iter().enumerate() {
+            check_product_id(&format!("product_ids[{i}]"), id)?;
+            if seen.insert(id.as_str()) {
+                ids.push(id.clone());
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,93 @@
+//! Building and running the HTTP server.
+//!
+//! [`Application::build`] opens the store (running migrations), creates the
+//! Redis pool and binds the listener; [`Application::run_until_stopped`]
+//! serves until the shutdown future resolves, then drains in-flight
+//! requests. Tests build it with `API_ADDR` port 0 and read [`Application::port`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use shared::cache::PriceCache;
+use shared::keys::Keys;
+use shared::redis_pool::RedisPool;
+use shared::store::{self, CatalogStore};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::state::AppState;
+
+/// A bound, ready-to-serve api.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens the store named by the settings, then builds the app over it.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let store = store::open(&settings.database)
+            .await
+            .with_context(|| format!("opening the catalog store at {}", settings.database.url))?;
+        Self::build_with_store(settings, store).await
+    }
+
+    /// Builds the app over an already-open store.
+    pub async fn build_with_store(
+        settings: &Settings,
+        store: Arc<dyn CatalogStore>,
+    ) -> anyhow::Result<Self> {
+        let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let cache = PriceCache::new(
+            pool,
+            Keys::new(&settings.redis.namespace),
+            settings.cache.ttl,
+        );
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("binding API_ADDR {}", settings.addr))?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                cache,
+                store,
+                metrics: crate::metrics::recorder(),
+            },
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The shared state, for tests that need to reach behind the API.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "api listening");
+        let store = self.state.store.clone();
+        axum::serve(self.listener, crate::routes::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        store.close().await;
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! `AppState`: the clients every handler shares.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use shared::cache::PriceCache;
+use shared::store::CatalogStore;
+
+/// One clonable bundle of shared clients; cloning copies a few `Arc`s.
+#[derive(Clone)]
+pub struct AppState {
+    /// The Redis price cache (and its connection pool).
+    pub cache: PriceCache,
+    /// The catalog store.
+    pub store: Arc<dyn CatalogStore>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}

@@ -1,0 +1,165 @@
+//! `spawn_app()`: a real api on 127.0.0.1:0 over its own Redis and catalog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::config::Settings;
+use api::startup::Application;
+use api::state::AppState;
+use serde_json::Value;
+use shared::config::{
+    CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,
+};
+use shared::store::sqlite::SqliteStore;
+use shared::store::{CatalogStore, seed};
+use shared::testing::{RedisServer, temp_store};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// Products seeded into every test catalog.
+pub const SEEDED: u64 = 50;
+
+/// Cache lifetime used by the tests.
+pub const TTL_SECS: u64 = 60;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub redis: RedisServer,
+    pub store: Arc<SqliteStore>,
+    pub state: AppState,
+    pub namespace: String,
+    stop: Option<oneshot::Sender<()>>,
+    _dir: TempDir,
+}
+
+pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Settings {
+    let mut redis = RedisSettings::for_url(redis_url, namespace);
+    redis.timeout = Duration::from_millis(300);
+    Settings {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        redis,
+        database: DatabaseSettings {
+            url: database_url.to_string(),
+            max_connections: 4,
+        },
+        cache: CacheSettings {
+            ttl: Duration::from_secs(TTL_SECS),
+        },
+        telemetry: TelemetrySettings {
+            service_name: "pricing-api-test".into(),
+            otlp_endpoint: None,
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+        },
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    shared::telemetry::init_for_tests();
+    let redis = RedisServer::start().await;
+    let (store, dir, url) = temp_store().await;
+    seed::seed(store.as_ref(), SEEDED).await.expect("seed");
+    let namespace = format!("test-{}", redis.port());
+    let settings = settings(&redis.url(), &url, &namespace);
+    let app = Application::build_with_store(&settings, store.clone() as Arc<dyn CatalogStore>)
+        .await
+        .expect("build app");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        redis,
+        store,
+        state,
+        namespace,
+        stop: Some(tx),
+        _dir: dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs a JSON value; returns status and parsed body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    /// POSTs raw bytes with a content type; returns status and parsed body.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("text body"))
+    }
+
+    pub async fn price(&self, product_id: &str, prime: bool) -> (u16, Value) {
+        self.post_json(
+            "/api/v1/price",
+            &serde_json::json!({"product_id": product_id, "is_prime_member": prime}),
+        )
+        .await
+    }
+
+    /// The raw cached value of a product, read straight from Redis.
+    pub async fn cached_raw(&self, product_id: &str) -> Option<String> {
+        let mut conn = self.redis.connection().await;
+        redis::cmd("GET")
+            .arg(format!("{}:price:{product_id}", self.namespace))
+            .query_async(&mut conn)
+            .await
+            .expect("GET")
+    }
+}

@@ -1,0 +1,107 @@
+//! `/health`, `/ready`, `/metrics` and the OpenAPI document.
+
+use std::collections::BTreeSet;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_and_ready_report_ok() {
+    let app = spawn_app().await;
+    let (s, health) = app.get_json("/health").await;
+    assert_eq!((s, health["status"].as_str()), (200, Some("ok")));
+    let (s, ready) = app.get_json("/ready").await;
+    assert_eq!(s, 200);
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["redis"]["ok"], true);
+    assert_eq!(ready["store"]["ok"], true);
+}
+
+#[tokio::test]
+async fn metrics_expose_the_request_histogram_cache_counters_and_pool_state() {
+    // Arrange: one miss and one hit on the POST route.
+    let app = spawn_app().await;
+    app.price("P-12", false).await;
+    app.price("P-12", false).await;
+
+    // Act
+    let (status, text) = app.get_text("/metrics").await;
+
+    // Assert
+    assert_eq!(status, 200);
+    let bucket = text.lines().find(|l| {
+        l.starts_with("http_request_duration_seconds_bucket")
+            && l.contains(r#"method="POST""#)
+            && l.contains(r#"route="/api/v1/price""#)
+            && l.contains(r#"status="200""#)
+            && l.contains(r#"le="0.0005""#)
+    });
+    assert!(
+        bucket.is_some(),
+        "no sub-millisecond bucket for POST /api/v1/price in:\n{text}"
+    );
+    let count = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_request_duration_seconds_count")
+                && l.contains(r#"route="/api/v1/price""#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("count series");
+    assert!(count >= 2, "count {count}");
+    assert!(series_value(&text, "cache_hits_total") >= 1.0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(r#"cache_misses_total{reason="absent"}"#))
+    );
+    assert_eq!(series_value(&text, "redis_pool_connections"), 4.0);
+    assert!(series_value(&text, "redis_pool_healthy_connections") >= 1.0);
+}
+
+fn series_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("series {name} missing"))
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_docs_are_served() {
+    let app = spawn_app().await;
+    let (s, spec) = app.get_json("/openapi.json").await;
+    assert_eq!(s, 200);
+    let mut documented = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let routes: BTreeSet<String> = [
+        "POST /api/v1/price",
+        "GET /api/v1/price/{product_id}",
+        "POST /api/v1/prices/batch",
+        "GET /health",
+        "GET /ready",
+        "GET /metrics",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(documented, routes);
+    // Every documented route is really served (not a 404 from the fallback).
+    for route in &routes {
+        let (method, path) = route.split_once(' ').unwrap();
+        let path = path.replace("{product_id}", "P-1");
+        let req = app.client.request(method.parse().unwrap(), app.url(&path));
+        let req = if method == "POST" {
+            req.json(&serde_json::json!({"product_id": "P-1", "product_ids": ["P-1"]}))
+        } else {
+            req
+        };
+        let status = req.send().await.unwrap().status().as_u16();
+        assert_ne!(status, 404, "{route} is documented but not routed");
+        assert_ne!(status, 405, "{route} is documented but not routed");
+    }
+    let (s, html) = app.get_text("/docs/").await;
+    assert_eq!(s, 200);
+    assert!(html.contains("swagger"), "Swagger UI not served");
+}

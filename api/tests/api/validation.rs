@@ -1,0 +1,208 @@
+//! Bad input always gets a 4xx with `{"error", "detail", "fields"}`.
+
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app;
+
+fn assert_error(
+    status: u16,
+    body: &Value,
+    want_status: u16,
+    want_code: &str,
+    want_field: Option<&str>,
+) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"], want_code, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    if let Some(field) = want_field {
+        let fields: Vec<&str> = body["fields"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no fields in {body}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(fields, [field], "{body}");
+    }
+}
+
+#[tokio::test]
+async fn every_bad_price_request_is_a_4xx_naming_the_field() {
+    let app = spawn_app().await;
+    let cases: Vec<(Value, u16, &str, Option<&str>)> = vec![
+        (json!({}), 422, "validation_error", Some("product_id")),
+        (
+            json!({"product_id": 42}),
+            422,
+            "validation_error",
+            Some("product_id"),
+        ),
+        (
+            json!({"product_id": "P-1", "is_prime_member": "yes"}),
+            422,
+            "validation_error",
+            Some("is_prime_member"),
+        ),
+        (
+            json!({"product_id": "P-1", "user_location": 7}),
+            422,
+            "validation_error",
+            Some("user_location"),
+        ),
+        (
+            json!({"product_id": ""}),
+            422,
+            "validation_error",
+            Some("product_id"),
+        ),
+        (
+            json!({"product_id": "a".repeat(65)}),
+            422,
+            "validation_error",
+            Some("product_id"),
+        ),
+        (
+            json!({"product_id": "P 1"}),
+            422,
+            "validation_error",
+            Some("product_id"),
+        ),
+        (
+            json!({"product_id": "P-1/../x"}),
+            422,
+            "validation_error",
+            Some("product_id"),
+        ),
+        (
+            json!({"product_id": "P-1", "colour": "red"}),
+            422,
+            "validation_error",
+            Some("colour"),
+        ),
+        (
+            json!({"product_id": "P-1", "user_location": "x".repeat(129)}),
+            422,
+            "validation_error",
+            Some("user_location"),
+        ),
+        (json!(["P-1"]), 422, "validation_error", None),
+    ];
+    for (body, status, code, field) in cases {
+        let (got_status, got) = app.post_json("/api/v1/price", &body).await;
+        assert_eq!(got_status, status, "case {body}");
+        assert_error(got_status, &got, status, code, field);
+    }
+    // A 64-character id is the longest allowed: it is valid (and unknown).
+    let (status, _) = app.price(&"a".repeat(64), false).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_non_json_bodies_are_refused() {
+    let app = spawn_app().await;
+
+    let (s, b) = app
+        .post_raw(
+            "/api/v1/price",
+            "application/json",
+            b"{\"product_id\":".to_vec(),
+        )
+        .await;
+    assert_error(s, &b, 400, "invalid_json", None);
+    let (s, b) = app
+        .post_raw("/api/v1/price", "application/json", Vec::new())
+        .await;
+    assert_error(s, &b, 400, "invalid_json", None);
+    let (s, b) = app
+        .post_raw(
+            "/api/v1/price",
+            "application/json",
+            b"{\"product_id\":\"P-1\"} {}".to_vec(),
+        )
+        .await;
+    assert_error(s, &b, 400, "invalid_json", None);
+    let (s, b) = app
+        .post_raw(
+            "/api/v1/price",
+            "text/plain",
+            b"{\"product_id\":\"P-1\"}".to_vec(),
+        )
+        .await;
+    assert_error(s, &b, 415, "unsupported_media_type", None);
+
+    let mut big = b"{\"product_id\":\"P-1\",\"user_location\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 70 * 1024));
+    big.extend(b"\"}");
+    let (s, b) = app.post_raw("/api/v1/price", "application/json", big).await;
+    assert_error(s, &b, 413, "payload_too_large", None);
+}
+
+#[tokio::test]
+async fn bad_batch_requests_are_refused() {
+    let app = spawn_app().await;
+    let too_many: Vec<String> = (1..=1001).map(|i| format!("P-{i}")).collect();
+    let (s, b) = app
+        .post_json("/api/v1/prices/batch", &json!({"product_ids": too_many}))
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("product_ids"));
+    let (s, b) = app
+        .post_json("/api/v1/prices/batch", &json!({"product_ids": []}))
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("product_ids"));
+    let (s, b) = app
+        .post_json(
+            "/api/v1/prices/batch",
+            &json!({"product_ids": ["P-1", "bad id"]}),
+        )
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("product_ids[1]"));
+    let (s, b) = app
+        .post_json("/api/v1/prices/batch", &json!({"product_ids": "P-1"}))
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("product_ids"));
+    let (s, b) = app
+        .post_json("/api/v1/prices/batch", &json!({"product_ids": ["P-1", 2]}))
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("product_ids[1]"));
+
+    // Exactly 1,000 ids is allowed.
+    let thousand: Vec<String> = (1..=1000).map(|i| format!("P-{i}")).collect();
+    let (s, b) = app
+        .post_json("/api/v1/prices/batch", &json!({"product_ids": thousand}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b["prices"].as_array().unwrap().len(),
+        crate::helpers::SEEDED as usize
+    );
+}
+
+#[tokio::test]
+async fn bad_path_and_query_input_is_refused() {
+    let app = spawn_app().await;
+    let (s, b) = app
+        .get_json(&format!("/api/v1/price/{}", "a".repeat(65)))
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("product_id"));
+    let (s, b) = app.get_json("/api/v1/price/P%201").await;
+    assert_error(s, &b, 422, "validation_error", Some("product_id"));
+    let (s, b) = app
+        .get_json("/api/v1/price/P-1?is_prime_member=maybe")
+        .await;
+    assert_error(s, &b, 422, "validation_error", Some("is_prime_member"));
+    let (s, b) = app.get_json("/api/v1/price/P-1?colour=red").await;
+    assert_error(s, &b, 422, "validation_error", Some("colour"));
+    let (s, b) = app.get_json("/api/v1/nothing-here").await;
+    assert_error(s, &b, 404, "not_found", None);
+    let resp = app
+        .client
+        .delete(app.url("/api/v1/price"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let b: Value = resp.json().await.unwrap();
+    assert_error(status, &b, 405, "method_not_allowed", None);
+}
