@@ -84,7 +84,8 @@ pub struct RedisSettings {
     /// test runs can share one Redis. Defaults to `pricing`.
     pub namespace: String,
     /// `REDIS_POOL_SIZE`: multiplexed connections per process (1–64). Each one
-    /// pipelines many concurrent requests, so a handful saturates Redis. Defaults to 4.
+    /// pipelines many concurrent requests; fewer sockets batch more commands per
+    /// write, which measured cheaper for both the api and Redis. Defaults to 2.
     pub pool_size: usize,
     /// `REDIS_TIMEOUT_MS`: connect and response timeout. A read path that
     /// cannot reach Redis within it falls back to the store. Defaults to 500.
@@ -101,7 +102,7 @@ impl RedisSettings {
         Ok(Self {
             url,
             namespace,
-            pool_size: env_in_range("REDIS_POOL_SIZE", 4, 1, 64)?,
+            pool_size: env_in_range("REDIS_POOL_SIZE", 2, 1, 64)?,
             timeout: Duration::from_millis(env_in_range("REDIS_TIMEOUT_MS", 500, 10, 60_000)?),
         })
     }
@@ -111,7 +112,7 @@ impl RedisSettings {
         Self {
             url: url.into(),
             namespace: namespace.into(),
-            pool_size: 4,
+            pool_size: 2,
             timeout: Duration::from_millis(500),
         }
     }

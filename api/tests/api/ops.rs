@@ -53,7 +53,7 @@ async fn metrics_expose_the_request_histogram_cache_counters_and_pool_state() {
         text.lines()
             .any(|l| l.starts_with(r#"cache_misses_total{reason="absent"}"#))
     );
-    assert_eq!(series_value(&text, "redis_pool_connections"), 4.0);
+    assert_eq!(series_value(&text, "redis_pool_connections"), 2.0);
     assert!(series_value(&text, "redis_pool_healthy_connections") >= 1.0);
 }
 
