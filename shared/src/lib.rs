@@ -12,6 +12,7 @@
 //! - [`pricing`]: the deterministic pricing rules and the prime-member discount.
 //! - [`cache`]: the cached price format and its re-validation on read.
 //! - [`keys`]: Redis key builders under one namespace prefix.
+//! - [`queue`]: the job queue: job contracts, settings, and every Redis operation on it.
 //! - [`redis_pool`]: a small pool of multiplexed, self-reconnecting Redis connections.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future every binary stops on.
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its SQLite implementation,
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod keys;
 pub mod pricing;
+pub mod queue;
 pub mod redis_pool;
 pub mod shutdown;
 pub mod store;

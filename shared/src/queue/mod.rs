@@ -1,0 +1,1009 @@
+//! The job queue: contracts, settings and the Redis operations behind them.
+//!
+//! The api and the listener push jobs and read their status with [`Queue`];
+//! the worker fetches, acknowledges, retries and buries them through the same
+//! type, so producer and consumer can never disagree about a key or a field.
+//!
+//! # Design
+//! One queue is a handful of Redis keys under one hash tag
+//! (`{<namespace>:<queue>}`), changed only by the Lua scripts in
+//! [`scripts`], each of which moves a bounded batch:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `wait` | list | ids ready to run, oldest at the right |
+//! | `delayed` | zset | scheduled jobs and waiting retries, by due time |
+//! | `active` | zset | running jobs, by lease deadline |
+//! | `dead` | zset | failed jobs, by failure time |
+//! | `jobs` | hash | id → the job record (JSON) |
+//! | `args`, `results` | hash | id → arguments / result (opaque JSON) |
+//! | `unique` | hash | unique key → id of the pending job holding it |
+//! | `finished` | zset | finished ids, by the time their record expires |
+//! | `stats` | hash | counters: succeeded, failed, retried, skipped |
+//!
+//! A fetch moves jobs from `wait` to `active` under a lease (default 30 s)
+//! in the same script that marks them running, so a job leaves the queue
+//! only when its handler's outcome is recorded. A worker's heartbeat extends
+//! the leases of the jobs it holds; a lease that runs out means its worker
+//! is gone, and any worker's reaper puts the job back at the head of `wait`.
+//! Retries wait in `delayed`, not in a worker slot. Every timestamp is the
+//! Redis server's clock (`TIME`), so clock skew between machines cannot
+//! shorten a lease.
+
+pub mod scripts;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, env_in_range};
+use crate::redis_pool::RedisPool;
+
+/// The queue every job type uses unless it says otherwise.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Most records one maintenance script handles per call.
+pub const MAINTENANCE_BATCH: usize = 500;
+
+/// Queue timing and retention, shared by producers and workers.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// `JOB_LEASE_SECS`: how long a fetched job stays reserved without a
+    /// heartbeat. A killed worker's jobs run again after it. Defaults to 30.
+    pub lease: Duration,
+    /// `JOB_HEARTBEAT_SECS`: how often a worker extends its leases; must be
+    /// well under the lease. Defaults to a third of the lease.
+    pub heartbeat: Duration,
+    /// `JOB_RESULT_RETENTION_SECS`: how long finished records and results
+    /// stay readable. Defaults to 86,400 (24 h).
+    pub result_retention: Duration,
+    /// `JOB_DEAD_RETENTION_SECS`: how long failed jobs stay in the dead set.
+    /// Defaults to 604,800 (7 days).
+    pub dead_retention: Duration,
+    /// `JOB_MAX_LEASE_LOSSES`: after this many lost leases (workers dying
+    /// while running it) a job is buried instead of run again. Defaults to 5.
+    pub max_lease_losses: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            result_retention: Duration::from_secs(86_400),
+            dead_retention: Duration::from_secs(7 * 86_400),
+            max_lease_losses: 5,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Reads the `JOB_*` variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let lease = env_in_range("JOB_LEASE_SECS", 30u64, 1, 86_400)?;
+        let heartbeat = env_in_range("JOB_HEARTBEAT_SECS", (lease / 3).max(1), 1, 86_400)?;
+        if heartbeat >= lease {
+            return Err(ConfigError::new(
+                "JOB_HEARTBEAT_SECS",
+                heartbeat.to_string(),
+                format!("must be shorter than JOB_LEASE_SECS ({lease})"),
+            ));
+        }
+        Ok(Self {
+            lease: Duration::from_secs(lease),
+            heartbeat: Duration::from_secs(heartbeat),
+            result_retention: Duration::from_secs(env_in_range(
+                "JOB_RESULT_RETENTION_SECS",
+                86_400u64,
+                1,
+                365 * 86_400,
+            )?),
+            dead_retention: Duration::from_secs(env_in_range(
+                "JOB_DEAD_RETENTION_SECS",
+                7 * 86_400u64,
+                1,
+                365 * 86_400,
+            )?),
+            max_lease_losses: env_in_range("JOB_MAX_LEASE_LOSSES", 5u32, 1, 1_000)?,
+        })
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Pending,
+    /// Waiting for its `run_at` time.
+    Scheduled,
+    /// A worker holds its lease and runs it.
+    Running,
+    /// Failed with a retryable error; waits for its next attempt.
+    Retrying,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed for good (permanent error, or attempts exhausted); in the dead set.
+    Failed,
+    /// Finished without doing its work on purpose (e.g. another run held the lock).
+    Skipped,
+    /// Cancelled before it started.
+    Cancelled,
+}
+
+/// A job as stored in Redis and reported by the status API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job type, e.g. `recalculate_all_prices`.
+    pub name: String,
+    /// Current state.
+    pub state: JobState,
+    /// Times a worker started it.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Most attempts before a retryable failure becomes final.
+    pub max_attempts: u32,
+    /// When it was pushed (ms since the epoch, Redis clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueued_at: Option<i64>,
+    /// When it is due, for scheduled jobs and waiting retries (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<i64>,
+    /// When the latest attempt started (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// When it reached a final state (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// The worker that ran the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Lease token of the running attempt; only its holder may finish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The latest error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The unique key it was pushed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// Times its worker was lost while running it.
+    #[serde(default)]
+    pub leases_lost: u32,
+    /// Retry backoff of this job.
+    pub backoff: Backoff,
+    /// W3C trace context of the span that pushed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C trace state that goes with `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// Converts a Redis-clock millisecond timestamp to a `DateTime`.
+pub fn ms_to_datetime(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// Exponential backoff with jitter between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// Delay before the second attempt, in ms.
+    pub base_ms: u64,
+    /// Growth per further attempt.
+    pub factor: f64,
+    /// Longest delay, in ms.
+    pub cap_ms: u64,
+    /// Fraction of the delay that is random (0 = exact, 0.2 = up to 20% shorter).
+    pub jitter: f64,
+}
+
+impl Backoff {
+    /// The delay without jitter after the `attempt`-th failure (1-based):
+    /// `min(cap, base × factor^(attempt − 1))`.
+    pub fn nominal(&self, attempt: u32) -> Duration {
+        let exp = self
+            .factor
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let ms = (self.base_ms as f64 * exp).min(self.cap_ms as f64);
+        Duration::from_millis(ms.max(0.0) as u64)
+    }
+
+    /// The delay to wait after the `attempt`-th failure, jitter applied:
+    /// uniformly in `[nominal × (1 − jitter), nominal]`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let nominal = self.nominal(attempt).as_millis() as f64;
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        Duration::from_millis((nominal * (1.0 - jitter * fastrand::f64())) as u64)
+    }
+}
+
+/// What a job type declares about retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Most attempts in all (1 = never retried).
+    pub max_attempts: u32,
+    /// Delays between attempts.
+    pub backoff: Backoff,
+}
+
+/// A job type: its name on the wire, its arguments and its retry policy.
+pub trait JobSpec: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The job's name, stored with it and used to find its handler.
+    const NAME: &'static str;
+    /// How failures are retried.
+    const RETRY: RetryPolicy;
+}
+
+/// A no-op job, for health checks and benchmarks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Noop {}
+
+impl JobSpec for Noop {
+    const NAME: &'static str = "noop";
+    const RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 1,
+        backoff: Backoff {
+            base_ms: 1_000,
+            factor: 2.0,
+            cap_ms: 60_000,
+            jitter: 0.2,
+        },
+    };
+}
+
+/// A job that sleeps, for operating drills and tests of leases and shutdown.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sleep {
+    /// How long to sleep.
+    pub millis: u64,
+}
+
+impl JobSpec for Sleep {
+    const NAME: &'static str = "sleep";
+    const RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        backoff: Backoff {
+            base_ms: 1_000,
+            factor: 2.0,
+            cap_ms: 60_000,
+            jitter: 0.2,
+        },
+    };
+}
+
+/// A job ready to push.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Job type.
+    pub name: String,
+    /// Arguments, as JSON.
+    pub args: serde_json::Value,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Run no earlier than this (None = now).
+    pub run_at: Option<DateTime<Utc>>,
+    /// While a pending job holds this key, pushing another returns its id.
+    pub unique_key: Option<String>,
+    /// W3C trace context to carry to the worker.
+    pub traceparent: Option<String>,
+    /// W3C trace state to carry to the worker.
+    pub tracestate: Option<String>,
+}
+
+impl NewJob {
+    /// A job of type `J` with its declared retry policy.
+    pub fn of<J: JobSpec>(job: &J) -> Result<Self, QueueError> {
+        Ok(Self {
+            name: J::NAME.to_string(),
+            args: serde_json::to_value(job).map_err(|e| QueueError::Encode(e.to_string()))?,
+            retry: J::RETRY,
+            run_at: None,
+            unique_key: None,
+            traceparent: None,
+            tracestate: None,
+        })
+    }
+
+    /// Runs the job at `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Runs the job after `countdown`.
+    pub fn countdown(mut self, countdown: Duration) -> Self {
+        self.run_at = Some(Utc::now() + countdown);
+        self
+    }
+
+    /// Deduplicates the job by `key` while it is pending.
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Overrides the retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// The answer to a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The id of the job that will run.
+    pub id: String,
+    /// `true` when a pending job with the same unique key was found and its
+    /// id returned instead of queueing a duplicate.
+    pub duplicate: bool,
+}
+
+/// A job a worker holds a lease on.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// Job id.
+    pub id: String,
+    /// Its record at fetch time (state `running`).
+    pub record: JobRecord,
+    /// Its arguments.
+    pub args: serde_json::Value,
+}
+
+impl Leased {
+    /// The lease token; only its holder can complete, retry or bury the job.
+    pub fn token(&self) -> &str {
+        self.record.token.as_deref().unwrap_or("")
+    }
+}
+
+/// Queue depths by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Depths {
+    /// Ids in the wait list (cancelled ones are dropped when reached).
+    pub pending: u64,
+    /// Scheduled jobs and waiting retries.
+    pub delayed: u64,
+    /// Jobs under a lease.
+    pub running: u64,
+    /// Jobs in the dead set.
+    pub dead: u64,
+    /// Jobs that succeeded since the queue was created.
+    pub succeeded_total: u64,
+    /// Jobs that failed for good since the queue was created.
+    pub failed_total: u64,
+    /// Retries scheduled since the queue was created.
+    pub retried_total: u64,
+    /// Jobs skipped since the queue was created.
+    pub skipped_total: u64,
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was pending or scheduled and will not run.
+    Cancelled,
+    /// No such job.
+    NotFound,
+    /// It is past cancelling: running or finished.
+    TooLate(JobState),
+}
+
+/// The outcome of re-enqueueing a dead job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResurrectOutcome {
+    /// Queued again with a fresh attempt budget.
+    Queued,
+    /// No such job.
+    NotFound,
+    /// It is not in the dead set.
+    NotDead(JobState),
+}
+
+/// A queue operation failure.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis failed or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A record in Redis could not be decoded.
+    #[error("corrupt job record {id}: {reason}")]
+    Corrupt {
+        /// The job.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Job arguments could not be encoded.
+    #[error("cannot encode job arguments: {0}")]
+    Encode(String),
+}
+
+/// The keys of one queue, all under one hash tag.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    wait: String,
+    delayed: String,
+    active: String,
+    dead: String,
+    jobs: String,
+    args: String,
+    results: String,
+    unique: String,
+    finished: String,
+    stats: String,
+}
+
+impl QueueKeys {
+    /// Keys of `queue` in `namespace`: `{namespace:queue}:wait`, ….
+    pub fn new(namespace: &str, queue: &str) -> Self {
+        let tag = format!("{{{namespace}:{queue}}}");
+        let k = |s: &str| format!("{tag}:{s}");
+        Self {
+            wait: k("wait"),
+            delayed: k("delayed"),
+            active: k("active"),
+            dead: k("dead"),
+            jobs: k("jobs"),
+            args: k("args"),
+            results: k("results"),
+            unique: k("unique"),
+            finished: k("finished"),
+            stats: k("stats"),
+        }
+    }
+
+    /// Every key, for tests that check the hash tag and for cleanup.
+    pub fn all(&self) -> [&str; 10] {
+        [
+            &self.wait,
+            &self.delayed,
+            &self.active,
+            &self.dead,
+            &self.jobs,
+            &self.args,
+            &self.results,
+            &self.unique,
+            &self.finished,
+            &self.stats,
+        ]
+    }
+}
+
+/// A job's record together with its result, for the status API.
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    /// The id.
+    pub id: String,
+    /// The record.
+    pub record: JobRecord,
+    /// The result, for finished jobs (JSON).
+    pub result: Option<serde_json::Value>,
+}
+
+/// A handle on one queue.
+#[derive(Clone)]
+pub struct Queue {
+    pool: RedisPool,
+    keys: QueueKeys,
+    settings: QueueSettings,
+}
+
+fn decode_record(id: &str, raw: &str) -> Result<JobRecord, QueueError> {
+    serde_json::from_str(raw).map_err(|e| QueueError::Corrupt {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl Queue {
+    /// A handle on `queue` of `namespace`.
+    pub fn new(pool: RedisPool, namespace: &str, queue: &str, settings: QueueSettings) -> Self {
+        Self {
+            pool,
+            keys: QueueKeys::new(namespace, queue),
+            settings,
+        }
+    }
+
+    /// The queue's keys.
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    /// The queue's settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// The pool underneath.
+    pub fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
+    fn new_id() -> String {
+        ulid::Ulid::new().to_string()
+    }
+
+    fn push_invocation<'a>(
+        &'a self,
+        inv: &mut redis::ScriptInvocation<'a>,
+        id: &str,
+        job: &NewJob,
+    ) -> Result<(), QueueError> {
+        let record = JobRecord {
+            name: job.name.clone(),
+            state: JobState::Pending,
+            attempts: 0,
+            max_attempts: job.retry.max_attempts.max(1),
+            enqueued_at: None,
+            run_at: None,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            token: None,
+            error: None,
+            unique_key: job.unique_key.clone(),
+            leases_lost: 0,
+            backoff: job.retry.backoff,
+            traceparent: job.traceparent.clone(),
+            tracestate: job.tracestate.clone(),
+        };
+        let record =
+            serde_json::to_string(&record).map_err(|e| QueueError::Encode(e.to_string()))?;
+        let args =
+            serde_json::to_string(&job.args).map_err(|e| QueueError::Encode(e.to_string()))?;
+        let delay_ms = job
+            .run_at
+            .map(|at| (at - Utc::now()).num_milliseconds().max(0))
+            .unwrap_or(0);
+        inv.key(&self.keys.wait)
+            .key(&self.keys.delayed)
+            .key(&self.keys.jobs)
+            .key(&self.keys.args)
+            .key(&self.keys.unique)
+            .arg(id)
+            .arg(record)
+            .arg(args)
+            .arg(delay_ms)
+            .arg(job.unique_key.as_deref().unwrap_or(""));
+        Ok(())
+    }
+
+    /// Pushes one job.
+    pub async fn push(&self, job: NewJob) -> Result<Pushed, QueueError> {
+        let id = Self::new_id();
+        let mut inv = scripts::PUSH.prepare_invoke();
+        self.push_invocation(&mut inv, &id, &job)?;
+        let (mut conn, tracker) = self.pool.get();
+        let (queued, id): (i64, String) = tracker.track(inv.invoke_async(&mut conn).await)?;
+        Ok(Pushed {
+            id,
+            duplicate: queued == 0,
+        })
+    }
+
+    /// Pushes many jobs in one pipelined round trip.
+    pub async fn push_bulk(&self, jobs: &[NewJob]) -> Result<Vec<Pushed>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = jobs.iter().map(|_| Self::new_id()).collect();
+        let mut invocations = Vec::with_capacity(jobs.len());
+        for (id, job) in ids.iter().zip(jobs) {
+            let mut inv = scripts::PUSH.prepare_invoke();
+            self.push_invocation(&mut inv, id, job)?;
+            invocations.push(inv);
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&scripts::PUSH).ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let (mut conn, tracker) = self.pool.get();
+        let out: Vec<(i64, String)> = tracker.track(pipe.query_async(&mut conn).await)?;
+        Ok(out
+            .into_iter()
+            .map(|(queued, id)| Pushed {
+                id,
+                duplicate: queued == 0,
+            })
+            .collect())
+    }
+
+    /// A job's record and result; `None` for an unknown (or expired) id.
+    pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let (record, result): (Option<String>, Option<String>) = tracker.track(
+            redis::pipe()
+                .hget(&self.keys.jobs, id)
+                .hget(&self.keys.results, id)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        let Some(raw) = record else {
+            return Ok(None);
+        };
+        Ok(Some(JobStatus {
+            id: id.to_string(),
+            record: decode_record(id, &raw)?,
+            result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        }))
+    }
+
+    /// Cancels a pending or scheduled job.
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let out: String = tracker.track(
+            scripts::CANCEL
+                .key(&self.keys.delayed)
+                .key(&self.keys.jobs)
+                .key(&self.keys.unique)
+                .key(&self.keys.finished)
+                .key(&self.keys.args)
+                .arg(id)
+                .arg(self.settings.result_retention.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(match out.as_str() {
+            "cancelled" => CancelOutcome::Cancelled,
+            "not_found" => CancelOutcome::NotFound,
+            state => CancelOutcome::TooLate(parse_state(state)),
+        })
+    }
+
+    /// The dead set, newest first, at most `limit` entries.
+    pub async fn dead(&self, limit: usize) -> Result<Vec<JobStatus>, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let ids: Vec<String> = tracker.track(
+            redis::cmd("ZREVRANGE")
+                .arg(&self.keys.dead)
+                .arg(0)
+                .arg(limit.saturating_sub(1) as i64)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raws: Vec<Option<String>> = tracker.track(
+            redis::cmd("HMGET")
+                .arg(&self.keys.jobs)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        ids.into_iter()
+            .zip(raws)
+            .filter_map(|(id, raw)| raw.map(|r| (id, r)))
+            .map(|(id, raw)| {
+                Ok(JobStatus {
+                    record: decode_record(&id, &raw)?,
+                    id,
+                    result: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Re-enqueues a dead job with a fresh attempt budget.
+    pub async fn resurrect(&self, id: &str) -> Result<ResurrectOutcome, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let out: String = tracker.track(
+            scripts::RESURRECT
+                .key(&self.keys.dead)
+                .key(&self.keys.wait)
+                .key(&self.keys.jobs)
+                .key(&self.keys.finished)
+                .key(&self.keys.args)
+                .arg(id)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(match out.as_str() {
+            "queued" => ResurrectOutcome::Queued,
+            "not_found" | "no_args" => ResurrectOutcome::NotFound,
+            state => ResurrectOutcome::NotDead(parse_state(state)),
+        })
+    }
+
+    /// Depths by state and the lifetime counters.
+    pub async fn depths(&self) -> Result<Depths, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let (pending, delayed, running, dead, stats): (u64, u64, u64, u64, HashMap<String, u64>) =
+            tracker.track(
+                redis::pipe()
+                    .llen(&self.keys.wait)
+                    .zcard(&self.keys.delayed)
+                    .zcard(&self.keys.active)
+                    .zcard(&self.keys.dead)
+                    .hgetall(&self.keys.stats)
+                    .query_async(&mut conn)
+                    .await,
+            )?;
+        let stat = |k: &str| stats.get(k).copied().unwrap_or(0);
+        Ok(Depths {
+            pending,
+            delayed,
+            running,
+            dead,
+            succeeded_total: stat("succeeded"),
+            failed_total: stat("failed"),
+            retried_total: stat("retried"),
+            skipped_total: stat("skipped"),
+        })
+    }
+
+    // ----- worker side -------------------------------------------------------
+
+    /// Leases up to `n` pending jobs to `worker` (never blocks).
+    pub async fn fetch(&self, worker: &str, n: usize) -> Result<Vec<Leased>, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let flat: Vec<String> = tracker.track(
+            scripts::FETCH
+                .key(&self.keys.wait)
+                .key(&self.keys.active)
+                .key(&self.keys.jobs)
+                .key(&self.keys.args)
+                .key(&self.keys.unique)
+                .arg(n.max(1))
+                .arg(worker)
+                .arg(self.settings.lease.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        let mut out = Vec::with_capacity(flat.len() / 3);
+        for chunk in flat.chunks_exact(3) {
+            let id = chunk[0].clone();
+            let record = decode_record(&id, &chunk[1])?;
+            let args = serde_json::from_str(&chunk[2]).unwrap_or(serde_json::Value::Null);
+            out.push(Leased { id, record, args });
+        }
+        Ok(out)
+    }
+
+    /// Blocks (on a dedicated connection) until the wait list is non-empty
+    /// or `timeout` passes, without taking anything from it:
+    /// `BLMOVE wait wait RIGHT RIGHT` pops the oldest id and puts it back
+    /// where it was.
+    pub async fn wait_for_work(
+        &self,
+        blocking: &mut redis::aio::ConnectionManager,
+        timeout: Duration,
+    ) -> Result<bool, QueueError> {
+        let got: Option<String> = redis::cmd("BLMOVE")
+            .arg(&self.keys.wait)
+            .arg(&self.keys.wait)
+            .arg("RIGHT")
+            .arg("RIGHT")
+            .arg(timeout.as_secs_f64())
+            .query_async(blocking)
+            .await?;
+        Ok(got.is_some())
+    }
+
+    /// Records success (or a deliberate skip). Returns `false` when the lease
+    /// was lost meanwhile and another worker owns the job.
+    pub async fn complete(
+        &self,
+        job: &Leased,
+        state: JobState,
+        result: &serde_json::Value,
+    ) -> Result<bool, QueueError> {
+        let state = match state {
+            JobState::Skipped => "skipped",
+            _ => "succeeded",
+        };
+        let (mut conn, tracker) = self.pool.get();
+        let ok: i64 = tracker.track(
+            scripts::COMPLETE
+                .key(&self.keys.active)
+                .key(&self.keys.jobs)
+                .key(&self.keys.finished)
+                .key(&self.keys.args)
+                .key(&self.keys.results)
+                .key(&self.keys.stats)
+                .arg(&job.id)
+                .arg(job.token())
+                .arg(state)
+                .arg(result.to_string())
+                .arg(self.settings.result_retention.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(ok == 1)
+    }
+
+    /// Schedules another attempt after `delay`.
+    pub async fn retry_later(
+        &self,
+        job: &Leased,
+        error: &str,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let ok: i64 = tracker.track(
+            scripts::RETRY
+                .key(&self.keys.active)
+                .key(&self.keys.delayed)
+                .key(&self.keys.jobs)
+                .key(&self.keys.stats)
+                .arg(&job.id)
+                .arg(job.token())
+                .arg(error)
+                .arg(delay.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(ok == 1)
+    }
+
+    /// Moves the job to the dead set.
+    pub async fn bury(&self, job: &Leased, error: &str) -> Result<bool, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let ok: i64 = tracker.track(
+            scripts::BURY
+                .key(&self.keys.active)
+                .key(&self.keys.dead)
+                .key(&self.keys.jobs)
+                .key(&self.keys.finished)
+                .key(&self.keys.stats)
+                .arg(&job.id)
+                .arg(job.token())
+                .arg(error)
+                .arg(self.settings.dead_retention.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(ok == 1)
+    }
+
+    /// Extends the leases of `held` (id, token) pairs; returns the ids whose
+    /// lease was lost.
+    pub async fn extend(&self, held: &[(String, String)]) -> Result<Vec<String>, QueueError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = scripts::EXTEND.prepare_invoke();
+        inv.key(&self.keys.active)
+            .key(&self.keys.jobs)
+            .arg(self.settings.lease.as_millis() as u64);
+        for (id, token) in held {
+            inv.arg(id).arg(token);
+        }
+        let (mut conn, tracker) = self.pool.get();
+        Ok(tracker.track(inv.invoke_async(&mut conn).await)?)
+    }
+
+    /// Puts a job this worker holds back at the head of the queue.
+    pub async fn requeue(&self, id: &str, token: &str) -> Result<bool, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let ok: i64 = tracker.track(
+            scripts::REQUEUE
+                .key(&self.keys.active)
+                .key(&self.keys.wait)
+                .key(&self.keys.jobs)
+                .arg(id)
+                .arg(token)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(ok == 1)
+    }
+
+    /// Moves due scheduled jobs and retries to the queue. Returns how many
+    /// moved and how long until the next one is due.
+    pub async fn promote_due(&self) -> Result<(usize, Option<Duration>), QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let (moved, next): (usize, i64) = tracker.track(
+            scripts::PROMOTE
+                .key(&self.keys.delayed)
+                .key(&self.keys.wait)
+                .key(&self.keys.jobs)
+                .arg(MAINTENANCE_BATCH)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok((
+            moved,
+            (next >= 0).then(|| Duration::from_millis(next as u64)),
+        ))
+    }
+
+    /// Takes back jobs whose lease expired. Returns how many.
+    pub async fn reap_expired(&self) -> Result<usize, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        Ok(tracker.track(
+            scripts::REAP
+                .key(&self.keys.active)
+                .key(&self.keys.wait)
+                .key(&self.keys.jobs)
+                .key(&self.keys.dead)
+                .key(&self.keys.finished)
+                .key(&self.keys.stats)
+                .arg(MAINTENANCE_BATCH)
+                .arg(self.settings.max_lease_losses)
+                .arg(self.settings.dead_retention.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?)
+    }
+
+    /// Deletes records whose retention ran out. Returns how many.
+    pub async fn cleanup(&self) -> Result<usize, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        Ok(tracker.track(
+            scripts::CLEANUP
+                .key(&self.keys.finished)
+                .key(&self.keys.jobs)
+                .key(&self.keys.args)
+                .key(&self.keys.results)
+                .key(&self.keys.dead)
+                .arg(MAINTENANCE_BATCH)
+                .invoke_async(&mut conn)
+                .await,
+        )?)
+    }
+}
+
+fn parse_state(s: &str) -> JobState {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).unwrap_or(JobState::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap() {
+        let b = Backoff {
+            base_ms: 100,
+            factor: 2.0,
+            cap_ms: 1_000,
+            jitter: 0.0,
+        };
+        let delays: Vec<u64> = (1..=6).map(|a| b.delay(a).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn jitter_only_shortens_within_its_fraction() {
+        let b = Backoff {
+            base_ms: 1_000,
+            factor: 3.0,
+            cap_ms: 60_000,
+            jitter: 0.25,
+        };
+        for attempt in 1..5 {
+            let nominal = b.nominal(attempt).as_millis() as u64;
+            for _ in 0..200 {
+                let d = b.delay(attempt).as_millis() as u64;
+                assert!(d <= nominal && d >= nominal * 3 / 4, "{d} vs {nominal}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_queue_shares_one_hash_tag() {
+        let keys = QueueKeys::new("pricing", "default");
+        for key in keys.all() {
+            assert!(key.starts_with("{pricing:default}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_tolerate_missing_optionals() {
+        let raw = r#"{"name":"noop","state":"pending","max_attempts":3,"backoff":{"base_ms":1,"factor":2.0,"cap_ms":3,"jitter":0.0}}"#;
+        let r = decode_record("x", raw).expect("decodes");
+        assert_eq!(
+            (r.state, r.attempts, r.leases_lost),
+            (JobState::Pending, 0, 0)
+        );
+    }
+}
