@@ -3,50 +3,31 @@
 //! Series exported by the api:
 //! - `http_request_duration_seconds` (histogram; labels `method`, `route`,
 //!   `status`). The route is the template (`/api/v1/price/{product_id}`), never
-//!   the raw path, so the label set stays bounded. Buckets start at 50 µs and
-//!   are dense below 2 ms, so p95 and p99 of cache hits can be read from them.
+//!   the raw path, so the label set stays bounded. Buckets ([`shared::metrics::DURATION_BUCKETS`])
+//!   start at 50 µs and are dense below 2 ms, so p95 and p99 of cache hits can be read from them.
 //! - `cache_hits_total`, `cache_misses_total` (label `reason`: `absent`,
 //!   `invalid`, `redis_error`).
 //! - `redis_pool_connections`, `redis_pool_healthy_connections`,
 //!   `redis_pool_command_errors_total`: the Redis pool state, sampled at scrape.
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use shared::redis_pool::RedisPool;
 
 /// Name of the request-duration histogram.
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 
-/// Histogram buckets, in seconds: fine-grained from 50 µs to 2 ms, then coarser to 10 s.
-pub const HTTP_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_25, 0.000_3, 0.000_4, 0.000_5, 0.000_6, 0.000_7,
-    0.000_8, 0.000_9, 0.001, 0.001_25, 0.001_5, 0.001_75, 0.002, 0.003, 0.005, 0.007_5, 0.01,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// The process-wide recorder. `metrics` allows one global recorder per
-/// process, so every app built in one process (tests build many) shares it.
+/// The process-wide recorder (see [`shared::metrics`]), with the api's
+/// series described.
 pub fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_string()), HTTP_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
-            }
-            describe();
-            handle
-        })
-        .clone()
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    let handle = shared::metrics::recorder();
+    DESCRIBED.call_once(describe);
+    handle
 }
 
 fn describe() {

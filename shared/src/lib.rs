@@ -9,6 +9,7 @@
 //! - [`config`]: typed settings read from the environment; a bad value names its variable.
 //! - [`telemetry`]: tracing subscriber, JSON logs on request, OTLP export when configured.
 //! - [`domain`]: catalog types ([`domain::Product`], [`domain::MarketSignals`]) and id validation.
+//! - [`metrics`]: the process-wide Prometheus recorder and its histogram buckets.
 //! - [`pricing`]: the deterministic pricing rules and the prime-member discount.
 //! - [`cache`]: the cached price format and its re-validation on read.
 //! - [`keys`]: Redis key builders under one namespace prefix.
@@ -23,6 +24,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod keys;
+pub mod metrics;
 pub mod pricing;
 pub mod queue;
 pub mod redis_pool;

@@ -1,6 +1,12 @@
 //! The worker's settings, read once from the environment.
 
-use shared::config::{ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{
+    ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range, env_or,
+};
+use shared::queue::QueueSettings;
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-worker";
@@ -14,15 +20,51 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Logging and trace export.
     pub telemetry: TelemetrySettings,
+    /// Leases, heartbeat and retention.
+    pub queue: QueueSettings,
+    /// `WORKER_CONCURRENCY`: jobs run at once by this process (1–10,000). Defaults to 16.
+    pub concurrency: usize,
+    /// `WORKER_PREFETCH`: jobs leased per fetch (1–1,000). Leased jobs wait
+    /// in this process, so keep it near the concurrency. Defaults to the concurrency.
+    pub prefetch: usize,
+    /// `WORKER_SHUTDOWN_TIMEOUT_SECS`: on SIGTERM, how long in-flight jobs may
+    /// run on before they are put back in the queue. Defaults to 30.
+    pub shutdown_timeout: Duration,
+    /// `WORKER_JOB_TIMEOUT_SECS`: longest a single attempt may run; past it
+    /// the attempt fails with a retryable error. Defaults to 3,600.
+    pub job_timeout: Duration,
+    /// `WORKER_METRICS_ADDR`: where `/metrics` and `/health` are served.
+    /// Defaults to `127.0.0.1:9101`; port 0 picks a free port.
+    pub metrics_addr: SocketAddr,
 }
 
 impl Settings {
     /// Reads every setting; the error names the first bad variable.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let concurrency = env_in_range("WORKER_CONCURRENCY", 16usize, 1, 10_000)?;
         Ok(Self {
             redis: RedisSettings::from_env()?,
             database: DatabaseSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
+            queue: QueueSettings::from_env()?,
+            concurrency,
+            prefetch: env_in_range("WORKER_PREFETCH", concurrency.min(1_000), 1, 1_000)?,
+            shutdown_timeout: Duration::from_secs(env_in_range(
+                "WORKER_SHUTDOWN_TIMEOUT_SECS",
+                30u64,
+                0,
+                86_400,
+            )?),
+            job_timeout: Duration::from_secs(env_in_range(
+                "WORKER_JOB_TIMEOUT_SECS",
+                3_600u64,
+                1,
+                7 * 86_400,
+            )?),
+            metrics_addr: env_or(
+                "WORKER_METRICS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9101)),
+            )?,
         })
     }
 }

@@ -1,35 +1,318 @@
-//! The worker: runs price recalculation jobs off the request path.
+//! The worker: runs queued jobs off the request path, with apalis.
 //!
-//! This is the skeleton the job queue grows into: today it opens the
-//! catalog store, connects to Redis (retrying with backoff while Redis is
-//! down), reports that it is ready, and stops cleanly on SIGTERM. The job
-//! queue and the recalculation jobs are not implemented yet.
+//! One process is one apalis worker of `WORKER_CONCURRENCY` slots, fed by
+//! [`backend::RedisBackend`] from the shared Redis queue. Beside it run:
+//!
+//! - the **heartbeat**, which extends the leases of every job this process
+//!   holds, so a long job is never handed to another worker while this one
+//!   is alive;
+//! - the **maintenance** loop, which any worker may run: it moves due
+//!   scheduled jobs and retries into the queue, takes back jobs whose worker
+//!   died (expired lease), and deletes records past their retention;
+//! - the `/metrics` and `/health` server on `WORKER_METRICS_ADDR`.
+//!
+//! On SIGTERM the worker stops fetching, lets in-flight jobs finish for up to
+//! `WORKER_SHUTDOWN_TIMEOUT_SECS`, then puts whatever it still holds back at
+//! the head of the queue. Nothing is lost.
 //!
 //! # Layout
 //! - [`config`]: [`config::Settings`] from the environment.
-//! - [`run`]: connect, serve until the shutdown future resolves, stop.
+//! - [`backend`]: the apalis backend and the outcome recorder.
+//! - [`registry`]: job name → handler.
+//! - [`jobs`]: the built-in handlers.
+//! - [`metrics`]: the worker's series and its metrics server.
+//! - [`Worker`]: build, run, stop.
 
+pub mod backend;
 pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod registry;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use apalis::layers::WorkerBuilderExt as _;
+use apalis::prelude::*;
+use shared::queue::{DEFAULT_QUEUE, JobOutcome, Queue};
 use shared::redis_pool::{RedisPool, wait_until_ready};
+use tokio::sync::watch;
 
+use crate::backend::{InFlight, QueuedJob, RedisBackend};
 use crate::config::Settings;
+use crate::registry::{JobContext, Registry};
 
-/// Runs the worker until `shutdown` resolves.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = shared::store::open(&settings.database)
-        .await
-        .context("opening the catalog store")?;
-    let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
-    tokio::pin!(shutdown);
-    if wait_until_ready(&pool, &mut shutdown).await {
-        tracing::info!(redis = %settings.redis.url, "worker ready");
-        shutdown.await;
+/// Longest pause of the maintenance loop; it also bounds how late a due
+/// delayed job or retry can start.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
+
+/// How often expired leases are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// How often expired records are deleted.
+const CLEANUP_EVERY: Duration = Duration::from_secs(10);
+
+/// State the job function needs.
+struct Shared {
+    registry: Registry,
+    queue: Queue,
+    worker_id: String,
+}
+
+/// A built worker, ready to run.
+pub struct Worker {
+    settings: Settings,
+    registry: Registry,
+    queue: Queue,
+    worker_id: String,
+    inflight: InFlight,
+    metrics_addr: SocketAddr,
+    metrics_server: Option<std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
+}
+
+/// A unique identity per process start: host, pid and a random suffix, so a
+/// restarted worker never collides with (or waits for) its former self.
+pub fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    let suffix = ulid::Ulid::new().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 6..]
+    )
+}
+
+impl Worker {
+    /// Connects the queue and binds the metrics server.
+    pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
+        let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let queue = Queue::new(
+            pool,
+            &settings.redis.namespace,
+            DEFAULT_QUEUE,
+            settings.queue.clone(),
+        );
+        let worker_id = worker_id();
+        let inflight = InFlight::default();
+        let router = metrics::router(queue.clone(), inflight.clone(), worker_id.clone());
+        let (metrics_addr, server) = metrics::bind(settings.metrics_addr, router)
+            .await
+            .with_context(|| format!("binding WORKER_METRICS_ADDR {}", settings.metrics_addr))?;
+        Ok(Self {
+            settings,
+            registry,
+            queue,
+            worker_id,
+            inflight,
+            metrics_addr,
+            metrics_server: Some(Box::pin(server)),
+        })
     }
-    store.close().await;
-    tracing::info!("worker stopped");
-    Ok(())
+
+    /// Where `/metrics` and `/health` are served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// This process's worker id.
+    pub fn id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Runs until `shutdown` resolves, then drains and stops.
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let server = self.metrics_server.take();
+        let server = tokio::spawn(async move {
+            if let Some(server) = server
+                && let Err(e) = server.await
+            {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut shutdown = Box::pin(shutdown);
+        if !wait_until_ready(self.queue.pool(), &mut shutdown).await {
+            server.abort();
+            return Ok(());
+        }
+        tracing::info!(
+            worker_id = %self.worker_id,
+            concurrency = self.settings.concurrency,
+            metrics = %self.metrics_addr,
+            "worker ready"
+        );
+
+        let heartbeat = tokio::spawn(heartbeat(
+            self.queue.clone(),
+            self.inflight.clone(),
+            self.settings.queue.heartbeat,
+            stop_rx.clone(),
+        ));
+        let maintenance = tokio::spawn(maintenance(self.queue.clone(), stop_rx));
+
+        let shared = Arc::new(Shared {
+            registry: self.registry.clone(),
+            queue: self.queue.clone(),
+            worker_id: self.worker_id.clone(),
+        });
+        let (queue, inflight, settings, id) = (
+            self.queue.clone(),
+            self.inflight.clone(),
+            self.settings.clone(),
+            self.worker_id.clone(),
+        );
+        let monitor = Monitor::new()
+            .register(move |restarts| {
+                let backend = RedisBackend::new(
+                    queue.clone(),
+                    &settings.redis.url,
+                    id.clone(),
+                    settings.prefetch,
+                    inflight.clone(),
+                )
+                .expect("REDIS_URL was validated at startup");
+                WorkerBuilder::new(format!("{id}#{restarts}"))
+                    .backend(backend)
+                    .data(shared.clone())
+                    .concurrency(settings.concurrency)
+                    .timeout(settings.job_timeout)
+                    .build(execute)
+            })
+            .should_restart(|_, error| {
+                tracing::error!(%error, "worker loop stopped; restarting it");
+                true
+            })
+            .shutdown_timeout(self.settings.shutdown_timeout);
+        let result = monitor
+            .run_with_signal(async move {
+                shutdown.await;
+                tracing::info!("stopping: no new jobs; waiting for the running ones");
+                Ok(())
+            })
+            .await;
+
+        // Whatever is still held (prefetched, or cut off by the timeout) goes back.
+        let leftover = self.inflight.drain();
+        let mut requeued = 0;
+        for job in &leftover {
+            match self.queue.requeue(&job.id, job.token()).await {
+                Ok(true) => requeued += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "could not requeue; its lease will expire and it will run again")
+                }
+            }
+        }
+        if requeued > 0 {
+            tracing::info!(requeued, "put unfinished jobs back in the queue");
+        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(heartbeat, maintenance);
+        server.abort();
+        result.context("running the worker")?;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// The job function apalis calls: find the handler and run it.
+async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome, BoxDynError> {
+    let _busy = metrics::BusySlot::take();
+    metrics::record_start(&job.name);
+    let ctx = JobContext {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        worker_id: shared.worker_id.clone(),
+        queue: shared.queue.clone(),
+    };
+    let started = Instant::now();
+    let outcome = shared.registry.dispatch(&job.name, job.args, ctx).await;
+    metrics::record_duration(&job.name, started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(o) => Ok(o),
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, job = %job.name, attempt = job.attempt, error = %e, "job failed");
+            Err(Box::new(e) as BoxDynError)
+        }
+    }
+}
+
+/// Extends this process's leases every `every` until stopped.
+async fn heartbeat(
+    queue: Queue,
+    inflight: InFlight,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let held = inflight.leases();
+        match queue.extend(&held).await {
+            Ok(lost) => {
+                for id in lost {
+                    tracing::warn!(job_id = %id, "lease lost; another worker may run this job");
+                    inflight.take(&id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, held = held.len(), "heartbeat failed"),
+        }
+    }
+}
+
+/// Promotes due jobs, reaps expired leases and cleans up old records until stopped.
+async fn maintenance(queue: Queue, mut stop: watch::Receiver<bool>) {
+    let mut last_reap = Instant::now() - REAP_EVERY;
+    let mut last_cleanup = Instant::now();
+    loop {
+        let mut pause = MAINTENANCE_TICK;
+        match queue.promote_due().await {
+            Ok((moved, next)) => {
+                if moved >= shared::queue::MAINTENANCE_BATCH {
+                    pause = Duration::ZERO;
+                } else if let Some(next) = next {
+                    pause = pause.min(next.max(Duration::from_millis(1)));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "promoting due jobs failed"),
+        }
+        if last_reap.elapsed() >= REAP_EVERY {
+            last_reap = Instant::now();
+            match queue.reap_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(jobs = n, "took back jobs whose worker was lost"),
+                Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
+            }
+        }
+        if last_cleanup.elapsed() >= CLEANUP_EVERY {
+            last_cleanup = Instant::now();
+            if let Err(e) = queue.cleanup().await {
+                tracing::warn!(error = %e, "deleting expired records failed");
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Runs the worker with the built-in jobs until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let worker = Worker::build(settings, jobs::registry()).await?;
+    worker.run_until_stopped(shutdown).await
 }

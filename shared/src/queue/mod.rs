@@ -276,6 +276,58 @@ impl JobSpec for Sleep {
     };
 }
 
+/// How a job handler failed: the worker retries a [`JobError::Retryable`]
+/// failure with the job's backoff until its attempts run out, and buries a
+/// [`JobError::Permanent`] one at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// A transient failure (timeout, connection refused, 5xx): try again later.
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help (bad input, 4xx, unknown job type).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    /// A retryable error from anything displayable.
+    pub fn retryable(e: impl std::fmt::Display) -> Self {
+        JobError::Retryable(e.to_string())
+    }
+
+    /// A permanent error from anything displayable.
+    pub fn permanent(e: impl std::fmt::Display) -> Self {
+        JobError::Permanent(e.to_string())
+    }
+}
+
+/// What a successful handler reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    /// `Succeeded`, or `Skipped` when the job deliberately did nothing.
+    pub state: JobState,
+    /// The result kept with the job's status.
+    pub result: serde_json::Value,
+}
+
+impl JobOutcome {
+    /// Success with a result.
+    pub fn succeeded(result: serde_json::Value) -> Self {
+        Self {
+            state: JobState::Succeeded,
+            result,
+        }
+    }
+
+    /// A deliberate skip with a result explaining it.
+    pub fn skipped(result: serde_json::Value) -> Self {
+        Self {
+            state: JobState::Skipped,
+            result,
+        }
+    }
+}
+
 /// A job ready to push.
 #[derive(Debug, Clone)]
 pub struct NewJob {

@@ -1,0 +1,366 @@
+//! The apalis backend over [`shared::queue::Queue`].
+//!
+//! apalis runs the workers (concurrency, timeouts, panics caught, graceful
+//! shutdown through its `Monitor`); this module feeds it and records what
+//! happened:
+//!
+//! - [`RedisBackend::poll_next`] leases a batch with one script call and
+//!   hands the jobs out one by one. With nothing pending it blocks on a
+//!   dedicated connection (`BLMOVE wait wait RIGHT RIGHT`) instead of
+//!   polling, so pickup is immediate and an idle worker costs nothing. A
+//!   Redis error never reaches apalis (it would stop the worker): the fetch
+//!   retries with backoff until Redis answers again.
+//! - [`QueueAck`], the backend's middleware, sees every handler outcome and
+//!   records it: success, a retry scheduled in Redis with the job's backoff
+//!   (no worker slot sleeps), or the dead set for permanent failures and
+//!   exhausted attempts.
+//!
+//! Every job this process holds a lease on is in [`InFlight`] from fetch
+//! until its outcome is recorded; the heartbeat extends those leases, and
+//! on shutdown whatever is left is put back in the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_core::backend::BackendConfig;
+use apalis_core::backend::finalize::Ephemeral;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shared::queue::{JobError, JobOutcome, Leased, Queue};
+use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
+
+/// How long one blocking wait for new work lasts before it is renewed.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an outcome is retried while Redis is unreachable before the
+/// worker gives up on it; the job's lease then runs out and it runs again.
+const ACK_GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+
+/// The jobs this process holds leases on, by id.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashMap<String, Leased>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Leased>> {
+        // A poisoned map is still a valid map: keep going.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers newly leased jobs.
+    pub fn add(&self, jobs: &[Leased]) {
+        let mut map = self.lock();
+        for job in jobs {
+            map.insert(job.id.clone(), job.clone());
+        }
+    }
+
+    /// A copy of a held job.
+    pub fn get(&self, id: &str) -> Option<Leased> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Removes and returns a job.
+    pub fn take(&self, id: &str) -> Option<Leased> {
+        self.lock().remove(id)
+    }
+
+    /// `(id, token)` of every held lease, for the heartbeat.
+    pub fn leases(&self) -> Vec<(String, String)> {
+        self.lock()
+            .values()
+            .map(|j| (j.id.clone(), j.token().to_string()))
+            .collect()
+    }
+
+    /// Empties the map, returning what was held.
+    pub fn drain(&self) -> Vec<Leased> {
+        self.lock().drain().map(|(_, j)| j).collect()
+    }
+
+    /// How many leases are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no lease is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What apalis hands to the job function.
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    /// Job id.
+    pub id: String,
+    /// Job type.
+    pub name: String,
+    /// Arguments.
+    pub args: serde_json::Value,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The attempts the job may use.
+    pub max_attempts: u32,
+    /// Trace context of the span that pushed it.
+    pub traceparent: Option<String>,
+}
+
+/// The apalis backend: leases jobs from Redis.
+pub struct RedisBackend {
+    queue: Queue,
+    worker_id: String,
+    prefetch: usize,
+    inflight: InFlight,
+    blocking: ConnectionManager,
+    buffer: VecDeque<Leased>,
+    fetch: Option<BoxFuture<'static, Vec<Leased>>>,
+}
+
+impl RedisBackend {
+    /// A backend leasing from `queue` as `worker_id`, `prefetch` jobs at a time.
+    pub fn new(
+        queue: Queue,
+        redis_url: &str,
+        worker_id: String,
+        prefetch: usize,
+        inflight: InFlight,
+    ) -> redis::RedisResult<Self> {
+        // Blocking commands get their own connection: on a shared
+        // multiplexed one they would hold up every command behind them.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(BLOCK_TIMEOUT + Duration::from_secs(3)))
+            .set_number_of_retries(1);
+        let blocking =
+            ConnectionManager::new_lazy_with_config(redis::Client::open(redis_url)?, config)?;
+        Ok(Self {
+            queue,
+            worker_id,
+            prefetch: prefetch.max(1),
+            inflight,
+            blocking,
+            buffer: VecDeque::new(),
+            fetch: None,
+        })
+    }
+}
+
+/// Leases at least one job, waiting (and riding out Redis outages) as long as it takes.
+async fn lease_some(
+    queue: Queue,
+    mut blocking: ConnectionManager,
+    worker_id: String,
+    n: usize,
+    inflight: InFlight,
+) -> Vec<Leased> {
+    let mut delay = INITIAL_RECONNECT_DELAY;
+    loop {
+        match queue.fetch(&worker_id, n).await {
+            Ok(jobs) if !jobs.is_empty() => {
+                inflight.add(&jobs);
+                return jobs;
+            }
+            Ok(_) => match queue.wait_for_work(&mut blocking, BLOCK_TIMEOUT).await {
+                Ok(_) => {
+                    delay = INITIAL_RECONNECT_DELAY;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "waiting for jobs failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "fetching jobs failed"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+fn to_task(job: Leased) -> Task<QueuedJob> {
+    let attempt = job.record.attempts;
+    let max_attempts = job.record.max_attempts;
+    TaskBuilder::new(QueuedJob {
+        id: job.id.clone(),
+        name: job.record.name.clone(),
+        args: job.args,
+        attempt,
+        max_attempts,
+        traceparent: job.record.traceparent.clone(),
+    })
+    .task_id(TaskId::from_string(job.id))
+    // apalis counts the run it is about to start itself.
+    .attempt(attempt.saturating_sub(1) as usize)
+    .max_attempts(max_attempts as usize)
+    .build()
+}
+
+impl Backend for RedisBackend {
+    type Task = Task<QueuedJob>;
+    type Error = std::io::Error;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        loop {
+            if let Some(job) = self.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(to_task(job))));
+            }
+            let fut = self.fetch.get_or_insert_with(|| {
+                lease_some(
+                    self.queue.clone(),
+                    self.blocking.clone(),
+                    self.worker_id.clone(),
+                    self.prefetch,
+                    self.inflight.clone(),
+                )
+                .boxed()
+            });
+            let jobs = ready!(fut.poll_unpin(cx));
+            self.fetch = None;
+            self.buffer.extend(jobs);
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        // Leased but never started: the worker's shutdown requeues them from InFlight.
+        self.buffer.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for RedisBackend {
+    type Args = QueuedJob;
+    type Id = String;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = AcknowledgeLayer<QueueAck>;
+
+    fn config(&self) -> &() {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        AcknowledgeLayer::new(QueueAck {
+            queue: self.queue.clone(),
+            inflight: self.inflight.clone(),
+        })
+    }
+}
+
+/// Records each handler outcome in Redis.
+#[derive(Clone)]
+pub struct QueueAck {
+    queue: Queue,
+    inflight: InFlight,
+}
+
+/// What to record for one outcome.
+#[derive(Debug)]
+enum Verdict {
+    Done(JobOutcome),
+    Retry(String, Duration),
+    Bury(String),
+}
+
+fn verdict(res: &Result<JobOutcome, BoxDynError>, job: &Leased) -> Verdict {
+    match res {
+        Ok(outcome) => Verdict::Done(outcome.clone()),
+        Err(e) => {
+            let permanent = match e.downcast_ref::<JobError>() {
+                Some(JobError::Permanent(_)) => true,
+                Some(JobError::Retryable(_)) => false,
+                None => e.downcast_ref::<AbortError>().is_some(),
+            };
+            let message = e.to_string();
+            let attempts = job.record.attempts;
+            if permanent {
+                Verdict::Bury(format!("permanent: {message}"))
+            } else if attempts >= job.record.max_attempts {
+                Verdict::Bury(format!("gave up after {attempts} attempts: {message}"))
+            } else {
+                Verdict::Retry(message, job.record.backoff.delay(attempts))
+            }
+        }
+    }
+}
+
+impl Acknowledge<JobOutcome> for QueueAck {
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<(), Self::Error>>;
+
+    fn ack(
+        &mut self,
+        res: &Result<JobOutcome, BoxDynError>,
+        ctx: &ExecutionContext,
+    ) -> Self::Future {
+        let id = ctx.task_id().map(|t| t.to_string()).unwrap_or_default();
+        let Some(job) = self.inflight.get(&id) else {
+            // The heartbeat found its lease lost; another worker owns it now.
+            tracing::warn!(job_id = %id, "outcome of a job whose lease was lost; discarded");
+            return async { Ok(()) }.boxed();
+        };
+        let verdict = verdict(res, &job);
+        let (queue, inflight) = (self.queue.clone(), self.inflight.clone());
+        async move {
+            crate::metrics::record_outcome(&job.record.name, verdict_label(&verdict));
+            let started = tokio::time::Instant::now();
+            let mut delay = INITIAL_RECONNECT_DELAY;
+            // The job stays in InFlight, so the heartbeat keeps its lease
+            // alive while the outcome waits for Redis.
+            loop {
+                let recorded = match &verdict {
+                    Verdict::Done(o) => queue.complete(&job, o.state, &o.result).await,
+                    Verdict::Retry(err, after) => queue.retry_later(&job, err, *after).await,
+                    Verdict::Bury(err) => queue.bury(&job, err).await,
+                };
+                match recorded {
+                    Ok(true) => {
+                        tracing::debug!(job_id = %job.id, job = %job.record.name, ?verdict, "outcome recorded");
+                        break;
+                    }
+                    Ok(false) => {
+                        tracing::warn!(job_id = %job.id, "lease lost before the outcome was recorded; discarded");
+                        break;
+                    }
+                    Err(e) if started.elapsed() < ACK_GIVE_UP_AFTER => {
+                        tracing::warn!(job_id = %job.id, error = %e, retry_in = ?delay, "recording the outcome failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                    }
+                    Err(e) => {
+                        tracing::error!(job_id = %job.id, error = %e, "giving up recording the outcome; the job will run again when its lease expires");
+                        break;
+                    }
+                }
+            }
+            inflight.take(&job.id);
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+fn verdict_label(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Done(o) if o.state == shared::queue::JobState::Skipped => "skipped",
+        Verdict::Done(_) => "succeeded",
+        Verdict::Retry(..) => "retried",
+        Verdict::Bury(_) => "failed",
+    }
+}

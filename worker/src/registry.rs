@@ -1,0 +1,92 @@
+//! Which handler runs which job type.
+//!
+//! Jobs travel as `(name, JSON arguments)`. The [`Registry`] maps each name
+//! to a handler that decodes the arguments into the job's type and runs it.
+//! Arguments that do not decode, and names nobody registered, are permanent
+//! failures: they go to the dead set with the reason, never into a retry loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use shared::queue::{JobError, JobOutcome, JobSpec, Queue};
+
+/// What a handler knows about the job it runs.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The job's id.
+    pub id: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The attempts the job may use.
+    pub max_attempts: u32,
+    /// The worker running it.
+    pub worker_id: String,
+    /// The queue, for handlers that push follow-up jobs or report progress.
+    pub queue: Queue,
+}
+
+type Handler = Arc<
+    dyn Fn(serde_json::Value, JobContext) -> BoxFuture<'static, Result<JobOutcome, JobError>>
+        + Send
+        + Sync,
+>;
+
+/// Job name → handler.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Handler>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for jobs of type `J`.
+    pub fn register<J, F, Fut>(&mut self, handler: F) -> &mut Self
+    where
+        J: JobSpec,
+        F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<JobOutcome, JobError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.handlers.insert(
+            J::NAME,
+            Arc::new(move |args: serde_json::Value, ctx: JobContext| {
+                let handler = handler.clone();
+                async move {
+                    let job: J = serde_json::from_value(args).map_err(|e| {
+                        JobError::Permanent(format!("invalid arguments for {}: {e}", J::NAME))
+                    })?;
+                    handler(job, ctx).await
+                }
+                .boxed()
+            }),
+        );
+        self
+    }
+
+    /// Whether a handler exists for `name`.
+    pub fn knows(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    /// Runs the handler of `name`.
+    pub async fn dispatch(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+        ctx: JobContext,
+    ) -> Result<JobOutcome, JobError> {
+        match self.handlers.get(name) {
+            Some(handler) => handler(args, ctx).await,
+            None => Err(JobError::Permanent(format!(
+                "no handler for job type {name:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Identity, graceful shutdown, delayed jobs and the metrics endpoint.
+
+use std::time::Duration;
+
+use shared::queue::{JobState, NewJob, Noop, QueueSettings, Sleep};
+use shared::testing::{RedisServer, run_until_ready_then_sigterm};
+
+use crate::helpers::{queue, settings, start, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn every_worker_has_its_own_identity_and_a_restart_is_immediate() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let envs = vec![
+        ("REDIS_URL", redis.url()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/catalog.db", dir.path().display()),
+        ),
+        ("WORKER_METRICS_ADDR", "127.0.0.1:0".to_string()),
+    ];
+    let (first_ok, first) = tokio::task::spawn_blocking({
+        let envs = envs.clone();
+        move || run_until_ready_then_sigterm(env!("CARGO_BIN_EXE_worker"), &envs, "worker ready")
+    })
+    .await
+    .unwrap();
+    // Started again at once: ready, with a different identity, no refusal.
+    let (second_ok, second) = tokio::task::spawn_blocking(move || {
+        run_until_ready_then_sigterm(env!("CARGO_BIN_EXE_worker"), &envs, "worker ready")
+    })
+    .await
+    .unwrap();
+    assert!(first_ok && second_ok, "{first}\n{second}");
+    let id = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("worker ready"))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["worker_id"].as_str().map(String::from))
+            .unwrap()
+    };
+    assert_ne!(id(&first), id(&second));
+    assert!(second.contains("worker stopped"), "{second}");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_short_jobs_and_puts_long_ones_back() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let mut s = settings(&redis, QueueSettings::default());
+    s.concurrency = 2;
+    s.prefetch = 2;
+    s.shutdown_timeout = Duration::from_secs(1);
+    let w = start(s, worker::jobs::registry()).await;
+    let short = q
+        .push(NewJob::of(&Sleep { millis: 300 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let long = q
+        .push(NewJob::of(&Sleep { millis: 30_000 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    wait_for(&q, &short, &[JobState::Running], LONG).await;
+    wait_for(&q, &long, &[JobState::Running], LONG).await;
+
+    w.stop().await;
+
+    assert_eq!(
+        q.status(&short).await.unwrap().unwrap().record.state,
+        JobState::Succeeded
+    );
+    let back = q.status(&long).await.unwrap().unwrap().record;
+    assert_eq!((back.state, back.attempts), (JobState::Pending, 0));
+    let d = q.depths().await.unwrap();
+    assert_eq!((d.pending, d.running), (1, 0));
+}
+
+#[tokio::test]
+async fn delayed_jobs_run_once_due() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let w = start(
+        settings(&redis, QueueSettings::default()),
+        worker::jobs::registry(),
+    )
+    .await;
+    let pushed_at = chrono::Utc::now();
+    let id = q
+        .push(
+            NewJob::of(&Noop {})
+                .unwrap()
+                .countdown(Duration::from_millis(700)),
+        )
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        q.status(&id).await.unwrap().unwrap().record.state,
+        JobState::Scheduled
+    );
+    let rec = wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
+    let started = shared::queue::ms_to_datetime(rec.started_at.unwrap()).unwrap();
+    assert!(
+        started - pushed_at >= chrono::Duration::milliseconds(690),
+        "{started} vs {pushed_at}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_serves_metrics_and_health() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let w = start(
+        settings(&redis, QueueSettings::default()),
+        worker::jobs::registry(),
+    )
+    .await;
+    let id = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
+
+    let client = reqwest::Client::new();
+    let health: serde_json::Value = client
+        .get(format!("http://{}/health", w.metrics))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["worker_id"], w.id.as_str());
+    let text = client
+        .get(format!("http://{}/metrics", w.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"jobs_started_total{job="noop"}"#,
+        r#"jobs_finished_total{job="noop",outcome="succeeded"}"#,
+        r#"job_duration_seconds_bucket{job="noop",le="0.001"}"#,
+        r#"queue_depth{state="pending"}"#,
+        "worker_busy_slots",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    w.stop().await;
+}

@@ -1,0 +1,215 @@
+//! Retries as configured, exactly; permanent failures; the dead set.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shared::queue::{
+    Backoff, JobError, JobOutcome, JobSpec, JobState, NewJob, Noop, QueueSettings,
+    ResurrectOutcome, RetryPolicy,
+};
+use shared::testing::RedisServer;
+use worker::registry::Registry;
+
+use crate::helpers::{queue, settings, start, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Fails with a retryable error every time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Flaky {}
+
+impl JobSpec for Flaky {
+    const NAME: &'static str = "flaky";
+    const RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 4,
+        backoff: Backoff {
+            base_ms: 300,
+            factor: 2.0,
+            cap_ms: 1_000,
+            jitter: 0.0,
+        },
+    };
+}
+
+/// Fails with a permanent error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Doomed {}
+
+impl JobSpec for Doomed {
+    const NAME: &'static str = "doomed";
+    const RETRY: RetryPolicy = Flaky::RETRY;
+}
+
+type Starts = Arc<Mutex<Vec<(String, Instant)>>>;
+
+fn registry(starts: Starts) -> Registry {
+    let mut registry = worker::jobs::registry();
+    let s = starts.clone();
+    registry.register(move |_: Flaky, ctx: worker::registry::JobContext| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().push((ctx.id.clone(), Instant::now()));
+            Err::<JobOutcome, _>(JobError::retryable(format!(
+                "upstream timed out (attempt {})",
+                ctx.attempt
+            )))
+        }
+    });
+    registry.register(move |_: Doomed, ctx: worker::registry::JobContext| {
+        let s = starts.clone();
+        async move {
+            s.lock().unwrap().push((ctx.id.clone(), Instant::now()));
+            Err::<JobOutcome, _>(JobError::permanent("product does not exist"))
+        }
+    });
+    registry
+}
+
+#[tokio::test]
+async fn a_retryable_failure_runs_exactly_max_attempts_times_at_the_backoff_delays() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let starts = Starts::default();
+    let w = start(
+        settings(&redis, QueueSettings::default()),
+        registry(starts.clone()),
+    )
+    .await;
+
+    let id = q.push(NewJob::of(&Flaky {}).unwrap()).await.unwrap().id;
+    let rec = wait_for(&q, &id, &[JobState::Failed], LONG).await;
+
+    // Exactly max_attempts runs, then the dead set with the last error.
+    let runs: Vec<Instant> = starts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(j, _)| *j == id)
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(runs.len(), 4);
+    assert_eq!(rec.attempts, 4);
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 4 attempts: upstream timed out (attempt 4)")
+    );
+    let dead = q.dead(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, id);
+    assert_eq!(q.depths().await.unwrap().retried_total, 3);
+
+    // Each retry waited at least its backoff (300, 600, then capped 1000 ms),
+    // and not grossly longer (the maintenance tick is 250 ms).
+    for (i, nominal_ms) in [300u64, 600, 1_000].into_iter().enumerate() {
+        let gap = runs[i + 1] - runs[i];
+        assert!(
+            gap >= Duration::from_millis(nominal_ms),
+            "retry {} came after {gap:?}",
+            i + 1
+        );
+        assert!(
+            gap < Duration::from_millis(nominal_ms + 3_000),
+            "retry {} came after {gap:?}",
+            i + 1
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_waiting_retry_does_not_hold_a_worker_slot() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let mut s = settings(&redis, QueueSettings::default());
+    s.concurrency = 1;
+    s.prefetch = 1;
+    let w = start(s, registry(Starts::default())).await;
+    let slow_retry = RetryPolicy {
+        max_attempts: 2,
+        backoff: Backoff {
+            base_ms: 60_000,
+            factor: 1.0,
+            cap_ms: 60_000,
+            jitter: 0.0,
+        },
+    };
+    let flaky = q
+        .push(NewJob::of(&Flaky {}).unwrap().retry(slow_retry))
+        .await
+        .unwrap()
+        .id;
+    wait_for(&q, &flaky, &[JobState::Retrying], LONG).await;
+
+    // With the only slot free, other work proceeds during the minute-long wait.
+    let noop = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    wait_for(&q, &noop, &[JobState::Succeeded], LONG).await;
+    assert_eq!(
+        q.status(&flaky).await.unwrap().unwrap().record.state,
+        JobState::Retrying
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_not_retried_and_the_dead_job_can_be_requeued() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let starts = Starts::default();
+    let w = start(
+        settings(&redis, QueueSettings::default()),
+        registry(starts.clone()),
+    )
+    .await;
+
+    let id = q.push(NewJob::of(&Doomed {}).unwrap()).await.unwrap().id;
+    let rec = wait_for(&q, &id, &[JobState::Failed], LONG).await;
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(starts.lock().unwrap().len(), 1);
+    assert_eq!(
+        rec.error.as_deref(),
+        Some("permanent: product does not exist")
+    );
+
+    assert_eq!(q.resurrect(&id).await.unwrap(), ResurrectOutcome::Queued);
+    wait_for(&q, &id, &[JobState::Failed], LONG).await;
+    assert_eq!(
+        starts.lock().unwrap().len(),
+        2,
+        "the re-enqueued job did not run again"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_job_types_and_bad_arguments_are_dead_lettered_and_the_worker_goes_on() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let w = start(
+        settings(&redis, QueueSettings::default()),
+        worker::jobs::registry(),
+    )
+    .await;
+
+    let mut unknown = NewJob::of(&Noop {}).unwrap();
+    unknown.name = "no_such_job".into();
+    let mut bad_args = NewJob::of(&shared::queue::Sleep { millis: 1 }).unwrap();
+    bad_args.args = serde_json::json!({"millis": "soon"});
+    let a = q.push(unknown).await.unwrap().id;
+    let b = q.push(bad_args).await.unwrap().id;
+    let c = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+
+    let ra = wait_for(&q, &a, &[JobState::Failed], LONG).await;
+    let rb = wait_for(&q, &b, &[JobState::Failed], LONG).await;
+    wait_for(&q, &c, &[JobState::Succeeded], LONG).await;
+    assert!(
+        ra.error
+            .unwrap()
+            .contains("no handler for job type \"no_such_job\"")
+    );
+    assert!(rb.error.unwrap().contains("invalid arguments for sleep"));
+    assert_eq!((ra.attempts, rb.attempts), (1, 1));
+    w.stop().await;
+}
