@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_or,
 };
+use shared::queue::QueueSettings;
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-api";
@@ -23,6 +24,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Logging and trace export.
     pub telemetry: TelemetrySettings,
+    /// Job retention and leases (the task endpoints read and change jobs).
+    pub queue: QueueSettings,
 }
 
 impl Settings {
@@ -34,6 +37,7 @@ impl Settings {
             database: DatabaseSettings::from_env()?,
             cache: CacheSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
+            queue: QueueSettings::from_env()?,
         })
     }
 }

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// 404: the product (or route) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
     /// 405: the route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -89,6 +93,18 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => {
                 tracing::error!(error = %e, "catalog store unavailable");
                 ApiError::Unavailable("the catalog store is unavailable; retry later".into())
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<shared::queue::QueueError> for ApiError {
+    fn from(e: shared::queue::QueueError) -> Self {
+        match e {
+            shared::queue::QueueError::Redis(_) => {
+                tracing::error!(error = %e, "queue unavailable");
+                ApiError::Unavailable("the job queue (Redis) is unavailable; retry later".into())
             }
             other => ApiError::Internal(other.into()),
         }

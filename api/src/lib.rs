@@ -10,7 +10,7 @@
 //! - [`config`]: [`config::Settings`] from the environment.
 //! - [`startup`]: [`startup::Application`]: build, bind, serve, stop.
 //! - [`state`]: [`state::AppState`], the shared clients.
-//! - [`routes`]: one module per feature, each with `router()`.
+//! - [`routes`]: one module per feature (prices, tasks, operations), each with `router()`.
 //! - [`service`]: the cache-aside logic the price handlers call.
 //! - [`model`]: request and response bodies, and their validation.
 //! - [`extract`]: extractors that turn bad input into JSON 4xx errors.

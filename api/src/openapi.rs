@@ -7,14 +7,14 @@ use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
 use crate::model::{BatchRequest, BatchResponse, PriceDetail, PriceRequest, PriceSource};
-use crate::routes::{ops, price};
+use crate::routes::{ops, price, tasks};
 
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Dynamic pricing API",
-        description = "Cache-aside price reads over a Redis cache and a SQL catalog.",
+        description = "Cache-aside price reads over a Redis cache and a SQL catalog, and the job queue behind them.",
     ),
     paths(
         price::post_price,
@@ -23,13 +23,21 @@ use crate::routes::{ops, price};
         ops::health,
         ops::ready,
         ops::metrics,
+        tasks::status,
+        tasks::cancel,
+        tasks::retry,
+        tasks::dead,
+        tasks::queues,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
         ops::Health, ops::Readiness, ops::Check,
+        tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::QueueDepths,
+        shared::queue::JobState, shared::queue::Depths,
     )),
     tags(
         (name = "prices", description = "Price reads"),
+        (name = "tasks", description = "Job status, the dead set, cancel and re-enqueue"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use shared::cache::PriceCache;
 use shared::keys::Keys;
+use shared::queue::{DEFAULT_QUEUE, Queue};
 use shared::redis_pool::RedisPool;
 use shared::store::{self, CatalogStore};
 use tokio::net::TcpListener;
@@ -40,6 +41,12 @@ impl Application {
         store: Arc<dyn CatalogStore>,
     ) -> anyhow::Result<Self> {
         let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let queue = Queue::new(
+            pool.clone(),
+            &settings.redis.namespace,
+            DEFAULT_QUEUE,
+            settings.queue.clone(),
+        );
         let cache = PriceCache::new(
             pool,
             Keys::new(&settings.redis.namespace),
@@ -53,6 +60,7 @@ impl Application {
             state: AppState {
                 cache,
                 store,
+                queue,
                 metrics: crate::metrics::recorder(),
             },
         })

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::cache::PriceCache;
+use shared::queue::Queue;
 use shared::store::CatalogStore;
 
 /// One clonable bundle of shared clients; cloning copies a few `Arc`s.
@@ -13,6 +14,8 @@ pub struct AppState {
     pub cache: PriceCache,
     /// The catalog store.
     pub store: Arc<dyn CatalogStore>,
+    /// The job queue, for the task endpoints.
+    pub queue: Queue,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }

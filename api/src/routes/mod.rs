@@ -2,6 +2,7 @@
 
 pub mod ops;
 pub mod price;
+pub mod tasks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +20,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(price::router())
         .merge(ops::router())
+        .merge(tasks::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

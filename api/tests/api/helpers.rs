@@ -52,6 +52,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },
+        queue: shared::queue::QueueSettings::default(),
     }
 }
 

@@ -7,4 +7,5 @@ mod cli;
 mod helpers;
 mod ops;
 mod price;
+mod tasks;
 mod validation;

@@ -1,0 +1,245 @@
+//! The task API: status by id, the dead set, re-enqueue, cancel, queue depths.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, ResurrectOutcome};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ValidQuery;
+use crate::state::AppState;
+
+/// Most dead jobs one listing returns.
+pub const MAX_DEAD_LIMIT: usize = 1_000;
+
+/// Routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/tasks/dead", get(dead))
+        .route("/api/v1/tasks/{task_id}", get(status).delete(cancel))
+        .route("/api/v1/tasks/{task_id}/retry", post(retry))
+        .route("/api/v1/queues", get(queues))
+}
+
+/// A task as the API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatus {
+    /// The task id.
+    pub task_id: String,
+    /// The job type.
+    pub name: String,
+    /// Where it is in its life.
+    pub status: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts it may use.
+    pub max_attempts: u32,
+    /// When it was queued.
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// When it is due (scheduled jobs and waiting retries).
+    pub run_at: Option<DateTime<Utc>>,
+    /// When its latest attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its result, once finished.
+    pub result: Option<serde_json::Value>,
+    /// Its latest error.
+    pub error: Option<String>,
+    /// The worker that ran its latest attempt.
+    pub worker: Option<String>,
+}
+
+impl From<JobStatus> for TaskStatus {
+    fn from(s: JobStatus) -> Self {
+        let t = |ms: Option<i64>| ms.and_then(shared::queue::ms_to_datetime);
+        let r = s.record;
+        TaskStatus {
+            task_id: s.id,
+            name: r.name,
+            status: r.state,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            enqueued_at: t(r.enqueued_at),
+            run_at: t(r.run_at),
+            started_at: t(r.started_at),
+            finished_at: t(r.finished_at),
+            result: s.result,
+            error: r.error,
+            worker: r.worker,
+        }
+    }
+}
+
+/// The dead set.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadList {
+    /// Failed tasks, newest first.
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// Query of the dead-set listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeadQuery {
+    /// How many to list (1–1,000, default 50).
+    pub limit: Option<usize>,
+}
+
+/// A task accepted into the queue.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// The task id.
+    pub task_id: String,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
+/// A cancelled task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    /// The task id.
+    pub task_id: String,
+    /// Always `cancelled`.
+    pub status: JobState,
+}
+
+/// Depths of every queue.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueueDepths {
+    /// Queue name → depths by state.
+    pub queues: std::collections::BTreeMap<String, Depths>,
+}
+
+fn check_task_id(id: &str) -> Result<(), ApiError> {
+    shared::domain::validate_product_id(id)
+        .map_err(|e| ApiError::field("task_id", format!("task_id {e}")))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("task {id} not found"))
+}
+
+/// Status of one task.
+#[utoipa::path(get, path = "/api/v1/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = TaskStatus),
+        (status = 404, description = "Unknown (or expired) task id; never reported as pending", body = ErrorBody),
+        (status = 503, description = "Redis unavailable", body = ErrorBody),
+    ))]
+pub async fn status(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskStatus>, ApiError> {
+    check_task_id(&task_id)?;
+    let status = state
+        .queue
+        .status(&task_id)
+        .await?
+        .ok_or_else(|| not_found(&task_id))?;
+    Ok(Json(status.into()))
+}
+
+/// Cancel a pending or scheduled task.
+#[utoipa::path(delete, path = "/api/v1/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Cancelled; it will not run", body = Cancelled),
+        (status = 404, description = "Unknown task id", body = ErrorBody),
+        (status = 409, description = "Already running or finished", body = ErrorBody),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<Cancelled>, ApiError> {
+    check_task_id(&task_id)?;
+    match state.queue.cancel(&task_id).await? {
+        CancelOutcome::Cancelled => Ok(Json(Cancelled {
+            task_id,
+            status: JobState::Cancelled,
+        })),
+        CancelOutcome::NotFound => Err(not_found(&task_id)),
+        CancelOutcome::TooLate(s) => Err(ApiError::Conflict(format!(
+            "task {task_id} is {}; only pending or scheduled tasks can be cancelled",
+            state_name(s)
+        ))),
+    }
+}
+
+/// Re-enqueue a task from the dead set.
+#[utoipa::path(post, path = "/api/v1/tasks/{task_id}/retry", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    responses(
+        (status = 202, description = "Queued again with a fresh attempt budget", body = Accepted),
+        (status = 404, description = "Unknown task id", body = ErrorBody),
+        (status = 409, description = "The task is not in the dead set", body = ErrorBody),
+    ))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    check_task_id(&task_id)?;
+    match state.queue.resurrect(&task_id).await? {
+        ResurrectOutcome::Queued => Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                status_url: format!("/api/v1/tasks/{task_id}"),
+                task_id,
+            }),
+        )),
+        ResurrectOutcome::NotFound => Err(not_found(&task_id)),
+        ResurrectOutcome::NotDead(s) => Err(ApiError::Conflict(format!(
+            "task {task_id} is {}, not failed",
+            state_name(s)
+        ))),
+    }
+}
+
+/// The dead set, newest first.
+#[utoipa::path(get, path = "/api/v1/tasks/dead", tag = "tasks", params(DeadQuery),
+    responses(
+        (status = 200, description = "Failed tasks with their last error", body = DeadList),
+        (status = 422, description = "Bad limit", body = ErrorBody),
+    ))]
+pub async fn dead(
+    State(state): State<AppState>,
+    ValidQuery(query): ValidQuery<DeadQuery>,
+) -> Result<Json<DeadList>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_DEAD_LIMIT).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("limit must be between 1 and {MAX_DEAD_LIMIT}"),
+        ));
+    }
+    let tasks = state
+        .queue
+        .dead(limit)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(DeadList { tasks }))
+}
+
+/// Queue depths by state.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "tasks",
+    responses((status = 200, description = "Depths by state, and lifetime counters", body = QueueDepths)))]
+pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueDepths>, ApiError> {
+    let depths = state.queue.depths().await?;
+    Ok(Json(QueueDepths {
+        queues: [(shared::queue::DEFAULT_QUEUE.to_string(), depths)].into(),
+    }))
+}
+
+fn state_name(s: JobState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}

@@ -1,0 +1,183 @@
+//! The task API over the real queue.
+
+use serde_json::json;
+use shared::queue::{JobState, NewJob, Noop};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
+    let app = spawn_app().await;
+    let id = app
+        .state
+        .queue
+        .push(NewJob::of(&Noop {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+
+    let (s, body) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["task_id"], id.as_str());
+    assert_eq!(body["name"], "noop");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["attempts"], 0);
+    assert!(body["enqueued_at"].is_string());
+    assert!(body["started_at"].is_null());
+
+    let leased = app
+        .state
+        .queue
+        .fetch("api-test-worker", 1)
+        .await
+        .unwrap()
+        .remove(0);
+    app.state
+        .queue
+        .complete(&leased, JobState::Succeeded, &json!({"updated_count": 3}))
+        .await
+        .unwrap();
+    let (_, body) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["worker"], "api-test-worker");
+    assert_eq!(body["result"], json!({"updated_count": 3}));
+    assert!(body["finished_at"].is_string());
+
+    let (s, body) = app
+        .get_json("/api/v1/tasks/01JZZZZZZZZZZZZZZZZZZZZZZZ")
+        .await;
+    assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
+    let (s, body) = app.get_json("/api/v1/tasks/bad%20id").await;
+    assert_eq!((s, body["fields"][0].as_str()), (422, Some("task_id")));
+}
+
+#[tokio::test]
+async fn pending_tasks_can_be_cancelled_and_running_ones_cannot() {
+    let app = spawn_app().await;
+    let q = &app.state.queue;
+    let pending = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let running = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    // FIFO: the first pushed is fetched first.
+    let leased = q.fetch("w", 1).await.unwrap();
+    assert_eq!(leased[0].id, pending);
+
+    let resp = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{running}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "cancelled");
+
+    let resp = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{pending}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "conflict");
+
+    let resp = app
+        .client
+        .delete(app.url("/api/v1/tasks/NOPE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn the_dead_set_is_listed_and_a_dead_task_can_be_requeued() {
+    let app = spawn_app().await;
+    let q = &app.state.queue;
+    let id = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let leased = q.fetch("w", 1).await.unwrap().remove(0);
+    q.bury(&leased, "permanent: the feed said 404")
+        .await
+        .unwrap();
+
+    let (s, body) = app.get_json("/api/v1/tasks/dead?limit=10").await;
+    assert_eq!(s, 200);
+    let tasks = body["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["task_id"], id.as_str());
+    assert_eq!(tasks[0]["status"], "failed");
+    assert_eq!(tasks[0]["error"], "permanent: the feed said 404");
+    assert_eq!(tasks[0]["attempts"], 1);
+
+    let resp = app
+        .client
+        .post(app.url(&format!("/api/v1/tasks/{id}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status_url"], format!("/api/v1/tasks/{id}"));
+    let (_, status) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(
+        (status["status"].as_str(), status["attempts"].as_u64()),
+        (Some("pending"), Some(0))
+    );
+    let (_, body) = app.get_json("/api/v1/tasks/dead").await;
+    assert!(body["tasks"].as_array().unwrap().is_empty());
+
+    // Only dead tasks can be re-enqueued.
+    let resp = app
+        .client
+        .post(app.url(&format!("/api/v1/tasks/{id}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let (s, body) = app.get_json("/api/v1/tasks/dead?limit=0").await;
+    assert_eq!((s, body["fields"][0].as_str()), (422, Some("limit")));
+}
+
+#[tokio::test]
+async fn queue_depths_are_reported_by_state() {
+    let app = spawn_app().await;
+    let q = &app.state.queue;
+    for _ in 0..3 {
+        q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
+    }
+    q.push(
+        NewJob::of(&Noop {})
+            .unwrap()
+            .countdown(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    q.fetch("w", 1).await.unwrap();
+
+    let (s, body) = app.get_json("/api/v1/queues").await;
+    assert_eq!(s, 200);
+    let d = &body["queues"]["default"];
+    assert_eq!(
+        (
+            d["pending"].as_u64(),
+            d["delayed"].as_u64(),
+            d["running"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn task_endpoints_answer_503_when_redis_is_down() {
+    let mut app = spawn_app().await;
+    app.redis.stop();
+    let (s, body) = app
+        .get_json("/api/v1/tasks/01JZZZZZZZZZZZZZZZZZZZZZZZ")
+        .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (503, Some("service_unavailable"))
+    );
+    let (s, _) = app.get_json("/api/v1/queues").await;
+    assert_eq!(s, 503);
+}
