@@ -1,33 +1,41 @@
 //! The stop signal every binary waits on.
 //!
 //! Services stop on SIGTERM (what `docker stop`, systemd and Kubernetes send)
-//! and on Ctrl-C (SIGINT). [`signal`] resolves on the first of either, so a
-//! binary can pass it to its `run` function as the shutdown future.
+//! and on Ctrl-C (SIGINT). [`signal`] installs both handlers at once, when it
+//! is called, not when its future is first polled: a SIGTERM that arrives
+//! right after a service reports ready must still be a graceful stop, not
+//! the default "terminate now".
 
-/// Resolves when the process receives SIGTERM or SIGINT.
-pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+use std::future::Future;
+
+/// Installs the SIGTERM and SIGINT handlers and returns a future that
+/// resolves on the first of them. Call it inside the tokio runtime.
+#[cfg(unix)]
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (mut term, mut int) = match (term, int) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
                 std::future::pending::<()>().await;
+                unreachable!()
             }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+            _ = int.recv() => tracing::info!("received Ctrl-C, shutting down"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
-        () = term => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
+
+/// Resolves on Ctrl-C (platforms without Unix signals).
+#[cfg(not(unix))]
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("received Ctrl-C, shutting down");
     }
 }

@@ -15,9 +15,10 @@
 //! | `delayed` | zset | scheduled jobs and waiting retries, by due time |
 //! | `active` | zset | running jobs, by lease deadline |
 //! | `dead` | zset | failed jobs, by failure time |
-//! | `jobs` | hash | id → the job record (JSON) |
-//! | `args`, `results` | hash | id → arguments / result (opaque JSON) |
-//! | `unique` | hash | unique key → id of the pending job holding it |
+//! | `jobs` | hash | id → the job's fixed description (JSON: name, retry policy, trace context) |
+//! | `live` | hash | id → the fields that change (state, attempts, times, worker, lease token), tab-separated |
+//! | `args`, `results`, `errors` | hash | id → arguments / result (opaque JSON) / latest error |
+//! | `unique`, `uniq_of` | hash | unique key → id of the pending job holding it, and back |
 //! | `finished` | zset | finished ids, by the time their record expires |
 //! | `stats` | hash | counters: succeeded, failed, retried, skipped |
 //!
@@ -134,7 +135,7 @@ pub enum JobState {
     Cancelled,
 }
 
-/// A job as stored in Redis and reported by the status API.
+/// A job as the status API reports it, assembled from its stored parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     /// Job type, e.g. `recalculate_all_prices`.
@@ -489,6 +490,9 @@ pub struct QueueKeys {
     unique: String,
     finished: String,
     stats: String,
+    live: String,
+    errors: String,
+    uniq_of: String,
 }
 
 impl QueueKeys {
@@ -507,12 +511,18 @@ impl QueueKeys {
             unique: k("unique"),
             finished: k("finished"),
             stats: k("stats"),
+            live: k("live"),
+            errors: k("errors"),
+            uniq_of: k("uniq_of"),
         }
     }
 
     /// Every key, for tests that check the hash tag and for cleanup.
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 13] {
         [
+            &self.live,
+            &self.errors,
+            &self.uniq_of,
             &self.wait,
             &self.delayed,
             &self.active,
@@ -546,10 +556,59 @@ pub struct Queue {
     settings: QueueSettings,
 }
 
-fn decode_record(id: &str, raw: &str) -> Result<JobRecord, QueueError> {
-    serde_json::from_str(raw).map_err(|e| QueueError::Corrupt {
+/// The part of a job that never changes, stored as JSON in `jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Description {
+    name: String,
+    max_attempts: u32,
+    backoff: Backoff,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unique_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracestate: Option<String>,
+}
+
+fn corrupt(id: &str, reason: impl std::fmt::Display) -> QueueError {
+    QueueError::Corrupt {
         id: id.to_string(),
-        reason: e.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Builds a record from its stored parts: the JSON description, the
+/// tab-separated live fields (see [`scripts`]) and the latest error.
+fn decode_record(
+    id: &str,
+    description: &str,
+    live: &str,
+    error: Option<String>,
+) -> Result<JobRecord, QueueError> {
+    let d: Description = serde_json::from_str(description).map_err(|e| corrupt(id, e))?;
+    let f: Vec<&str> = live.split('\t').collect();
+    if f.len() != 9 {
+        return Err(corrupt(id, format!("{} live fields, expected 9", f.len())));
+    }
+    let num = |s: &str| s.parse::<f64>().ok().map(|v| v as i64);
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(JobRecord {
+        name: d.name,
+        state: parse_state(f[0]),
+        attempts: num(f[1]).unwrap_or(0).max(0) as u32,
+        max_attempts: d.max_attempts,
+        enqueued_at: num(f[2]),
+        started_at: num(f[3]),
+        finished_at: num(f[4]),
+        worker: text(f[5]),
+        token: text(f[6]),
+        leases_lost: num(f[7]).unwrap_or(0).max(0) as u32,
+        run_at: num(f[8]),
+        error,
+        unique_key: d.unique_key,
+        backoff: d.backoff,
+        traceparent: d.traceparent,
+        tracestate: d.tracestate,
     })
 }
 
@@ -588,26 +647,16 @@ impl Queue {
         id: &str,
         job: &NewJob,
     ) -> Result<(), QueueError> {
-        let record = JobRecord {
+        let description = Description {
             name: job.name.clone(),
-            state: JobState::Pending,
-            attempts: 0,
             max_attempts: job.retry.max_attempts.max(1),
-            enqueued_at: None,
-            run_at: None,
-            started_at: None,
-            finished_at: None,
-            worker: None,
-            token: None,
-            error: None,
-            unique_key: job.unique_key.clone(),
-            leases_lost: 0,
             backoff: job.retry.backoff,
+            unique_key: job.unique_key.clone(),
             traceparent: job.traceparent.clone(),
             tracestate: job.tracestate.clone(),
         };
-        let record =
-            serde_json::to_string(&record).map_err(|e| QueueError::Encode(e.to_string()))?;
+        let description =
+            serde_json::to_string(&description).map_err(|e| QueueError::Encode(e.to_string()))?;
         let args =
             serde_json::to_string(&job.args).map_err(|e| QueueError::Encode(e.to_string()))?;
         let delay_ms = job
@@ -619,8 +668,10 @@ impl Queue {
             .key(&self.keys.jobs)
             .key(&self.keys.args)
             .key(&self.keys.unique)
+            .key(&self.keys.live)
+            .key(&self.keys.uniq_of)
             .arg(id)
-            .arg(record)
+            .arg(description)
             .arg(args)
             .arg(delay_ms)
             .arg(job.unique_key.as_deref().unwrap_or(""));
@@ -671,19 +722,27 @@ impl Queue {
     /// A job's record and result; `None` for an unknown (or expired) id.
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
         let (mut conn, tracker) = self.pool.get();
-        let (record, result): (Option<String>, Option<String>) = tracker.track(
+        type Parts = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (description, live, error, result): Parts = tracker.track(
             redis::pipe()
                 .hget(&self.keys.jobs, id)
+                .hget(&self.keys.live, id)
+                .hget(&self.keys.errors, id)
                 .hget(&self.keys.results, id)
                 .query_async(&mut conn)
                 .await,
         )?;
-        let Some(raw) = record else {
+        let (Some(description), Some(live)) = (description, live) else {
             return Ok(None);
         };
         Ok(Some(JobStatus {
             id: id.to_string(),
-            record: decode_record(id, &raw)?,
+            record: decode_record(id, &description, &live, error)?,
             result: result.and_then(|r| serde_json::from_str(&r).ok()),
         }))
     }
@@ -694,10 +753,11 @@ impl Queue {
         let out: String = tracker.track(
             scripts::CANCEL
                 .key(&self.keys.delayed)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .key(&self.keys.unique)
                 .key(&self.keys.finished)
                 .key(&self.keys.args)
+                .key(&self.keys.uniq_of)
                 .arg(id)
                 .arg(self.settings.result_retention.as_millis() as u64)
                 .invoke_async(&mut conn)
@@ -724,24 +784,36 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raws: Vec<Option<String>> = tracker.track(
-            redis::cmd("HMGET")
+        type Columns = (
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+        );
+        let (descriptions, lives, errors): Columns = tracker.track(
+            redis::pipe()
+                .cmd("HMGET")
                 .arg(&self.keys.jobs)
+                .arg(&ids)
+                .cmd("HMGET")
+                .arg(&self.keys.live)
+                .arg(&ids)
+                .cmd("HMGET")
+                .arg(&self.keys.errors)
                 .arg(&ids)
                 .query_async(&mut conn)
                 .await,
         )?;
-        ids.into_iter()
-            .zip(raws)
-            .filter_map(|(id, raw)| raw.map(|r| (id, r)))
-            .map(|(id, raw)| {
-                Ok(JobStatus {
-                    record: decode_record(&id, &raw)?,
+        let mut out = Vec::with_capacity(ids.len());
+        for (((id, d), l), e) in ids.into_iter().zip(descriptions).zip(lives).zip(errors) {
+            if let (Some(d), Some(l)) = (d, l) {
+                out.push(JobStatus {
+                    record: decode_record(&id, &d, &l, e)?,
                     id,
                     result: None,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Re-enqueues a dead job with a fresh attempt budget.
@@ -751,7 +823,7 @@ impl Queue {
             scripts::RESURRECT
                 .key(&self.keys.dead)
                 .key(&self.keys.wait)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .key(&self.keys.finished)
                 .key(&self.keys.args)
                 .arg(id)
@@ -804,17 +876,19 @@ impl Queue {
                 .key(&self.keys.jobs)
                 .key(&self.keys.args)
                 .key(&self.keys.unique)
+                .key(&self.keys.live)
+                .key(&self.keys.uniq_of)
                 .arg(n.max(1))
                 .arg(worker)
                 .arg(self.settings.lease.as_millis() as u64)
                 .invoke_async(&mut conn)
                 .await,
         )?;
-        let mut out = Vec::with_capacity(flat.len() / 3);
-        for chunk in flat.chunks_exact(3) {
+        let mut out = Vec::with_capacity(flat.len() / 4);
+        for chunk in flat.chunks_exact(4) {
             let id = chunk[0].clone();
-            let record = decode_record(&id, &chunk[1])?;
-            let args = serde_json::from_str(&chunk[2]).unwrap_or(serde_json::Value::Null);
+            let record = decode_record(&id, &chunk[1], &chunk[2], None)?;
+            let args = serde_json::from_str(&chunk[3]).unwrap_or(serde_json::Value::Null);
             out.push(Leased { id, record, args });
         }
         Ok(out)
@@ -856,11 +930,12 @@ impl Queue {
         let ok: i64 = tracker.track(
             scripts::COMPLETE
                 .key(&self.keys.active)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .key(&self.keys.finished)
                 .key(&self.keys.args)
                 .key(&self.keys.results)
                 .key(&self.keys.stats)
+                .key(&self.keys.errors)
                 .arg(&job.id)
                 .arg(job.token())
                 .arg(state)
@@ -884,8 +959,9 @@ impl Queue {
             scripts::RETRY
                 .key(&self.keys.active)
                 .key(&self.keys.delayed)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .key(&self.keys.stats)
+                .key(&self.keys.errors)
                 .arg(&job.id)
                 .arg(job.token())
                 .arg(error)
@@ -903,9 +979,10 @@ impl Queue {
             scripts::BURY
                 .key(&self.keys.active)
                 .key(&self.keys.dead)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .key(&self.keys.finished)
                 .key(&self.keys.stats)
+                .key(&self.keys.errors)
                 .arg(&job.id)
                 .arg(job.token())
                 .arg(error)
@@ -924,7 +1001,7 @@ impl Queue {
         }
         let mut inv = scripts::EXTEND.prepare_invoke();
         inv.key(&self.keys.active)
-            .key(&self.keys.jobs)
+            .key(&self.keys.live)
             .arg(self.settings.lease.as_millis() as u64);
         for (id, token) in held {
             inv.arg(id).arg(token);
@@ -940,7 +1017,7 @@ impl Queue {
             scripts::REQUEUE
                 .key(&self.keys.active)
                 .key(&self.keys.wait)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .arg(id)
                 .arg(token)
                 .invoke_async(&mut conn)
@@ -957,7 +1034,7 @@ impl Queue {
             scripts::PROMOTE
                 .key(&self.keys.delayed)
                 .key(&self.keys.wait)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .arg(MAINTENANCE_BATCH)
                 .invoke_async(&mut conn)
                 .await,
@@ -975,10 +1052,11 @@ impl Queue {
             scripts::REAP
                 .key(&self.keys.active)
                 .key(&self.keys.wait)
-                .key(&self.keys.jobs)
+                .key(&self.keys.live)
                 .key(&self.keys.dead)
                 .key(&self.keys.finished)
                 .key(&self.keys.stats)
+                .key(&self.keys.errors)
                 .arg(MAINTENANCE_BATCH)
                 .arg(self.settings.max_lease_losses)
                 .arg(self.settings.dead_retention.as_millis() as u64)
@@ -997,6 +1075,9 @@ impl Queue {
                 .key(&self.keys.args)
                 .key(&self.keys.results)
                 .key(&self.keys.dead)
+                .key(&self.keys.live)
+                .key(&self.keys.errors)
+                .key(&self.keys.uniq_of)
                 .arg(MAINTENANCE_BATCH)
                 .invoke_async(&mut conn)
                 .await,
@@ -1050,12 +1131,22 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_tolerate_missing_optionals() {
-        let raw = r#"{"name":"noop","state":"pending","max_attempts":3,"backoff":{"base_ms":1,"factor":2.0,"cap_ms":3,"jitter":0.0}}"#;
-        let r = decode_record("x", raw).expect("decodes");
+    fn records_are_built_from_their_stored_parts() {
+        let d = r#"{"name":"noop","max_attempts":3,"backoff":{"base_ms":1,"factor":2,"cap_ms":3,"jitter":0}}"#;
+        let live = "running\t2\t1763780000000\t1763780000500\t\tw1\tw1:2\t1\t";
+        let r = decode_record("x", d, live, None).expect("decodes");
         assert_eq!(
             (r.state, r.attempts, r.leases_lost),
-            (JobState::Pending, 0, 0)
+            (JobState::Running, 2, 1)
         );
+        assert_eq!(
+            (r.enqueued_at, r.started_at, r.finished_at),
+            (Some(1_763_780_000_000), Some(1_763_780_000_500), None)
+        );
+        assert_eq!(
+            (r.worker.as_deref(), r.token.as_deref()),
+            (Some("w1"), Some("w1:2"))
+        );
+        assert!(decode_record("x", d, "running\t2", None).is_err());
     }
 }
