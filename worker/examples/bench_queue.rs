@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let n = env_usize("N", 100_000);
     let singles = env_usize("N_SINGLE", n.min(20_000));
-    let concurrency = env_usize("CONCURRENCY", 64);
+    let concurrency = env_usize("CONCURRENCY", 128);
 
     // 1. One producer, one push at a time.
     let q = queue(&url, "bench-single");

@@ -40,6 +40,66 @@ const BLOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// worker gives up on it; the job's lease then runs out and it runs again.
 const ACK_GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
+/// Most outcomes recorded in one script call.
+const COMPLETION_BATCH: usize = 256;
+
+/// One success waiting to be recorded, and where to report whether it was.
+type Reply = tokio::sync::oneshot::Sender<Result<bool, String>>;
+
+/// Records successes in batches: whatever outcomes are waiting when the
+/// previous batch returns go into the next script call, so under load one
+/// round trip records many jobs, and alone a job is recorded at once.
+#[derive(Clone)]
+pub struct Completer {
+    tx: tokio::sync::mpsc::UnboundedSender<(Leased, JobOutcome, Reply)>,
+}
+
+impl Completer {
+    /// Starts the batching task; it ends when the last handle is dropped.
+    pub fn spawn(queue: Queue) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Leased, JobOutcome, Reply)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut items = vec![first];
+                while items.len() < COMPLETION_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (done, replies): (Vec<_>, Vec<_>) = items
+                    .into_iter()
+                    .map(|(job, outcome, reply)| ((job, outcome.state, outcome.result), reply))
+                    .unzip();
+                match queue.complete_many(&done).await {
+                    Ok(flags) => {
+                        for (reply, ok) in replies.into_iter().zip(flags) {
+                            let _ = reply.send(Ok(ok));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Records one success; `Ok(false)` when the lease was lost meanwhile.
+    pub async fn complete(&self, job: Leased, outcome: JobOutcome) -> Result<bool, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((job, outcome, reply))
+            .map_err(|_| "the completion task has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the completion task has stopped".to_string())?
+    }
+}
+
 /// The jobs this process holds leases on, by id.
 #[derive(Clone, Default)]
 pub struct InFlight(Arc<Mutex<HashMap<String, Leased>>>);
@@ -112,6 +172,7 @@ pub struct QueuedJob {
 /// The apalis backend: leases jobs from Redis.
 pub struct RedisBackend {
     queue: Queue,
+    completer: Completer,
     worker_id: String,
     prefetch: usize,
     inflight: InFlight,
@@ -138,6 +199,7 @@ impl RedisBackend {
         let blocking =
             ConnectionManager::new_lazy_with_config(redis::Client::open(redis_url)?, config)?;
         Ok(Self {
+            completer: Completer::spawn(queue.clone()),
             queue,
             worker_id,
             prefetch: prefetch.max(1),
@@ -258,6 +320,7 @@ impl BackendConfig for RedisBackend {
     fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
         AcknowledgeLayer::new(QueueAck {
             queue: self.queue.clone(),
+            completer: self.completer.clone(),
             inflight: self.inflight.clone(),
         })
     }
@@ -267,6 +330,7 @@ impl BackendConfig for RedisBackend {
 #[derive(Clone)]
 pub struct QueueAck {
     queue: Queue,
+    completer: Completer,
     inflight: InFlight,
 }
 
@@ -316,7 +380,11 @@ impl Acknowledge<JobOutcome> for QueueAck {
             return async { Ok(()) }.boxed();
         };
         let verdict = verdict(res, &job);
-        let (queue, inflight) = (self.queue.clone(), self.inflight.clone());
+        let (queue, completer, inflight) = (
+            self.queue.clone(),
+            self.completer.clone(),
+            self.inflight.clone(),
+        );
         async move {
             crate::metrics::record_outcome(&job.record.name, verdict_label(&verdict));
             let started = tokio::time::Instant::now();
@@ -325,9 +393,12 @@ impl Acknowledge<JobOutcome> for QueueAck {
             // alive while the outcome waits for Redis.
             loop {
                 let recorded = match &verdict {
-                    Verdict::Done(o) => queue.complete(&job, o.state, &o.result).await,
-                    Verdict::Retry(err, after) => queue.retry_later(&job, err, *after).await,
-                    Verdict::Bury(err) => queue.bury(&job, err).await,
+                    Verdict::Done(o) => completer.complete(job.clone(), o.clone()).await,
+                    Verdict::Retry(err, after) => queue
+                        .retry_later(&job, err, *after)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Verdict::Bury(err) => queue.bury(&job, err).await.map_err(|e| e.to_string()),
                 };
                 match recorded {
                     Ok(true) => {

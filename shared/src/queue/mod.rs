@@ -947,6 +947,40 @@ impl Queue {
         Ok(ok == 1)
     }
 
+    /// Records many successes in one script call (the worker batches the
+    /// outcomes that arrive together). Returns, per job, whether its lease
+    /// was still held.
+    pub async fn complete_many(
+        &self,
+        done: &[(Leased, JobState, serde_json::Value)],
+    ) -> Result<Vec<bool>, QueueError> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = scripts::COMPLETE_MANY.prepare_invoke();
+        inv.key(&self.keys.active)
+            .key(&self.keys.live)
+            .key(&self.keys.finished)
+            .key(&self.keys.args)
+            .key(&self.keys.results)
+            .key(&self.keys.stats)
+            .key(&self.keys.errors)
+            .arg(self.settings.result_retention.as_millis() as u64);
+        for (job, state, result) in done {
+            let state = match state {
+                JobState::Skipped => "skipped",
+                _ => "succeeded",
+            };
+            inv.arg(&job.id)
+                .arg(job.token())
+                .arg(state)
+                .arg(result.to_string());
+        }
+        let (mut conn, tracker) = self.pool.get();
+        let out: Vec<i64> = tracker.track(inv.invoke_async(&mut conn).await)?;
+        Ok(out.into_iter().map(|v| v == 1).collect())
+    }
+
     /// Schedules another attempt after `delay`.
     pub async fn retry_later(
         &self,

@@ -145,6 +145,38 @@ return 1
     )
 });
 
+/// KEYS: as [`COMPLETE`].
+/// ARGV: retention_ms, then (id, token, state, result) for each job.
+/// Records many outcomes in one call; returns 1 or 0 per job, as [`COMPLETE`].
+pub(crate) static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+local expire = now + tonumber(ARGV[1])
+for i = 2, #ARGV, 4 do
+  local id, token, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local r = load(KEYS[2], id)
+  if not r or r.state ~= 'running' or r.token ~= token then
+    out[#out + 1] = 0
+  else
+    redis.call('ZREM', KEYS[1], id)
+    r.state = state
+    r.finished = now
+    r.token = ''
+    save(KEYS[2], id, r)
+    redis.call('HSET', KEYS[5], id, ARGV[i + 3])
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[7], id)
+    redis.call('ZADD', KEYS[3], expire, id)
+    redis.call('HINCRBY', KEYS[6], state, 1)
+    out[#out + 1] = 1
+  end
+end
+return out
+"#,
+    )
+});
+
 /// KEYS: active, delayed, live, stats, errors.
 /// ARGV: id, token, error, delay_ms.
 /// Schedules a retry. Returns 1, or 0 when the lease was lost.

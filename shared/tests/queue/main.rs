@@ -316,3 +316,31 @@ async fn finished_records_expire_and_memory_returns_to_its_baseline() {
         assert_eq!(lens, (0, 0, 0, 0, 0), "round {round}: records left behind");
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_outcomes_refuses_only_the_stale_lease() {
+    let redis = RedisServer::start().await;
+    let q = queue_with(&redis, QueueSettings::default()).await;
+    let jobs: Vec<NewJob> = (0..3).map(|_| noop()).collect();
+    q.push_bulk(&jobs).await.unwrap();
+    let mut leased = q.fetch("w", 3).await.unwrap();
+    assert_eq!(leased.len(), 3);
+    leased[1].record.token = Some("someone-else:1".into());
+
+    let done: Vec<_> = leased
+        .iter()
+        .map(|l| (l.clone(), JobState::Succeeded, json!({"n": 1})))
+        .collect();
+    let flags = q.complete_many(&done).await.unwrap();
+
+    assert_eq!(flags, [true, false, true]);
+    assert_eq!(
+        q.status(&leased[0].id).await.unwrap().unwrap().record.state,
+        JobState::Succeeded
+    );
+    assert_eq!(
+        q.status(&leased[1].id).await.unwrap().unwrap().record.state,
+        JobState::Running
+    );
+    assert_eq!(q.depths().await.unwrap().succeeded_total, 2);
+}
