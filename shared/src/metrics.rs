@@ -20,7 +20,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Histograms that get [`DURATION_BUCKETS`] (every other histogram is a summary).
 pub const HISTOGRAMS: &[&str] = &["http_request_duration_seconds", "job_duration_seconds"];
 
-/// The recorder's handle, installing the recorder on first use.
+/// The recorder's handle, installing the recorder on first use. Call it at
+/// startup: anything recorded before it is installed is lost.
 pub fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -42,4 +43,30 @@ pub fn recorder() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Binds `router` on `addr` (port 0 picks a free port); returns the bound
+/// address and the future that serves it. Used by the worker and the
+/// listener for their `/metrics` and `/health`.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+) -> std::io::Result<(
+    std::net::SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>> + Send,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((bound, async move { axum::serve(listener, router).await }))
+}
+
+/// The Prometheus exposition of this process, with its content type.
+pub fn exposition() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        recorder().render(),
+    )
 }

@@ -100,7 +100,7 @@ impl Worker {
         let worker_id = worker_id();
         let inflight = InFlight::default();
         let router = metrics::router(queue.clone(), inflight.clone(), worker_id.clone());
-        let (metrics_addr, server) = metrics::bind(settings.metrics_addr, router)
+        let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router)
             .await
             .with_context(|| format!("binding WORKER_METRICS_ADDR {}", settings.metrics_addr))?;
         Ok(Self {

@@ -1,4 +1,5 @@
-//! The worker's Prometheus series and its `/metrics` + `/health` server.
+//! The worker's Prometheus series and its `/metrics`, `/health` (liveness)
+//! and `/ready` (Redis reachable) server.
 //!
 //! - `jobs_started_total{job}`, and `jobs_finished_total{job, outcome}` with
 //!   outcome `succeeded`, `failed`, `retried` or `skipped`.
@@ -6,14 +7,10 @@
 //! - `worker_busy_slots`: handlers running now; `worker_leases_held`: jobs leased by this process.
 //! - `queue_depth{state}`: `pending`, `delayed`, `running`, `dead`, sampled at scrape.
 
-use std::net::SocketAddr;
-
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use shared::queue::Queue;
 
 use crate::backend::InFlight;
@@ -53,7 +50,6 @@ impl Drop for BusySlot {
 
 #[derive(Clone)]
 struct MetricsState {
-    handle: PrometheusHandle,
     queue: Queue,
     inflight: InFlight,
     worker_id: String,
@@ -61,29 +57,18 @@ struct MetricsState {
 
 /// The `/metrics` and `/health` router.
 pub fn router(queue: Queue, inflight: InFlight, worker_id: String) -> Router {
+    // Install the recorder now, before any job is counted.
+    shared::metrics::recorder();
     describe();
     Router::new()
         .route("/metrics", get(render))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .with_state(MetricsState {
-            handle: shared::metrics::recorder(),
             queue,
             inflight,
             worker_id,
         })
-}
-
-/// Binds the metrics server; returns the bound address and the serving future.
-pub async fn bind(
-    addr: SocketAddr,
-    router: Router,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    Ok((bound, async move { axum::serve(listener, router).await }))
 }
 
 fn describe() {
@@ -120,10 +105,23 @@ async fn render(State(s): State<MetricsState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "cannot sample queue depths"),
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.handle.render(),
-    )
+    shared::metrics::exposition()
+}
+
+/// 200 while Redis answers, 503 (with the error) while it does not.
+async fn ready(State(s): State<MetricsState>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    match s.queue.pool().ping_all().await {
+        Ok(()) => (
+            axum::http::StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "redis": {"ok": true}})),
+        ),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "degraded", "redis": {"ok": false, "error": e.to_string()}}),
+            ),
+        ),
+    }
 }
 
 async fn health(State(s): State<MetricsState>) -> Json<serde_json::Value> {

@@ -212,7 +212,11 @@ async fn workers_resume_after_a_redis_restart_and_lose_nothing_with_aof() {
     // Redis dies while jobs flow, and comes back with its AOF.
     tokio::time::sleep(Duration::from_millis(100)).await;
     redis.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = format!("http://{}/ready", w.metrics);
+    let client = reqwest::Client::new();
+    let during = client.get(&ready).send().await.unwrap();
+    assert_eq!(during.status(), 503, "readiness hid the outage");
+    tokio::time::sleep(Duration::from_millis(400)).await;
     redis.restart().await;
     while q.pool().ping_all().await.is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
