@@ -9,6 +9,7 @@
 //! - [`config`]: typed settings read from the environment; a bad value names its variable.
 //! - [`telemetry`]: tracing subscriber, JSON logs on request, OTLP export when configured.
 //! - [`domain`]: catalog types ([`domain::Product`], [`domain::MarketSignals`]) and id validation.
+//! - [`lock`]: the Redis distributed lock (watchdog, fencing) and fenced cache writes.
 //! - [`metrics`]: the process-wide Prometheus recorder and its histogram buckets.
 //! - [`pricing`]: the deterministic pricing rules and the prime-member discount.
 //! - [`cache`]: the cached price format and its re-validation on read.
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod keys;
+pub mod lock;
 pub mod metrics;
 pub mod pricing;
 pub mod queue;

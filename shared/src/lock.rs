@@ -1,0 +1,241 @@
+//! A Redis distributed lock with a watchdog and a fencing counter.
+//!
+//! - **Acquire** is one script: `SET key token NX PX ttl` with a random
+//!   token and, only when that succeeds, `INCR` of the lock's fence counter.
+//!   The fence is strictly greater than that of every earlier holder.
+//! - **Hold**: a watchdog task extends the lock at about a third of its TTL
+//!   with a compare-and-expire script, so a long job keeps its lock; if an
+//!   extension finds the lock gone (or someone else's), the guard is marked
+//!   lost and the holder can stop.
+//! - **Release** is compare-and-delete: only the holder's token deletes it,
+//!   so a holder whose lock expired cannot release the next holder's lock.
+//! - **Fenced writes**: [`fenced_set_many`] writes keys only if the writer's
+//!   fence is not older than the newest fence that has written through it, so
+//!   a worker that lost its lock (paused, partitioned) cannot overwrite what a
+//!   newer holder wrote.
+//!
+//! There is no blocking acquire on purpose: a caller that finds the lock
+//! held decides what to do (skip, or try again later).
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+use tokio::task::JoinHandle;
+
+use crate::redis_pool::RedisPool;
+
+/// KEYS: lock, fence. ARGV: token, ttl_ms. Returns the new fence, or nil when held.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return false
+"#,
+    )
+});
+
+/// KEYS: lock. ARGV: token, ttl_ms. Returns 1 when extended, 0 when not ours.
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: lock. ARGV: token. Returns 1 when deleted, 0 when not ours.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: high-water fence, then the keys to write.
+/// ARGV: fence, ttl_ms, then one value per key.
+/// Writes every key (with the TTL) and returns how many, or returns -1 and
+/// writes nothing when a newer fence has already written.
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local fence = tonumber(ARGV[1])
+local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
+if fence < seen then return -1 end
+if fence > seen then redis.call('SET', KEYS[1], fence) end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
+end
+return #KEYS - 1
+"#,
+    )
+});
+
+/// A named lock.
+#[derive(Clone)]
+pub struct DistributedLock {
+    pool: RedisPool,
+    key: String,
+    fence_key: String,
+    ttl: Duration,
+}
+
+/// Proof of holding a lock; extended by a watchdog until released or dropped.
+pub struct LockGuard {
+    lock: DistributedLock,
+    token: String,
+    fence: u64,
+    lost: Arc<AtomicBool>,
+    watchdog: JoinHandle<()>,
+}
+
+impl DistributedLock {
+    /// The lock `key` (its fence counter is `key:fence`), expiring `ttl`
+    /// after its holder's last extension.
+    pub fn new(pool: RedisPool, key: impl Into<String>, ttl: Duration) -> Self {
+        let key = key.into();
+        Self {
+            fence_key: format!("{key}:fence"),
+            pool,
+            key,
+            ttl: ttl.max(Duration::from_millis(30)),
+        }
+    }
+
+    /// The lock's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Takes the lock if it is free; `None` when someone holds it. Never waits.
+    pub async fn try_acquire(&self) -> redis::RedisResult<Option<LockGuard>> {
+        let token = ulid::Ulid::new().to_string();
+        let (mut conn, tracker) = self.pool.get();
+        let fence: Option<u64> = tracker.track(
+            ACQUIRE
+                .key(&self.key)
+                .key(&self.fence_key)
+                .arg(&token)
+                .arg(self.ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        let Some(fence) = fence else {
+            return Ok(None);
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let watchdog = tokio::spawn(watchdog(self.clone(), token.clone(), lost.clone()));
+        Ok(Some(LockGuard {
+            lock: self.clone(),
+            token,
+            fence,
+            lost,
+            watchdog,
+        }))
+    }
+
+    async fn extend(&self, token: &str) -> redis::RedisResult<bool> {
+        let (mut conn, tracker) = self.pool.get();
+        let ok: i64 = tracker.track(
+            EXTEND
+                .key(&self.key)
+                .arg(token)
+                .arg(self.ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(ok == 1)
+    }
+
+    /// Deletes the lock if `token` holds it; `false` otherwise.
+    pub async fn release_token(&self, token: &str) -> redis::RedisResult<bool> {
+        let (mut conn, tracker) = self.pool.get();
+        let ok: i64 = tracker.track(
+            RELEASE
+                .key(&self.key)
+                .arg(token)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(ok == 1)
+    }
+}
+
+/// Extends the lock every third of its TTL until it is lost or the task is aborted.
+async fn watchdog(lock: DistributedLock, token: String, lost: Arc<AtomicBool>) {
+    let every = lock.ttl / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        match lock.extend(&token).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(lock = %lock.key, "lock lost: it expired or was taken over");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            // A transient error: try again next period; the TTL covers a few misses.
+            Err(e) => tracing::warn!(lock = %lock.key, error = %e, "extending the lock failed"),
+        }
+    }
+}
+
+impl LockGuard {
+    /// The fencing number of this acquisition: greater than every earlier one.
+    pub fn fence(&self) -> u64 {
+        self.fence
+    }
+
+    /// This holder's token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether the watchdog found the lock gone; the holder should stop.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Stops the watchdog and releases the lock. `false` if it was no longer ours.
+    pub async fn release(self) -> redis::RedisResult<bool> {
+        self.watchdog.abort();
+        self.lock.release_token(&self.token).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Without an explicit release the lock simply expires after its TTL.
+        self.watchdog.abort();
+    }
+}
+
+/// Writes `entries` (key, value) with `ttl`, only if `fence` is not older
+/// than the newest fence that has written through `fence_key`. Returns the
+/// number of keys written, or `None` when the write was refused as stale.
+pub async fn fenced_set_many(
+    pool: &RedisPool,
+    fence_key: &str,
+    fence: u64,
+    ttl: Duration,
+    entries: &[(String, String)],
+) -> redis::RedisResult<Option<usize>> {
+    let mut inv = FENCED_SET.prepare_invoke();
+    inv.key(fence_key).arg(fence).arg(ttl.as_millis() as u64);
+    for (key, value) in entries {
+        inv.key(key).arg(value);
+    }
+    let (mut conn, tracker) = pool.get();
+    let n: i64 = tracker.track(inv.invoke_async(&mut conn).await)?;
+    Ok((n >= 0).then_some(n as usize))
+}

@@ -1,0 +1,157 @@
+//! The distributed lock against a real redis-server.
+
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use shared::config::RedisSettings;
+use shared::lock::{DistributedLock, fenced_set_many};
+use shared::redis_pool::RedisPool;
+use shared::testing::RedisServer;
+
+fn pool(redis: &RedisServer) -> RedisPool {
+    RedisPool::new(&RedisSettings::for_url(redis.url(), "lk")).unwrap()
+}
+
+/// Polls (bounded) until the lock can be taken.
+async fn acquire_eventually(lock: &DistributedLock) -> shared::lock::LockGuard {
+    for _ in 0..200 {
+        if let Some(g) = lock.try_acquire().await.unwrap() {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the lock never became free");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_triggers_never_hold_the_lock_together() {
+    let redis = RedisServer::start().await;
+    let lock = DistributedLock::new(pool(&redis), "lk:recalc", Duration::from_secs(5));
+    let holders = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let fences = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (lock, holders, max_seen, fences) = (
+                lock.clone(),
+                holders.clone(),
+                max_seen.clone(),
+                fences.clone(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    if let Some(guard) = lock.try_acquire().await.unwrap() {
+                        let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_seen.fetch_max(now, Ordering::SeqCst);
+                        fences.lock().unwrap().push(guard.fence());
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        assert!(guard.release().await.unwrap());
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    assert_eq!(max_seen.load(Ordering::SeqCst), 1, "two holders at once");
+    let mut fences = fences.lock().unwrap().clone();
+    assert!(!fences.is_empty());
+    let n = fences.len();
+    fences.sort_unstable();
+    fences.dedup();
+    assert_eq!(fences.len(), n, "a fence was handed out twice");
+}
+
+#[tokio::test]
+async fn a_crashed_holders_lock_expires() {
+    let redis = RedisServer::start().await;
+    let lock = DistributedLock::new(pool(&redis), "lk:crash", Duration::from_millis(300));
+    let first = lock.try_acquire().await.unwrap().unwrap();
+    assert!(lock.try_acquire().await.unwrap().is_none());
+
+    drop(first); // the holder dies: no release, no more extensions
+
+    let second = acquire_eventually(&lock).await;
+    assert!(second.fence() > 1);
+    assert!(second.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_watchdog_keeps_a_long_holders_lock() {
+    let redis = RedisServer::start().await;
+    let lock = DistributedLock::new(pool(&redis), "lk:long", Duration::from_millis(300));
+    let guard = lock.try_acquire().await.unwrap().unwrap();
+
+    // Five TTLs later, nobody else has been able to take it.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(lock.try_acquire().await.unwrap().is_none());
+    }
+    assert!(!guard.is_lost());
+    assert!(guard.release().await.unwrap());
+    assert!(lock.try_acquire().await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn only_the_holder_can_release() {
+    let redis = RedisServer::start().await;
+    let lock = DistributedLock::new(pool(&redis), "lk:owner", Duration::from_secs(5));
+    let guard = lock.try_acquire().await.unwrap().unwrap();
+
+    assert!(!lock.release_token("someone-else").await.unwrap());
+    assert!(
+        lock.try_acquire().await.unwrap().is_none(),
+        "a non-owner released it"
+    );
+    assert!(guard.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
+    let redis = RedisServer::start().await;
+    let p = pool(&redis);
+    let lock = DistributedLock::new(p.clone(), "lk:fenced", Duration::from_millis(200));
+    let stale = lock.try_acquire().await.unwrap().unwrap();
+    let stale_fence = stale.fence();
+    let stale_token = stale.token().to_string();
+    drop(stale); // paused past its TTL
+
+    let fresh = acquire_eventually(&lock).await;
+    assert!(fresh.fence() > stale_fence);
+    let fence_key = "lk:fenced:written";
+    let ttl = Duration::from_secs(60);
+    let new = vec![("lk:price:P-1".to_string(), "new".to_string())];
+    assert_eq!(
+        fenced_set_many(&p, fence_key, fresh.fence(), ttl, &new)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+
+    // The stale holder wakes up and tries to write and release.
+    let old = vec![("lk:price:P-1".to_string(), "old".to_string())];
+    assert_eq!(
+        fenced_set_many(&p, fence_key, stale_fence, ttl, &old)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!lock.release_token(&stale_token).await.unwrap());
+
+    let mut conn = redis.connection().await;
+    let value: String = redis::cmd("GET")
+        .arg("lk:price:P-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, "new");
+    assert!(fresh.release().await.unwrap());
+}
