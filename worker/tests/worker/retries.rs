@@ -101,8 +101,10 @@ async fn a_retryable_failure_runs_exactly_max_attempts_times_at_the_backoff_dela
     assert_eq!(dead[0].id, id);
     assert_eq!(q.depths().await.unwrap().retried_total, 3);
 
-    // Each retry waited at least its backoff (300, 600, then capped 1000 ms),
-    // and not grossly longer (the maintenance tick is 250 ms).
+    // Each retry waited at least its backoff (300, 600, then capped 1000 ms).
+    // The upper bound is deliberately loose, so a loaded CI machine cannot
+    // fail it: it only catches a delay that is not the configured one at all
+    // (the original service waited 180 s instead of 30 s).
     for (i, nominal_ms) in [300u64, 600, 1_000].into_iter().enumerate() {
         let gap = runs[i + 1] - runs[i];
         assert!(
