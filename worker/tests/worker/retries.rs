@@ -113,7 +113,7 @@ async fn a_retryable_failure_runs_exactly_max_attempts_times_at_the_backoff_dela
             i + 1
         );
         assert!(
-            gap < Duration::from_millis(nominal_ms + 3_000),
+            gap < Duration::from_millis(nominal_ms + 10_000),
             "retry {} came after {gap:?}",
             i + 1
         );
