@@ -87,12 +87,12 @@ async fn a_crashed_holders_lock_expires() {
 #[tokio::test]
 async fn the_watchdog_keeps_a_long_holders_lock() {
     let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:long", Duration::from_millis(300));
+    let lock = DistributedLock::new(pool(&redis), "lk:long", Duration::from_secs(1));
     let guard = lock.try_acquire().await.unwrap().unwrap();
 
-    // Five TTLs later, nobody else has been able to take it.
-    for _ in 0..15 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Three and a half TTLs later, nobody else has been able to take it.
+    for _ in 0..14 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(lock.try_acquire().await.unwrap().is_none());
     }
     assert!(!guard.is_lost());

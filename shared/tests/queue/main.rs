@@ -159,7 +159,7 @@ async fn cancel_stops_pending_and_scheduled_jobs_and_refuses_running_ones() {
 async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it() {
     let redis = RedisServer::start().await;
     let settings = QueueSettings {
-        lease: Duration::from_millis(400),
+        lease: Duration::from_secs(1),
         ..QueueSettings::default()
     };
     let q = queue_with(&redis, settings).await;
@@ -173,9 +173,9 @@ async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it() {
         .map(|l| (l.id.clone(), l.token().to_string()))
         .collect();
 
-    // Heartbeat one of the two for three lease periods.
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Heartbeat one of the two for two lease periods.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(q.extend(&held).await.unwrap().is_empty());
         q.reap_expired().await.unwrap();
     }

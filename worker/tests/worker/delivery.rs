@@ -158,11 +158,11 @@ async fn a_killed_workers_job_runs_on_another_worker_after_its_lease() {
 
 #[tokio::test]
 async fn a_heartbeat_keeps_a_long_job_from_running_twice() {
-    // A job that runs for five lease periods, with two workers competing.
+    // A job that runs for four lease periods, with two workers competing.
     let redis = RedisServer::start().await;
     let lease = QueueSettings {
-        lease: Duration::from_millis(800),
-        heartbeat: Duration::from_millis(200),
+        lease: Duration::from_millis(1_500),
+        heartbeat: Duration::from_millis(300),
         ..QueueSettings::default()
     };
     let q = queue(&redis, lease.clone());
@@ -175,7 +175,7 @@ async fn a_heartbeat_keeps_a_long_job_from_running_twice() {
     let b = start(settings(&redis, lease), counting_registry(runs.clone())).await;
 
     let id = q
-        .push(NewJob::of(&Count { millis: 4_000 }).unwrap())
+        .push(NewJob::of(&Count { millis: 6_000 }).unwrap())
         .await
         .unwrap()
         .id;
