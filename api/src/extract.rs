@@ -6,7 +6,7 @@
 //! name of a missing or unknown one.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
@@ -139,6 +139,30 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
+    }
+}
+
+/// Path parameters, with a malformed one (bad percent-encoding, wrong type)
+/// answered with the JSON error body instead of axum's plain text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ValidPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(value) =
+            Path::<T>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| ApiError::Validation {
+                    detail: rejection.body_text(),
+                    fields: Vec::new(),
+                })?;
+        Ok(ValidPath(value))
     }
 }
 

@@ -175,16 +175,23 @@ impl DistributedLock {
 /// Extends the lock every third of its TTL until it is lost or the task is aborted.
 async fn watchdog(lock: DistributedLock, token: String, lost: Arc<AtomicBool>) {
     let every = lock.ttl / 3;
+    let mut last_extended = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
         match lock.extend(&token).await {
-            Ok(true) => {}
+            Ok(true) => last_extended = tokio::time::Instant::now(),
             Ok(false) => {
                 tracing::warn!(lock = %lock.key, "lock lost: it expired or was taken over");
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
-            // A transient error: try again next period; the TTL covers a few misses.
+            // Unreachable Redis: the lock may expire while we cannot tell.
+            // Once it might have, declare it lost rather than believe we hold it.
+            Err(e) if last_extended.elapsed() >= lock.ttl - every => {
+                tracing::warn!(lock = %lock.key, error = %e, "cannot extend the lock before it may expire; treating it as lost");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
             Err(e) => tracing::warn!(lock = %lock.key, error = %e, "extending the lock failed"),
         }
     }

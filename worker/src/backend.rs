@@ -1,6 +1,6 @@
 //! The apalis backend over [`shared::queue::Queue`].
 //!
-//! apalis runs the workers (concurrency, timeouts, panics caught, graceful
+//! apalis runs the workers (concurrency, timeouts, panics caught and buried, graceful
 //! shutdown through its `Monitor`); this module feeds it and records what
 //! happened:
 //!
@@ -118,14 +118,22 @@ impl InFlight {
         }
     }
 
-    /// A copy of a held job.
-    pub fn get(&self, id: &str) -> Option<Leased> {
-        self.lock().get(id).cloned()
+    /// A copy of a held job, if this process still holds the lease `token`.
+    /// Keyed by token as well as id: after a lost lease the same job may be
+    /// leased again by this very process, and an old attempt must never act
+    /// on the new attempt's lease.
+    pub fn get(&self, id: &str, token: &str) -> Option<Leased> {
+        self.lock().get(id).filter(|j| j.token() == token).cloned()
     }
 
-    /// Removes and returns a job.
-    pub fn take(&self, id: &str) -> Option<Leased> {
-        self.lock().remove(id)
+    /// Removes a job if it is held under `token`.
+    pub fn take(&self, id: &str, token: &str) -> Option<Leased> {
+        let mut map = self.lock();
+        if map.get(id).is_some_and(|j| j.token() == token) {
+            map.remove(id)
+        } else {
+            None
+        }
     }
 
     /// `(id, token)` of every held lease, for the heartbeat.
@@ -240,9 +248,15 @@ async fn lease_some(
     }
 }
 
+/// Metadata key carrying the lease token from the backend to the acknowledgement.
+const TOKEN_KEY: &str = "lease_token";
+
 fn to_task(job: Leased) -> Task<QueuedJob> {
     let attempt = job.record.attempts;
     let max_attempts = job.record.max_attempts;
+    let mut meta = MetadataStore::new();
+    // A plain string always inserts.
+    let _ = meta.insert(TOKEN_KEY, job.token().to_string());
     TaskBuilder::new(QueuedJob {
         id: job.id.clone(),
         name: job.record.name.clone(),
@@ -255,6 +269,7 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
     // apalis counts the run it is about to start itself.
     .attempt(attempt.saturating_sub(1) as usize)
     .max_attempts(max_attempts as usize)
+    .with_metadata(meta)
     .build()
 }
 
@@ -277,6 +292,11 @@ impl Backend for RedisBackend {
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         loop {
             if let Some(job) = self.buffer.pop_front() {
+                // The heartbeat may have found its lease lost while it waited
+                // here; another worker owns it now, so it must not run here.
+                if self.inflight.get(&job.id, job.token()).is_none() {
+                    continue;
+                }
                 return Poll::Ready(Some(Ok(to_task(job))));
             }
             let fut = self.fetch.get_or_insert_with(|| {
@@ -374,7 +394,12 @@ impl Acknowledge<JobOutcome> for QueueAck {
         ctx: &ExecutionContext,
     ) -> Self::Future {
         let id = ctx.task_id().map(|t| t.to_string()).unwrap_or_default();
-        let Some(job) = self.inflight.get(&id) else {
+        let token = ctx
+            .metadata()
+            .get(TOKEN_KEY)
+            .unwrap_or_default()
+            .to_string();
+        let Some(job) = self.inflight.get(&id, &token) else {
             // The heartbeat found its lease lost; another worker owns it now.
             tracing::warn!(job_id = %id, "outcome of a job whose lease was lost; discarded");
             return async { Ok(()) }.boxed();
@@ -420,7 +445,7 @@ impl Acknowledge<JobOutcome> for QueueAck {
                     }
                 }
             }
-            inflight.take(&job.id);
+            inflight.take(&job.id, job.token());
             Ok(())
         }
         .boxed()

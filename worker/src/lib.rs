@@ -171,6 +171,19 @@ impl Worker {
         );
         let monitor = Monitor::new()
             .register(move |restarts| {
+                if restarts > 0 {
+                    // The previous worker loop died (and with it whatever it
+                    // was running or had prefetched): give those jobs back now
+                    // rather than keep their leases alive forever.
+                    let (queue, orphans) = (queue.clone(), inflight.drain());
+                    tokio::spawn(async move {
+                        for job in orphans {
+                            if let Err(e) = queue.requeue(&job.id, job.token()).await {
+                                tracing::error!(job_id = %job.id, error = %e, "could not requeue after a restart; its lease will expire");
+                            }
+                        }
+                    });
+                }
                 let backend = RedisBackend::new(
                     queue.clone(),
                     &settings.redis.url,
@@ -184,6 +197,9 @@ impl Worker {
                     .data(shared.clone())
                     .concurrency(settings.concurrency)
                     .timeout(settings.job_timeout)
+                    // A panicking handler becomes a permanent failure of its
+                    // job, not the death of every job running beside it.
+                    .catch_panic()
                     .build(execute)
             })
             .should_restart(|_, error| {
@@ -263,7 +279,11 @@ async fn heartbeat(
             Ok(lost) => {
                 for id in lost {
                     tracing::warn!(job_id = %id, "lease lost; another worker may run this job");
-                    inflight.take(&id);
+                    // Only the lease that was sent: the job may have been
+                    // leased again meanwhile under a new token.
+                    if let Some((_, token)) = held.iter().find(|(h, _)| *h == id) {
+                        inflight.take(&id, token);
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, held = held.len(), "heartbeat failed"),

@@ -1,12 +1,12 @@
 //! Price reads: `POST /api/v1/price`, `GET /api/v1/price/{product_id}` and
 //! `POST /api/v1/prices/batch`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ValidJson, ValidQuery};
+use crate::extract::{ValidJson, ValidPath, ValidQuery};
 use crate::model::{
     BatchRequest, BatchResponse, PriceDetail, PriceQuery, PriceRequest, check_location,
     check_product_id,
@@ -60,7 +60,7 @@ pub async fn post_price(
 )]
 pub async fn get_price(
     State(state): State<AppState>,
-    Path(product_id): Path<String>,
+    ValidPath(product_id): ValidPath<String>,
     ValidQuery(query): ValidQuery<PriceQuery>,
 ) -> Result<Json<PriceDetail>, ApiError> {
     check_product_id("product_id", &product_id)?;

@@ -1,6 +1,6 @@
 //! The task API: status by id, the dead set, re-enqueue, cancel, queue depths.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,7 +10,7 @@ use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, ResurrectOutcome
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ValidQuery;
+use crate::extract::{ValidPath, ValidQuery};
 use crate::state::AppState;
 
 /// Most dead jobs one listing returns.
@@ -134,7 +134,7 @@ fn not_found(id: &str) -> ApiError {
     ))]
 pub async fn status(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    ValidPath(task_id): ValidPath<String>,
 ) -> Result<Json<TaskStatus>, ApiError> {
     check_task_id(&task_id)?;
     let status = state
@@ -155,7 +155,7 @@ pub async fn status(
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    ValidPath(task_id): ValidPath<String>,
 ) -> Result<Json<Cancelled>, ApiError> {
     check_task_id(&task_id)?;
     match state.queue.cancel(&task_id).await? {
@@ -181,7 +181,7 @@ pub async fn cancel(
     ))]
 pub async fn retry(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    ValidPath(task_id): ValidPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     check_task_id(&task_id)?;
     match state.queue.resurrect(&task_id).await? {

@@ -49,6 +49,9 @@ async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
     assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
     let (s, body) = app.get_json("/api/v1/tasks/bad%20id").await;
     assert_eq!((s, body["fields"][0].as_str()), (422, Some("task_id")));
+    // Malformed percent-encoding still gets the JSON error body.
+    let (s, body) = app.get_json("/api/v1/tasks/%FF").await;
+    assert_eq!((s, body["error"].as_str()), (422, Some("validation_error")));
 }
 
 #[tokio::test]

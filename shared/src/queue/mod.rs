@@ -806,11 +806,16 @@ impl Queue {
         let mut out = Vec::with_capacity(ids.len());
         for (((id, d), l), e) in ids.into_iter().zip(descriptions).zip(lives).zip(errors) {
             if let (Some(d), Some(l)) = (d, l) {
-                out.push(JobStatus {
-                    record: decode_record(&id, &d, &l, e)?,
-                    id,
-                    result: None,
-                });
+                match decode_record(&id, &d, &l, e) {
+                    Ok(record) => out.push(JobStatus {
+                        record,
+                        id,
+                        result: None,
+                    }),
+                    Err(err) => {
+                        tracing::warn!(job_id = %id, error = %err, "skipping an unreadable dead job")
+                    }
+                }
             }
         }
         Ok(out)
@@ -866,8 +871,12 @@ impl Queue {
 
     // ----- worker side -------------------------------------------------------
 
-    /// Leases up to `n` pending jobs to `worker` (never blocks).
+    /// Leases up to `n` pending jobs to `worker` (never blocks). The worker
+    /// id must not contain tabs or newlines (it is stored in a tab-separated field).
     pub async fn fetch(&self, worker: &str, n: usize) -> Result<Vec<Leased>, QueueError> {
+        if worker.is_empty() || worker.contains(['\t', '\n', '\r']) {
+            return Err(QueueError::Encode(format!("invalid worker id {worker:?}")));
+        }
         let (mut conn, tracker) = self.pool.get();
         let flat: Vec<String> = tracker.track(
             scripts::FETCH
@@ -887,9 +896,24 @@ impl Queue {
         let mut out = Vec::with_capacity(flat.len() / 4);
         for chunk in flat.chunks_exact(4) {
             let id = chunk[0].clone();
-            let record = decode_record(&id, &chunk[1], &chunk[2], None)?;
-            let args = serde_json::from_str(&chunk[3]).unwrap_or(serde_json::Value::Null);
-            out.push(Leased { id, record, args });
+            match decode_record(&id, &chunk[1], &chunk[2], None) {
+                Ok(record) => {
+                    let args = serde_json::from_str(&chunk[3]).unwrap_or(serde_json::Value::Null);
+                    out.push(Leased { id, record, args });
+                }
+                // One bad record must not strand the rest of the batch: bury
+                // it (with its lease token, read straight from `live`) and go on.
+                Err(e) => {
+                    tracing::error!(job_id = %id, error = %e, "burying a job whose record cannot be read");
+                    let token = chunk[2].split('\t').nth(6).unwrap_or_default().to_string();
+                    let stub = Leased {
+                        id: id.clone(),
+                        record: corrupt_stub(token),
+                        args: serde_json::Value::Null,
+                    };
+                    self.bury(&stub, &format!("permanent: {e}")).await?;
+                }
+            }
         }
         Ok(out)
     }
@@ -1116,6 +1140,33 @@ impl Queue {
                 .invoke_async(&mut conn)
                 .await,
         )?)
+    }
+}
+
+/// A record standing in for one that cannot be read, so that it can be buried.
+fn corrupt_stub(token: String) -> JobRecord {
+    JobRecord {
+        name: String::new(),
+        state: JobState::Running,
+        attempts: 1,
+        max_attempts: 1,
+        enqueued_at: None,
+        run_at: None,
+        started_at: None,
+        finished_at: None,
+        worker: None,
+        token: Some(token),
+        error: None,
+        unique_key: None,
+        leases_lost: 0,
+        backoff: Backoff {
+            base_ms: 0,
+            factor: 1.0,
+            cap_ms: 0,
+            jitter: 0.0,
+        },
+        traceparent: None,
+        tracestate: None,
     }
 }
 

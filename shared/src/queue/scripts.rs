@@ -102,7 +102,8 @@ for _, id in ipairs(ids) do
     r.attempts = r.attempts + 1
     r.started = now
     r.worker = ARGV[2]
-    r.token = ARGV[2] .. ':' .. r.attempts
+    -- Unique per lease: a resurrected job restarts its attempt count.
+    r.token = ARGV[2] .. ':' .. r.attempts .. ':' .. now
     r.run_at = ''
     local uniq = redis.call('HGET', KEYS[7], id)
     if uniq and redis.call('HGET', KEYS[5], uniq) == id then
@@ -310,7 +311,10 @@ for _, id in ipairs(ids) do
       redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), id)
       redis.call('HINCRBY', KEYS[6], 'failed', 1)
     else
+      -- A lost worker's attempt is not the job's failure: it does not use
+      -- up the retry budget (losses are bounded by max_lost instead).
       r.state = 'pending'
+      r.attempts = math.max(r.attempts - 1, 0)
       redis.call('RPUSH', KEYS[2], id)
     end
     save(KEYS[3], id, r)

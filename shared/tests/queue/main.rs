@@ -186,6 +186,10 @@ async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it() {
     );
     let back = q.status(&lost.id).await.unwrap().unwrap().record;
     assert_eq!((back.state, back.leases_lost), (JobState::Pending, 1));
+    assert_eq!(
+        back.attempts, 0,
+        "a lost worker's attempt used up the retry budget"
+    );
     let again = q.fetch("w2", 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, lost.id);
@@ -343,4 +347,37 @@ async fn a_batch_of_outcomes_refuses_only_the_stale_lease() {
         JobState::Running
     );
     assert_eq!(q.depths().await.unwrap().succeeded_total, 2);
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_buried_and_the_rest_of_the_batch_runs() {
+    let redis = RedisServer::start().await;
+    let q = queue_with(&redis, QueueSettings::default()).await;
+    let jobs: Vec<NewJob> = (0..3).map(|_| noop()).collect();
+    let ids: Vec<String> = q
+        .push_bulk(&jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg("{t:default}:jobs")
+        .arg(&ids[1])
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let leased = q.fetch("w", 3).await.unwrap();
+
+    let got: Vec<&str> = leased.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(got, [ids[0].as_str(), ids[2].as_str()]);
+    let d = q.depths().await.unwrap();
+    assert_eq!((d.dead, d.running), (1, 2));
+    assert!(
+        q.fetch("bad\tworker", 1).await.is_err(),
+        "a tab in the worker id was accepted"
+    );
 }

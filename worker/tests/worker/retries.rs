@@ -215,3 +215,36 @@ async fn unknown_job_types_and_bad_arguments_are_dead_lettered_and_the_worker_go
     assert_eq!((ra.attempts, rb.attempts), (1, 1));
     w.stop().await;
 }
+
+/// Panics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Panics {}
+
+impl JobSpec for Panics {
+    const NAME: &'static str = "panics";
+    const RETRY: RetryPolicy = Flaky::RETRY;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_buries_its_job_and_the_worker_goes_on() {
+    let redis = RedisServer::start().await;
+    let q = queue(&redis, QueueSettings::default());
+    let mut registry = worker::jobs::registry();
+    registry.register(|_: Panics, _ctx: worker::registry::JobContext| async move {
+        let v: Vec<u8> = Vec::new();
+        // An out-of-bounds index: a bug in a handler.
+        Ok::<_, JobError>(JobOutcome::succeeded(serde_json::json!(v[3])))
+    });
+    let w = start(settings(&redis, QueueSettings::default()), registry).await;
+
+    let bad = q.push(NewJob::of(&Panics {}).unwrap()).await.unwrap().id;
+    let good = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+
+    let rec = wait_for(&q, &bad, &[JobState::Failed], LONG).await;
+    assert!(rec.error.unwrap().starts_with("permanent:"));
+    assert_eq!(rec.attempts, 1);
+    wait_for(&q, &good, &[JobState::Succeeded], LONG).await;
+    let d = q.depths().await.unwrap();
+    assert_eq!(d.running, 0, "a job was left running after the panic");
+    w.stop().await;
+}
