@@ -28,11 +28,12 @@ use crate::routes::{ops, price, tasks};
         tasks::retry,
         tasks::dead,
         tasks::queues,
+        tasks::recalculate_all,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
         ops::Health, ops::Readiness, ops::Check,
-        tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::QueueDepths,
+        tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::QueueDepths, tasks::Triggered,
         shared::queue::JobState, shared::queue::Depths,
     )),
     tags(

@@ -122,6 +122,11 @@ impl PriceCache {
         &self.pool
     }
 
+    /// How long cached prices live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The key builder in use.
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -36,6 +36,17 @@ impl Keys {
         key
     }
 
+    /// The newest lock fence that has written prices: writes with an older
+    /// fence are refused (see [`crate::lock::fenced_set_many`]).
+    pub fn price_fence(&self) -> String {
+        format!("{}:price-fence", self.namespace)
+    }
+
+    /// The lock that lets one full recalculation run at a time.
+    pub fn recalc_lock(&self) -> String {
+        format!("{}:lock:recalculate_all_prices", self.namespace)
+    }
+
     /// A pattern matching every cached price of this namespace, for SCAN.
     pub fn price_pattern(&self) -> String {
         format!("{}*", self.price_prefix)

@@ -11,6 +11,7 @@
 //! - [`domain`]: catalog types ([`domain::Product`], [`domain::MarketSignals`]) and id validation.
 //! - [`lock`]: the Redis distributed lock (watchdog, fencing) and fenced cache writes.
 //! - [`metrics`]: the process-wide Prometheus recorder and its histogram buckets.
+//! - [`jobs`]: the pricing job contracts (`recalculate_all_prices`, `recalculate_prices`).
 //! - [`pricing`]: the deterministic pricing rules and the prime-member discount.
 //! - [`cache`]: the cached price format and its re-validation on read.
 //! - [`keys`]: Redis key builders under one namespace prefix.
@@ -24,6 +25,7 @@
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod jobs;
 pub mod keys;
 pub mod lock;
 pub mod metrics;

@@ -139,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
             log_filter: "warn".into(),
         },
         queue: QueueSettings::default(),
+        cache: shared::config::CacheSettings {
+            ttl: Duration::from_secs(3600),
+        },
+        recalc_lock_ttl: Duration::from_secs(60),
         concurrency,
         prefetch: concurrency,
         shutdown_timeout: Duration::from_secs(10),

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::config::{
-    ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range, env_or,
+    CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range,
+    env_or,
 };
 use shared::queue::QueueSettings;
 
@@ -22,6 +23,11 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Leases, heartbeat and retention.
     pub queue: QueueSettings,
+    /// Lifetime of the prices the recalculation jobs cache (`CACHE_TTL_SECS`).
+    pub cache: CacheSettings,
+    /// `RECALC_LOCK_TTL_SECS`: lifetime of the recalculation lock without a
+    /// watchdog extension (1–3,600). Defaults to 60.
+    pub recalc_lock_ttl: Duration,
     /// `WORKER_CONCURRENCY`: jobs run at once by this process (1–10,000). Defaults to 16.
     pub concurrency: usize,
     /// `WORKER_PREFETCH`: jobs leased per fetch (1–1,000). Leased jobs wait
@@ -47,6 +53,13 @@ impl Settings {
             database: DatabaseSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
             queue: QueueSettings::from_env()?,
+            cache: CacheSettings::from_env()?,
+            recalc_lock_ttl: Duration::from_secs(env_in_range(
+                "RECALC_LOCK_TTL_SECS",
+                60u64,
+                1,
+                3_600,
+            )?),
             concurrency,
             prefetch: env_in_range("WORKER_PREFETCH", concurrency.min(1_000), 1, 1_000)?,
             shutdown_timeout: Duration::from_secs(env_in_range(

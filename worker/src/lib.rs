@@ -328,11 +328,34 @@ async fn maintenance(queue: Queue, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Runs the worker with the built-in jobs until `shutdown` resolves.
+/// Every job this service runs: the built-ins and the recalculations over
+/// the catalog store and the price cache.
+pub async fn full_registry(settings: &Settings) -> anyhow::Result<Registry> {
+    let store = shared::store::open(&settings.database)
+        .await
+        .context("opening the catalog store")?;
+    let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+    let keys = shared::keys::Keys::new(&settings.redis.namespace);
+    let deps = jobs::recalc::RecalcDeps {
+        store,
+        lock: shared::lock::DistributedLock::new(
+            pool.clone(),
+            keys.recalc_lock(),
+            settings.recalc_lock_ttl,
+        ),
+        cache: shared::cache::PriceCache::new(pool, keys, settings.cache.ttl),
+    };
+    let mut registry = jobs::registry();
+    jobs::recalc::register(&mut registry, Arc::new(deps));
+    Ok(registry)
+}
+
+/// Runs the worker with every job until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let worker = Worker::build(settings, jobs::registry()).await?;
+    let registry = full_registry(&settings).await?;
+    let worker = Worker::build(settings, registry).await?;
     worker.run_until_stopped(shutdown).await
 }

@@ -6,7 +6,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, ResurrectOutcome};
+use shared::jobs::{RECALC_ALL_UNIQUE_KEY, RecalculateAllPrices};
+use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, NewJob, ResurrectOutcome};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tasks/{task_id}", get(status).delete(cancel))
         .route("/api/v1/tasks/{task_id}/retry", post(retry))
         .route("/api/v1/queues", get(queues))
+        .route("/api/v1/tasks/recalculate-all", post(recalculate_all))
 }
 
 /// A task as the API reports it.
@@ -97,6 +99,17 @@ pub struct Accepted {
     pub task_id: String,
     /// Where to follow it.
     pub status_url: String,
+}
+
+/// A recalculation trigger's answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Triggered {
+    /// The task that will run (an already waiting one when `joined`).
+    pub task_id: String,
+    /// Where to follow it.
+    pub status_url: String,
+    /// `true` when a recalculation was already waiting and this trigger joined it.
+    pub joined: bool,
 }
 
 /// A cancelled task.
@@ -225,6 +238,30 @@ pub async fn dead(
         .map(Into::into)
         .collect();
     Ok(Json(DeadList { tasks }))
+}
+
+/// Queue a full recalculation of every price. Answers at once; while one
+/// recalculation waits to run, further triggers join it.
+#[utoipa::path(post, path = "/api/v1/tasks/recalculate-all", tag = "tasks",
+    responses(
+        (status = 202, description = "Queued, or joined the waiting one", body = Triggered),
+        (status = 503, description = "Redis unavailable", body = ErrorBody),
+    ))]
+pub async fn recalculate_all(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<Triggered>), ApiError> {
+    let job = NewJob::of(&RecalculateAllPrices {})
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .unique(RECALC_ALL_UNIQUE_KEY);
+    let pushed = state.queue.push(job).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Triggered {
+            status_url: format!("/api/v1/tasks/{}", pushed.id),
+            task_id: pushed.id,
+            joined: pushed.duplicate,
+        }),
+    ))
 }
 
 /// Queue depths by state.

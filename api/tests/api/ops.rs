@@ -87,6 +87,7 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         "POST /api/v1/tasks/{task_id}/retry",
         "GET /api/v1/tasks/dead",
         "GET /api/v1/queues",
+        "POST /api/v1/tasks/recalculate-all",
     ]
     .into_iter()
     .map(String::from)

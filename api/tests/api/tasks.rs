@@ -184,3 +184,35 @@ async fn task_endpoints_answer_503_when_redis_is_down() {
     let (s, _) = app.get_json("/api/v1/queues").await;
     assert_eq!(s, 503);
 }
+
+#[tokio::test]
+async fn recalculate_all_answers_at_once_and_coalesces_triggers() {
+    let app = spawn_app().await;
+    let (s1, first) = app
+        .post_raw(
+            "/api/v1/tasks/recalculate-all",
+            "application/json",
+            Vec::new(),
+        )
+        .await;
+    let (s2, second) = app
+        .post_raw(
+            "/api/v1/tasks/recalculate-all",
+            "application/json",
+            Vec::new(),
+        )
+        .await;
+
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first["joined"], false);
+    assert_eq!(second["joined"], true);
+    assert_eq!(first["task_id"], second["task_id"]);
+    let id = first["task_id"].as_str().unwrap();
+    assert_eq!(first["status_url"], format!("/api/v1/tasks/{id}"));
+    let (_, status) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(
+        (status["name"].as_str(), status["status"].as_str()),
+        (Some("recalculate_all_prices"), Some("pending"))
+    );
+    assert_eq!(status["max_attempts"], 6);
+}

@@ -1005,6 +1005,24 @@ impl Queue {
         Ok(out.into_iter().map(|v| v == 1).collect())
     }
 
+    /// Shows progress in a running job's status (its `result` until it finishes).
+    pub async fn report_progress(
+        &self,
+        id: &str,
+        progress: &serde_json::Value,
+    ) -> Result<(), QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        tracker.track(
+            redis::cmd("HSET")
+                .arg(&self.keys.results)
+                .arg(id)
+                .arg(progress.to_string())
+                .query_async::<()>(&mut conn)
+                .await,
+        )?;
+        Ok(())
+    }
+
     /// Schedules another attempt after `delay`.
     pub async fn retry_later(
         &self,

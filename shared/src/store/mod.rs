@@ -96,6 +96,21 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// How many products the catalog holds.
     async fn count_products(&self) -> Result<u64, StoreError>;
 
+    /// Up to `limit` products with ids after `after` (in id order), each
+    /// with its market signals: one page of a catalog scan whose memory is
+    /// bounded by the page, not the catalog.
+    async fn priced_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Product, MarketSignals)>, StoreError>;
+
+    /// The named products that exist, each with its market signals.
+    async fn priced_by_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(Product, MarketSignals)>, StoreError>;
+
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -79,8 +79,66 @@ fn product_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Product, sqlx::Erro
     })
 }
 
+/// The product columns plus its lowest competitor price and demand index.
+macro_rules! priced_select {
+    () => {
+        "SELECT p.id, p.name, p.category, p.unit_cost, p.base_price, p.stock, \
+     p.target_stock, p.elasticity, p.min_margin, p.max_margin, p.updated_at, \
+     (SELECT MIN(c.price) FROM competitor_prices c WHERE c.product_id = p.id) AS lowest, \
+     (SELECT d.demand_index FROM demand_signals d WHERE d.product_id = p.id) AS demand \
+     FROM products p"
+    };
+}
+
+fn priced_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Product, MarketSignals), sqlx::Error> {
+    Ok((
+        product_from_row(row)?,
+        MarketSignals {
+            lowest_competitor_price: row.try_get("lowest")?,
+            demand_index: row.try_get("demand")?,
+        },
+    ))
+}
+
 #[async_trait]
 impl CatalogStore for SqliteStore {
+    async fn priced_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Product, MarketSignals)>, StoreError> {
+        let rows = sqlx::query(concat!(
+            priced_select!(),
+            " WHERE p.id > ? ORDER BY p.id LIMIT ?"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit.max(1) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(priced_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn priced_by_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(Product, MarketSignals)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(priced_select!());
+            qb.push(" WHERE p.id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.clone());
+            }
+            qb.push(")");
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            for row in &rows {
+                out.push(priced_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn product(&self, id: &str) -> Result<Option<Product>, StoreError> {
         let row = sqlx::query(
             "SELECT id, name, category, unit_cost, base_price, stock, target_stock, \

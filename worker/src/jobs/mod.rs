@@ -2,6 +2,9 @@
 //!
 //! - `noop`: does nothing; health checks and queue benchmarks.
 //! - `sleep {millis}`: sleeps; drills of leases, heartbeats and shutdown.
+//! - [`recalc`]: `recalculate_all_prices` and `recalculate_prices`.
+
+pub mod recalc;
 
 use std::time::Duration;
 

@@ -28,6 +28,10 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
             log_filter: "info".into(),
         },
         queue,
+        cache: shared::config::CacheSettings {
+            ttl: Duration::from_secs(3600),
+        },
+        recalc_lock_ttl: Duration::from_secs(60),
         concurrency: 4,
         prefetch: 4,
         shutdown_timeout: Duration::from_secs(5),

@@ -6,4 +6,5 @@
 mod delivery;
 mod helpers;
 mod lifecycle;
+mod recalc;
 mod retries;
