@@ -1,0 +1,97 @@
+//! Recalculation benchmark: seeds N products into a fresh SQLite catalog,
+//! runs `recalculate_all_prices` through the queue and a worker, and prints
+//! products/s and the time to a warm cache. Run through `scripts/bench-recalc`.
+
+use std::time::{Duration, Instant};
+
+use shared::config::{
+    CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,
+};
+use shared::jobs::RecalculateAllPrices;
+use shared::queue::{JobState, NewJob, Queue, QueueSettings};
+use shared::redis_pool::RedisPool;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let n: u64 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}/catalog.db", dir.path().display());
+
+    let store = shared::store::sqlite::SqliteStore::connect(&db, 4).await?;
+    let t = Instant::now();
+    shared::store::seed::seed(&store, n).await?;
+    println!("seeded {n} products in {:.1} s", t.elapsed().as_secs_f64());
+
+    let ns = "bench-recalc";
+    let settings = worker::config::Settings {
+        redis: RedisSettings::for_url(&url, ns),
+        database: DatabaseSettings {
+            url: db,
+            max_connections: 4,
+        },
+        telemetry: TelemetrySettings {
+            service_name: "bench".into(),
+            otlp_endpoint: None,
+            log_format: LogFormat::Pretty,
+            log_filter: "warn".into(),
+        },
+        queue: QueueSettings::default(),
+        cache: CacheSettings {
+            ttl: Duration::from_secs(3600),
+        },
+        recalc_lock_ttl: Duration::from_secs(60),
+        concurrency: 4,
+        prefetch: 4,
+        shutdown_timeout: Duration::from_secs(10),
+        job_timeout: Duration::from_secs(3600),
+        metrics_addr: "127.0.0.1:0".parse()?,
+    };
+    let registry = worker::full_registry(&settings).await?;
+    let w = worker::Worker::build(settings, registry).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(w.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let q = Queue::new(
+        RedisPool::new(&RedisSettings::for_url(&url, ns))?,
+        ns,
+        shared::queue::DEFAULT_QUEUE,
+        QueueSettings::default(),
+    );
+
+    let t = Instant::now();
+    let id = q.push(NewJob::of(&RecalculateAllPrices {})?).await?.id;
+    let result = loop {
+        if let Some(s) = q.status(&id).await?
+            && matches!(
+                s.record.state,
+                JobState::Succeeded | JobState::Failed | JobState::Skipped
+            )
+        {
+            anyhow::ensure!(
+                s.record.state == JobState::Succeeded,
+                "recalculation ended {:?}: {:?}",
+                s.record.state,
+                s.record.error
+            );
+            break s.result.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let warm = t.elapsed();
+    let job_ms = result["duration_ms"].as_u64().unwrap_or(0);
+    println!(
+        "recalculate_all_prices: {} products in {} ms inside the job ({:.0} products/s); warm cache {:.2} s after the push",
+        result["updated_count"],
+        job_ms,
+        n as f64 / (job_ms.max(1) as f64 / 1000.0),
+        warm.as_secs_f64()
+    );
+    let _ = tx.send(());
+    handle.await??;
+    Ok(())
+}
