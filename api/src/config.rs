@@ -26,6 +26,24 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Job retention and leases (the task endpoints read and change jobs).
     pub queue: QueueSettings,
+    /// `ADMIN_TOKEN`: when set, the mutating admin endpoints (trigger a
+    /// recalculation, cancel or re-enqueue a task) require
+    /// `Authorization: Bearer <token>`. Unset: they are open.
+    pub admin_token: Option<String>,
+}
+
+/// Shortest accepted `ADMIN_TOKEN`: anything shorter is guessable.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+fn admin_token() -> Result<Option<String>, ConfigError> {
+    match shared::config::env_opt("ADMIN_TOKEN") {
+        Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError::new(
+            "ADMIN_TOKEN",
+            "<hidden>",
+            format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        )),
+        other => Ok(other),
+    }
 }
 
 impl Settings {
@@ -38,6 +56,7 @@ impl Settings {
             cache: CacheSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
             queue: QueueSettings::from_env()?,
+            admin_token: admin_token()?,
         })
     }
 }

@@ -44,6 +44,12 @@ pub enum ApiError {
     /// 413: the body is over the size limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 401: an admin endpoint was called without a bearer token.
+    #[error("this endpoint needs Authorization: Bearer <ADMIN_TOKEN>")]
+    Unauthorized,
+    /// 403: the bearer token is wrong.
+    #[error("the bearer token is not valid for this endpoint")]
+    Forbidden,
     /// 404: the product (or route) does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -78,6 +84,8 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

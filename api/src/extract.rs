@@ -166,6 +166,44 @@ where
     }
 }
 
+/// Proof that the caller may use an admin endpoint: a handler that takes
+/// it answers 401 without `Authorization: Bearer …` and 403 with a wrong
+/// token, whenever `ADMIN_TOKEN` is set.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<crate::state::AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &crate::state::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(expected) = state.admin_token.as_deref() else {
+            return Ok(Admin);
+        };
+        let given = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+/// Compares without leaking, through timing, how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A query string, deserialised with errors in the JSON error body.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ValidQuery<T>(pub T);

@@ -61,6 +61,7 @@ impl Application {
                 cache,
                 store,
                 queue,
+                admin_token: settings.admin_token.as_deref().map(Arc::from),
                 metrics: crate::metrics::recorder(),
             },
         })

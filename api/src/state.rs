@@ -16,6 +16,8 @@ pub struct AppState {
     pub store: Arc<dyn CatalogStore>,
     /// The job queue, for the task endpoints.
     pub queue: Queue,
+    /// The bearer token of the admin endpoints, when one is configured.
+    pub admin_token: Option<Arc<str>>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }

@@ -11,7 +11,7 @@ use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, NewJob, Resurrec
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ValidPath, ValidQuery};
+use crate::extract::{Admin, ValidPath, ValidQuery};
 use crate::state::AppState;
 
 /// Most dead jobs one listing returns.
@@ -165,8 +165,11 @@ pub async fn status(
         (status = 200, description = "Cancelled; it will not run", body = Cancelled),
         (status = 404, description = "Unknown task id", body = ErrorBody),
         (status = 409, description = "Already running or finished", body = ErrorBody),
+        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
+        (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
 pub async fn cancel(
+    _admin: Admin,
     State(state): State<AppState>,
     ValidPath(task_id): ValidPath<String>,
 ) -> Result<Json<Cancelled>, ApiError> {
@@ -191,8 +194,11 @@ pub async fn cancel(
         (status = 202, description = "Queued again with a fresh attempt budget", body = Accepted),
         (status = 404, description = "Unknown task id", body = ErrorBody),
         (status = 409, description = "The task is not in the dead set", body = ErrorBody),
+        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
+        (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
 pub async fn retry(
+    _admin: Admin,
     State(state): State<AppState>,
     ValidPath(task_id): ValidPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -245,9 +251,12 @@ pub async fn dead(
 #[utoipa::path(post, path = "/api/v1/tasks/recalculate-all", tag = "tasks",
     responses(
         (status = 202, description = "Queued, or joined the waiting one", body = Triggered),
+        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
+        (status = 403, description = "Wrong bearer token", body = ErrorBody),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
 pub async fn recalculate_all(
+    _admin: Admin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let job = NewJob::of(&RecalculateAllPrices {})

@@ -123,6 +123,7 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("LOG_FORMAT", "yaml"),
         ("REDIS_POOL_SIZE", "0"),
         ("DATABASE_URL", "postgres://x"),
+        ("ADMIN_TOKEN", "short"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_api"))
             .args(["seed", "--products", "1"])

@@ -53,16 +53,23 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
             log_filter: "info".into(),
         },
         queue: shared::queue::QueueSettings::default(),
+        admin_token: None,
     }
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the settings adjusted first.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     shared::telemetry::init_for_tests();
     let redis = RedisServer::start().await;
     let (store, dir, url) = temp_store().await;
     seed::seed(store.as_ref(), SEEDED).await.expect("seed");
     let namespace = format!("test-{}", redis.port());
-    let settings = settings(&redis.url(), &url, &namespace);
+    let mut settings = settings(&redis.url(), &url, &namespace);
+    tweak(&mut settings);
     let app = Application::build_with_store(&settings, store.clone() as Arc<dyn CatalogStore>)
         .await
         .expect("build app");

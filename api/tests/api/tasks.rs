@@ -3,7 +3,7 @@
 use serde_json::json;
 use shared::queue::{JobState, NewJob, Noop};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
@@ -215,4 +215,62 @@ async fn recalculate_all_answers_at_once_and_coalesces_triggers() {
         (Some("recalculate_all_prices"), Some("pending"))
     );
     assert_eq!(status["max_attempts"], 6);
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_bearer_token_when_one_is_set() {
+    let token = "s3cret-admin-token-0123";
+    let app = spawn_app_with(|s| s.admin_token = Some(token.into())).await;
+    let url = app.url("/api/v1/tasks/recalculate-all");
+
+    let none = app.client.post(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let body: serde_json::Value = none.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let wrong = app
+        .client
+        .post(&url)
+        .bearer_auth("not-the-token-at-all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let right = app
+        .client
+        .post(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 202);
+
+    // Cancel and re-enqueue are guarded too; reads are not.
+    let id: String = right.json::<serde_json::Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .into();
+    let cancel = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 401);
+    let retry = app
+        .client
+        .post(app.url(&format!("/api/v1/tasks/{id}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 401);
+    let (s, _) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    let ok = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
 }
