@@ -30,6 +30,9 @@ pub struct Settings {
     /// recalculation, cancel or re-enqueue a task) require
     /// `Authorization: Bearer <token>`. Unset: they are open.
     pub admin_token: Option<String>,
+    /// Retry policy of the recalculations this api queues
+    /// (`RECALC_MAX_RETRIES`, `RECALC_RETRY_BASE_SECS`, `RECALC_RETRY_CAP_SECS`).
+    pub recalc_retry: shared::queue::RetryPolicy,
 }
 
 /// Shortest accepted `ADMIN_TOKEN`: anything shorter is guessable.
@@ -57,6 +60,7 @@ impl Settings {
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
             queue: QueueSettings::from_env()?,
             admin_token: admin_token()?,
+            recalc_retry: shared::jobs::recalc_retry_from_env()?,
         })
     }
 }

@@ -62,6 +62,7 @@ impl Application {
                 store,
                 queue,
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
+                recalc_retry: settings.recalc_retry,
                 metrics: crate::metrics::recorder(),
             },
         })

@@ -18,6 +18,8 @@ pub struct AppState {
     pub queue: Queue,
     /// The bearer token of the admin endpoints, when one is configured.
     pub admin_token: Option<Arc<str>>,
+    /// Retry policy given to the recalculations this api queues.
+    pub recalc_retry: shared::queue::RetryPolicy,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ConfigError, env_in_range};
 use crate::queue::{Backoff, JobSpec, RetryPolicy};
 
 /// Retries of the recalculation jobs, as the design asks: up to 5 retries
@@ -16,6 +17,32 @@ pub const RECALC_RETRY: RetryPolicy = RetryPolicy {
         jitter: 0.2,
     },
 };
+
+/// Reads the recalculation retry policy from the environment, starting
+/// from [`RECALC_RETRY`]: `RECALC_MAX_RETRIES` (retries after the first
+/// attempt, 0–100, default 5), `RECALC_RETRY_BASE_SECS` (first delay,
+/// default 30), `RECALC_RETRY_CAP_SECS` (longest delay, default 600).
+/// Producers push recalculations with it, so the policy travels with each job.
+pub fn recalc_retry_from_env() -> Result<RetryPolicy, ConfigError> {
+    let retries = env_in_range("RECALC_MAX_RETRIES", 5u32, 0, 100)?;
+    let base = env_in_range("RECALC_RETRY_BASE_SECS", 30u64, 1, 86_400)?;
+    let cap = env_in_range("RECALC_RETRY_CAP_SECS", 600u64, 1, 86_400)?;
+    if cap < base {
+        return Err(ConfigError::new(
+            "RECALC_RETRY_CAP_SECS",
+            cap.to_string(),
+            format!("must not be below RECALC_RETRY_BASE_SECS ({base})"),
+        ));
+    }
+    Ok(RetryPolicy {
+        max_attempts: retries + 1,
+        backoff: Backoff {
+            base_ms: base * 1_000,
+            cap_ms: cap * 1_000,
+            ..RECALC_RETRY.backoff
+        },
+    })
+}
 
 /// The unique key that coalesces full recalculations: while one waits,
 /// further triggers join it.

@@ -261,6 +261,7 @@ pub async fn recalculate_all(
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let job = NewJob::of(&RecalculateAllPrices {})
         .map_err(|e| ApiError::Internal(e.into()))?
+        .retry(state.recalc_retry)
         .unique(RECALC_ALL_UNIQUE_KEY);
     let pushed = state.queue.push(job).await?;
     Ok((

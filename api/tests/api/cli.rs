@@ -124,6 +124,7 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("REDIS_POOL_SIZE", "0"),
         ("DATABASE_URL", "postgres://x"),
         ("ADMIN_TOKEN", "short"),
+        ("RECALC_MAX_RETRIES", "many"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_api"))
             .args(["seed", "--products", "1"])
