@@ -142,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),
         },
+        feed: None,
         recalc_lock_ttl: Duration::from_secs(60),
         concurrency,
         prefetch: concurrency,

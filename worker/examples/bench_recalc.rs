@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         cache: CacheSettings {
             ttl: Duration::from_secs(3600),
         },
+        feed: None,
         recalc_lock_ttl: Duration::from_secs(60),
         concurrency: 4,
         prefetch: 4,

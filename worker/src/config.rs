@@ -25,6 +25,8 @@ pub struct Settings {
     pub queue: QueueSettings,
     /// Lifetime of the prices the recalculation jobs cache (`CACHE_TTL_SECS`).
     pub cache: CacheSettings,
+    /// The market-data feed, when `MARKET_DATA_URL` is set.
+    pub feed: Option<crate::jobs::feed::FeedSettings>,
     /// `RECALC_LOCK_TTL_SECS`: lifetime of the recalculation lock without a
     /// watchdog extension (1–3,600). Defaults to 60.
     pub recalc_lock_ttl: Duration,
@@ -44,6 +46,34 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
 }
 
+fn feed_from_env() -> Result<Option<crate::jobs::feed::FeedSettings>, ConfigError> {
+    let Some(url) = shared::config::env_opt("MARKET_DATA_URL") else {
+        return Ok(None);
+    };
+    if !url.starts_with("http://") {
+        return Err(ConfigError::new(
+            "MARKET_DATA_URL",
+            url,
+            "must be an http:// URL (this build has no TLS)",
+        ));
+    }
+    Ok(Some(crate::jobs::feed::FeedSettings {
+        url,
+        connect_timeout: Duration::from_millis(env_in_range(
+            "MARKET_DATA_CONNECT_TIMEOUT_MS",
+            3_000u64,
+            1,
+            600_000,
+        )?),
+        timeout: Duration::from_millis(env_in_range(
+            "MARKET_DATA_TIMEOUT_MS",
+            5_000u64,
+            1,
+            600_000,
+        )?),
+    }))
+}
+
 impl Settings {
     /// Reads every setting; the error names the first bad variable.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -54,6 +84,7 @@ impl Settings {
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
             queue: QueueSettings::from_env()?,
             cache: CacheSettings::from_env()?,
+            feed: feed_from_env()?,
             recalc_lock_ttl: Duration::from_secs(env_in_range(
                 "RECALC_LOCK_TTL_SECS",
                 60u64,

@@ -336,7 +336,14 @@ pub async fn full_registry(settings: &Settings) -> anyhow::Result<Registry> {
         .context("opening the catalog store")?;
     let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
     let keys = shared::keys::Keys::new(&settings.redis.namespace);
+    let feed = settings
+        .feed
+        .as_ref()
+        .map(jobs::feed::Feed::new)
+        .transpose()
+        .context("building the market-data feed client")?;
     let deps = jobs::recalc::RecalcDeps {
+        feed,
         store,
         lock: shared::lock::DistributedLock::new(
             pool.clone(),

@@ -3,7 +3,9 @@
 //! - `noop`: does nothing; health checks and queue benchmarks.
 //! - `sleep {millis}`: sleeps; drills of leases, heartbeats and shutdown.
 //! - [`recalc`]: `recalculate_all_prices` and `recalculate_prices`.
+//! - [`feed`]: the market-data feed the recalculations may read.
 
+pub mod feed;
 pub mod recalc;
 
 use std::time::Duration;

@@ -13,7 +13,10 @@
 //! - reports `{"processed", "total"}` in its status while it runs, and
 //!   finishes with `{"status": "succeeded", "updated_count", "duration_ms"}`.
 //!
-//! Store and Redis failures are retryable: the job's backoff applies.
+//! With `MARKET_DATA_URL` set, competitor prices come from the market-data
+//! feed ([`crate::jobs::feed`]); otherwise from those stored from market
+//! events. Store, Redis and transient feed failures are retryable (the job's
+//! backoff applies); a 4xx or malformed feed answer is permanent.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,7 @@ use shared::pricing::compute_price_cents;
 use shared::queue::{JobError, JobOutcome};
 use shared::store::CatalogStore;
 
+use crate::jobs::feed::Feed;
 use crate::registry::{JobContext, Registry};
 
 /// Products read, priced and written per step.
@@ -41,6 +45,28 @@ pub struct RecalcDeps {
     pub cache: PriceCache,
     /// The lock that admits one full recalculation at a time.
     pub lock: DistributedLock,
+    /// The market-data feed, when `MARKET_DATA_URL` is set.
+    pub feed: Option<Feed>,
+}
+
+/// Replaces the stored lowest competitor price with the feed's, where the
+/// feed knows one.
+async fn apply_feed(
+    feed: Option<&Feed>,
+    priced: &mut [(Product, MarketSignals)],
+) -> Result<(), JobError> {
+    let Some(feed) = feed else { return Ok(()) };
+    if priced.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = priced.iter().map(|(p, _)| p.id.as_str()).collect();
+    let fed = feed.lowest_prices(&ids).await?;
+    for (p, s) in priced.iter_mut() {
+        if let Some(price) = fed.get(&p.id) {
+            s.lowest_competitor_price = Some(*price);
+        }
+    }
+    Ok(())
 }
 
 /// Registers both recalculation jobs.
@@ -75,6 +101,20 @@ async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutco
             json!({"status": "skipped", "reason": "locked"}),
         ));
     };
+    let outcome = scan_and_cache(deps, ctx, &guard).await;
+    // Released on every path: a failed attempt must not leave its retry
+    // (or the next trigger) locked out until the lock's TTL runs out.
+    if let Err(e) = guard.release().await {
+        tracing::warn!(error = %e, "releasing the recalculation lock failed; it will expire");
+    }
+    outcome
+}
+
+async fn scan_and_cache(
+    deps: &RecalcDeps,
+    ctx: &JobContext,
+    guard: &shared::lock::LockGuard,
+) -> Result<JobOutcome, JobError> {
     let started = Instant::now();
     let total = deps
         .store
@@ -87,11 +127,12 @@ async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutco
         if guard.is_lost() {
             return Err(JobError::retryable("lost the recalculation lock"));
         }
-        let page = deps
+        let mut page = deps
             .store
             .priced_page(after.as_deref(), PAGE)
             .await
             .map_err(JobError::retryable)?;
+        apply_feed(deps.feed.as_ref(), &mut page).await?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.id.clone());
         let written = fenced_set_many(
@@ -117,9 +158,6 @@ async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutco
         {
             tracing::warn!(error = %e, "cannot report progress");
         }
-    }
-    if let Err(e) = guard.release().await {
-        tracing::warn!(error = %e, "releasing the recalculation lock failed; it will expire");
     }
     Ok(JobOutcome::succeeded(json!({
         "status": "succeeded",

@@ -31,6 +31,7 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),
         },
+        feed: None,
         recalc_lock_ttl: Duration::from_secs(60),
         concurrency: 4,
         prefetch: 4,

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod delivery;
+mod feed;
 mod helpers;
 mod lifecycle;
 mod recalc;
