@@ -136,51 +136,39 @@ pub enum JobState {
 }
 
 /// A job as the status API reports it, assembled from its stored parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
     /// Job type, e.g. `recalculate_all_prices`.
     pub name: String,
     /// Current state.
     pub state: JobState,
     /// Times a worker started it.
-    #[serde(default)]
     pub attempts: u32,
     /// Most attempts before a retryable failure becomes final.
     pub max_attempts: u32,
     /// When it was pushed (ms since the epoch, Redis clock).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_at: Option<i64>,
     /// When it is due, for scheduled jobs and waiting retries (ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<i64>,
     /// When the latest attempt started (ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<i64>,
     /// When it reached a final state (ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
     /// The worker that ran the latest attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     /// Lease token of the running attempt; only its holder may finish it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// The latest error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The unique key it was pushed with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_key: Option<String>,
     /// Times its worker was lost while running it.
-    #[serde(default)]
     pub leases_lost: u32,
     /// Retry backoff of this job.
     pub backoff: Backoff,
     /// W3C trace context of the span that pushed it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     /// W3C trace state that goes with `traceparent`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
 }
 
@@ -946,29 +934,13 @@ impl Queue {
         state: JobState,
         result: &serde_json::Value,
     ) -> Result<bool, QueueError> {
-        let state = match state {
-            JobState::Skipped => "skipped",
-            _ => "succeeded",
-        };
-        let (mut conn, tracker) = self.pool.get();
-        let ok: i64 = tracker.track(
-            scripts::COMPLETE
-                .key(&self.keys.active)
-                .key(&self.keys.live)
-                .key(&self.keys.finished)
-                .key(&self.keys.args)
-                .key(&self.keys.results)
-                .key(&self.keys.stats)
-                .key(&self.keys.errors)
-                .arg(&job.id)
-                .arg(job.token())
-                .arg(state)
-                .arg(result.to_string())
-                .arg(self.settings.result_retention.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await,
-        )?;
-        Ok(ok == 1)
+        let done = [(job.clone(), state, result.clone())];
+        Ok(self
+            .complete_many(&done)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
     }
 
     /// Records many successes in one script call (the worker batches the

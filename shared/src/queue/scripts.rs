@@ -123,32 +123,9 @@ return out
 });
 
 /// KEYS: active, live, finished, args, results, stats, errors.
-/// ARGV: id, token, state ('succeeded'|'skipped'), result, retention_ms.
-/// Returns 1, or 0 when the lease was lost (the result is then discarded).
-pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local id = ARGV[1]
-local r = load(KEYS[2], id)
-if not r or r.state ~= 'running' or r.token ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[1], id)
-r.state = ARGV[3]
-r.finished = now
-r.token = ''
-save(KEYS[2], id, r)
-redis.call('HSET', KEYS[5], id, ARGV[4])
-redis.call('HDEL', KEYS[4], id)
-redis.call('HDEL', KEYS[7], id)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), id)
-redis.call('HINCRBY', KEYS[6], ARGV[3], 1)
-return 1
-"#,
-    )
-});
-
-/// KEYS: as [`COMPLETE`].
-/// ARGV: retention_ms, then (id, token, state, result) for each job.
-/// Records many outcomes in one call; returns 1 or 0 per job, as [`COMPLETE`].
+/// ARGV: retention_ms, then (id, token, state ('succeeded'|'skipped'), result) for each job.
+/// Records successes; per job returns 1, or 0 when its lease was lost (its
+/// result is then discarded).
 pub(crate) static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
