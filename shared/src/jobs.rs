@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, env_in_range};
-use crate::queue::{Backoff, JobSpec, RetryPolicy};
+use crate::queue::{Backoff, JobSpec, NewJob, RetryPolicy};
 
 /// Retries of the recalculation jobs, as the design asks: up to 5 retries
 /// (6 attempts), the first after 30 s, doubling, capped at 10 minutes.
@@ -47,6 +47,20 @@ pub fn recalc_retry_from_env() -> Result<RetryPolicy, ConfigError> {
 /// The unique key that coalesces full recalculations: while one waits,
 /// further triggers join it.
 pub const RECALC_ALL_UNIQUE_KEY: &str = "recalculate_all_prices";
+
+/// The job a trigger of a full recalculation pushes: coalesced under
+/// [`RECALC_ALL_UNIQUE_KEY`], retried with `retry`.
+pub fn recalculate_all_job(retry: RetryPolicy) -> NewJob {
+    NewJob {
+        name: RecalculateAllPrices::NAME.to_string(),
+        args: serde_json::json!({}),
+        retry,
+        run_at: None,
+        unique_key: Some(RECALC_ALL_UNIQUE_KEY.to_string()),
+        traceparent: None,
+        tracestate: None,
+    }
+}
 
 /// Recalculate and cache the price of every product.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -27,12 +27,28 @@ use tokio::task::JoinHandle;
 
 use crate::redis_pool::RedisPool;
 
-/// KEYS: lock, fence. ARGV: token, ttl_ms. Returns the new fence, or nil when held.
+/// KEYS: lock, fence, since. ARGV: token, ttl_ms. Returns the new fence, or
+/// nil when held. Records the acquisition time (Redis clock, ms) in `since`.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
   return redis.call('INCR', KEYS[2])
+end
+return false
+"#,
+    )
+});
+
+/// KEYS: lock, since. Returns when the current holder acquired the lock
+/// (ms, Redis clock), or nil when it is free.
+static HELD_SINCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 return false
 "#,
@@ -88,6 +104,7 @@ pub struct DistributedLock {
     pool: RedisPool,
     key: String,
     fence_key: String,
+    since_key: String,
     ttl: Duration,
 }
 
@@ -101,12 +118,14 @@ pub struct LockGuard {
 }
 
 impl DistributedLock {
-    /// The lock `key` (its fence counter is `key:fence`), expiring `ttl`
-    /// after its holder's last extension.
+    /// The lock `key` (its fence counter is `key:fence`, the time of the
+    /// latest acquisition `key:since`), expiring `ttl` after its holder's
+    /// last extension.
     pub fn new(pool: RedisPool, key: impl Into<String>, ttl: Duration) -> Self {
         let key = key.into();
         Self {
             fence_key: format!("{key}:fence"),
+            since_key: format!("{key}:since"),
             pool,
             key,
             ttl: ttl.max(Duration::from_millis(30)),
@@ -126,6 +145,7 @@ impl DistributedLock {
             ACQUIRE
                 .key(&self.key)
                 .key(&self.fence_key)
+                .key(&self.since_key)
                 .arg(&token)
                 .arg(self.ttl.as_millis() as u64)
                 .invoke_async(&mut conn)
@@ -143,6 +163,20 @@ impl DistributedLock {
             lost,
             watchdog,
         }))
+    }
+
+    /// When the current holder took the lock (ms since the epoch, Redis
+    /// clock), or `None` when nobody holds it. Lets a caller that found the
+    /// lock held tell a holder that started before it from one that started after.
+    pub async fn held_since(&self) -> redis::RedisResult<Option<i64>> {
+        let (mut conn, tracker) = self.pool.get();
+        tracker.track(
+            HELD_SINCE
+                .key(&self.key)
+                .key(&self.since_key)
+                .invoke_async(&mut conn)
+                .await,
+        )
     }
 
     async fn extend(&self, token: &str) -> redis::RedisResult<bool> {

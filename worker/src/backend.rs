@@ -30,7 +30,7 @@ use apalis_core::backend::finalize::Ephemeral;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use shared::queue::{JobError, JobOutcome, Leased, Queue};
+use shared::queue::{DeferOutcome, JobError, JobOutcome, Leased, Queue};
 use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
 
 /// How long one blocking wait for new work lasts before it is renewed.
@@ -173,6 +173,8 @@ pub struct QueuedJob {
     pub attempt: u32,
     /// The attempts the job may use.
     pub max_attempts: u32,
+    /// When it was pushed (ms, Redis clock; 0 when unknown).
+    pub enqueued_at: i64,
     /// Trace context of the span that pushed it.
     pub traceparent: Option<String>,
 }
@@ -263,6 +265,7 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
         args: job.args,
         attempt,
         max_attempts,
+        enqueued_at: job.record.enqueued_at.unwrap_or(0),
         traceparent: job.record.traceparent.clone(),
     })
     .task_id(TaskId::from_string(job.id))
@@ -358,12 +361,18 @@ pub struct QueueAck {
 #[derive(Debug)]
 enum Verdict {
     Done(JobOutcome),
+    Defer(Duration, serde_json::Value),
     Retry(String, Duration),
     Bury(String),
 }
 
 fn verdict(res: &Result<JobOutcome, BoxDynError>, job: &Leased) -> Verdict {
     match res {
+        Ok(JobOutcome {
+            defer_for: Some(after),
+            result,
+            ..
+        }) => Verdict::Defer(*after, result.clone()),
         Ok(outcome) => Verdict::Done(outcome.clone()),
         Err(e) => {
             let permanent = match e.downcast_ref::<JobError>() {
@@ -419,6 +428,15 @@ impl Acknowledge<JobOutcome> for QueueAck {
             loop {
                 let recorded = match &verdict {
                     Verdict::Done(o) => completer.complete(job.clone(), o.clone()).await,
+                    Verdict::Defer(after, note) => match queue.defer(&job, *after, note).await {
+                        Ok(DeferOutcome::Coalesced(other)) => {
+                            tracing::info!(job_id = %job.id, joined = %other, "deferred job coalesced into a newer one");
+                            Ok(true)
+                        }
+                        Ok(DeferOutcome::Deferred) => Ok(true),
+                        Ok(DeferOutcome::LeaseLost) => Ok(false),
+                        Err(e) => Err(e.to_string()),
+                    },
                     Verdict::Retry(err, after) => queue
                         .retry_later(&job, err, *after)
                         .await
@@ -456,6 +474,7 @@ fn verdict_label(v: &Verdict) -> &'static str {
     match v {
         Verdict::Done(o) if o.state == shared::queue::JobState::Skipped => "skipped",
         Verdict::Done(_) => "succeeded",
+        Verdict::Defer(..) => "deferred",
         Verdict::Retry(..) => "retried",
         Verdict::Bury(_) => "failed",
     }

@@ -247,6 +247,7 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         id: job.id.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
+        enqueued_at: job.enqueued_at,
         worker_id: shared.worker_id.clone(),
         queue: shared.queue.clone(),
     };

@@ -2,7 +2,7 @@
 //! and `/ready` (Redis reachable) server.
 //!
 //! - `jobs_started_total{job}`, and `jobs_finished_total{job, outcome}` with
-//!   outcome `succeeded`, `failed`, `retried` or `skipped`.
+//!   outcome `succeeded`, `failed`, `retried`, `skipped` or `deferred`.
 //! - `job_duration_seconds{job}`: handler run time, a histogram.
 //! - `worker_busy_slots`: handlers running now; `worker_leases_held`: jobs leased by this process.
 //! - `queue_depth{state}`: `pending`, `delayed`, `running`, `dead`, sampled at scrape.

@@ -22,6 +22,8 @@ pub struct JobContext {
     pub attempt: u32,
     /// The attempts the job may use.
     pub max_attempts: u32,
+    /// When it was pushed (ms since the epoch, Redis clock; 0 when unknown).
+    pub enqueued_at: i64,
     /// The worker running it.
     pub worker_id: String,
     /// The queue, for handlers that push follow-up jobs or report progress.

@@ -6,8 +6,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::jobs::{RECALC_ALL_UNIQUE_KEY, RecalculateAllPrices};
-use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, NewJob, ResurrectOutcome};
+use shared::jobs::recalculate_all_job;
+use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, ResurrectOutcome};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -259,10 +259,7 @@ pub async fn recalculate_all(
     _admin: Admin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
-    let job = NewJob::of(&RecalculateAllPrices {})
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .retry(state.recalc_retry)
-        .unique(RECALC_ALL_UNIQUE_KEY);
+    let job = recalculate_all_job(state.recalc_retry);
     let pushed = state.queue.push(job).await?;
     Ok((
         StatusCode::ACCEPTED,

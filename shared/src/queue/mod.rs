@@ -293,10 +293,13 @@ impl JobError {
 /// What a successful handler reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobOutcome {
-    /// `Succeeded`, or `Skipped` when the job deliberately did nothing.
+    /// `Succeeded`; `Skipped` when the job deliberately did nothing;
+    /// `Scheduled` when it asks to run again later (see [`JobOutcome::deferred`]).
     pub state: JobState,
-    /// The result kept with the job's status.
+    /// The result kept with the job's status (while deferred: a note on why).
     pub result: serde_json::Value,
+    /// For a deferred job: how long until it runs again.
+    pub defer_for: Option<Duration>,
 }
 
 impl JobOutcome {
@@ -305,6 +308,7 @@ impl JobOutcome {
         Self {
             state: JobState::Succeeded,
             result,
+            defer_for: None,
         }
     }
 
@@ -313,6 +317,19 @@ impl JobOutcome {
         Self {
             state: JobState::Skipped,
             result,
+            defer_for: None,
+        }
+    }
+
+    /// Not now: run the job again after `delay`, without spending an attempt
+    /// (it was not a failure) and holding its unique key again, so pushes of
+    /// the same key keep joining it. `note` shows as its result meanwhile.
+    /// See [`Queue::defer`].
+    pub fn deferred(delay: Duration, note: serde_json::Value) -> Self {
+        Self {
+            state: JobState::Scheduled,
+            result: note,
+            defer_for: Some(delay),
         }
     }
 }
@@ -433,6 +450,18 @@ pub enum CancelOutcome {
     NotFound,
     /// It is past cancelling: running or finished.
     TooLate(JobState),
+}
+
+/// The outcome of deferring a running job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeferOutcome {
+    /// Scheduled again; it holds its unique key.
+    Deferred,
+    /// Another pending job with the same unique key covers it: it ended as
+    /// `skipped` (`{"reason": "coalesced", "joined": <id>}`).
+    Coalesced(String),
+    /// Its lease was lost; another worker owns it.
+    LeaseLost,
 }
 
 /// The outcome of re-enqueueing a dead job.
@@ -1020,6 +1049,40 @@ impl Queue {
         Ok(ok == 1)
     }
 
+    /// Defers a job this worker holds: see [`JobOutcome::deferred`] and
+    /// [`DeferOutcome`].
+    pub async fn defer(
+        &self,
+        job: &Leased,
+        delay: Duration,
+        note: &serde_json::Value,
+    ) -> Result<DeferOutcome, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let (code, other): (i64, String) = tracker.track(
+            scripts::DEFER
+                .key(&self.keys.active)
+                .key(&self.keys.delayed)
+                .key(&self.keys.live)
+                .key(&self.keys.unique)
+                .key(&self.keys.uniq_of)
+                .key(&self.keys.results)
+                .key(&self.keys.finished)
+                .key(&self.keys.stats)
+                .arg(&job.id)
+                .arg(job.token())
+                .arg(delay.as_millis() as u64)
+                .arg(note.to_string())
+                .arg(self.settings.result_retention.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(match code {
+            1 => DeferOutcome::Deferred,
+            2 => DeferOutcome::Coalesced(other),
+            _ => DeferOutcome::LeaseLost,
+        })
+    }
+
     /// Moves the job to the dead set.
     pub async fn bury(&self, job: &Leased, error: &str) -> Result<bool, QueueError> {
         let (mut conn, tracker) = self.pool.get();
@@ -1066,6 +1129,8 @@ impl Queue {
                 .key(&self.keys.active)
                 .key(&self.keys.wait)
                 .key(&self.keys.live)
+                .key(&self.keys.unique)
+                .key(&self.keys.uniq_of)
                 .arg(id)
                 .arg(token)
                 .invoke_async(&mut conn)
@@ -1105,6 +1170,8 @@ impl Queue {
                 .key(&self.keys.finished)
                 .key(&self.keys.stats)
                 .key(&self.keys.errors)
+                .key(&self.keys.unique)
+                .key(&self.keys.uniq_of)
                 .arg(MAINTENANCE_BATCH)
                 .arg(self.settings.max_lease_losses)
                 .arg(self.settings.dead_retention.as_millis() as u64)

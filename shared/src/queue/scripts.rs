@@ -41,6 +41,19 @@ local function save(live, id, r)
   redis.call('HSET', live, id, table.concat({r.state, r.attempts, r.enqueued, r.started,
     r.finished, r.worker, r.token, r.lost, r.run_at}, '\t'))
 end
+-- A job going back to the queue takes its unique key again, unless another
+-- pending or scheduled job holds it now: returns that job's id, else nil.
+local function reclaim_unique(unique, uniq_of, live, id)
+  local uniq = redis.call('HGET', uniq_of, id)
+  if not uniq then return nil end
+  local holder = redis.call('HGET', unique, uniq)
+  if holder and holder ~= id then
+    local h = load(live, holder)
+    if h and (h.state == 'pending' or h.state == 'scheduled') then return holder end
+  end
+  redis.call('HSET', unique, uniq, id)
+  return nil
+end
 "#;
 
 fn script(body: &str) -> Script {
@@ -220,9 +233,10 @@ return lost
     )
 });
 
-/// KEYS: active, wait, live. ARGV: id, token.
+/// KEYS: active, wait, live, unique, uniq_of. ARGV: id, token.
 /// Puts a job this worker holds back at the head of the queue (graceful
-/// shutdown). The interrupted attempt is not counted.
+/// shutdown). The interrupted attempt is not counted, and the job takes its
+/// unique key back unless another pending job holds it now.
 pub(crate) static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -235,8 +249,50 @@ r.attempts = math.max(r.attempts - 1, 0)
 r.token = ''
 r.started = ''
 save(KEYS[3], id, r)
+reclaim_unique(KEYS[4], KEYS[5], KEYS[3], id)
 redis.call('RPUSH', KEYS[2], id)
 return 1
+"#,
+    )
+});
+
+/// KEYS: active, delayed, live, unique, uniq_of, results, finished, stats.
+/// ARGV: id, token, delay_ms, note, retention_ms.
+/// Defers a running job: it goes back to `scheduled`, due after delay_ms,
+/// without spending an attempt, and holds its unique key again so later
+/// pushes join it. `note` (JSON) shows as its result meanwhile. When another
+/// pending job took the unique key while this one ran, that job covers this
+/// one, which then ends as skipped ("coalesced"). Returns {1, ''} when
+/// deferred, {2, id_of_the_covering_job} when coalesced, {0, ''} when the
+/// lease was lost.
+pub(crate) static DEFER: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id = ARGV[1]
+local r = load(KEYS[3], id)
+if not r or r.state ~= 'running' or r.token ~= ARGV[2] then return {0, ''} end
+redis.call('ZREM', KEYS[1], id)
+r.token = ''
+local other = reclaim_unique(KEYS[4], KEYS[5], KEYS[3], id)
+if other then
+  r.state = 'skipped'
+  r.finished = now
+  save(KEYS[3], id, r)
+  redis.call('HSET', KEYS[6], id,
+    '{"status":"skipped","reason":"coalesced","joined":"' .. other .. '"}')
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('ZADD', KEYS[7], now + tonumber(ARGV[5]), id)
+  redis.call('HINCRBY', KEYS[8], 'skipped', 1)
+  return {2, other}
+end
+r.state = 'scheduled'
+r.attempts = math.max(r.attempts - 1, 0)
+r.started = ''
+r.run_at = now + tonumber(ARGV[3])
+save(KEYS[3], id, r)
+redis.call('HSET', KEYS[6], id, ARGV[4])
+redis.call('ZADD', KEYS[2], r.run_at, id)
+return {1, ''}
 "#,
     )
 });
@@ -265,7 +321,7 @@ return {#ids, due}
     )
 });
 
-/// KEYS: active, wait, live, dead, finished, stats, errors.
+/// KEYS: active, wait, live, dead, finished, stats, errors, unique, uniq_of.
 /// ARGV: n, max_lost, dead_retention_ms.
 /// Takes back up to n jobs whose lease expired (their worker died) and
 /// queues them again at the head, or buries them after max_lost losses.
@@ -295,6 +351,7 @@ for _, id in ipairs(ids) do
       redis.call('RPUSH', KEYS[2], id)
     end
     save(KEYS[3], id, r)
+    if r.state == 'pending' then reclaim_unique(KEYS[8], KEYS[9], KEYS[3], id) end
   end
 end
 return #ids

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 use shared::config::RedisSettings;
 use shared::queue::{
-    Backoff, CancelOutcome, JobState, NewJob, Noop, Queue, QueueSettings, ResurrectOutcome,
-    RetryPolicy, Sleep,
+    Backoff, CancelOutcome, DeferOutcome, JobState, NewJob, Noop, Queue, QueueSettings,
+    ResurrectOutcome, RetryPolicy, Sleep,
 };
 use shared::redis_pool::RedisPool;
 use shared::testing::RedisServer;
@@ -89,6 +89,95 @@ async fn a_unique_key_returns_the_pending_job_with_default_settings() {
     let third = q.push(noop().unique("recalc-all")).await.unwrap();
     assert!(!third.duplicate);
     assert_ne!(third.id, first.id);
+}
+
+#[tokio::test]
+async fn a_deferred_job_keeps_its_unique_key_and_its_attempts() {
+    let redis = RedisServer::start().await;
+    let q = queue_with(&redis, QueueSettings::default()).await;
+    let first = q.push(noop().unique("recalc-all")).await.unwrap();
+    let leased = q.fetch("w", 10).await.unwrap();
+    assert_eq!(leased[0].record.attempts, 1);
+
+    // Deferred: scheduled again, no attempt spent, the note in its status.
+    let note = json!({"status": "waiting"});
+    let got = q
+        .defer(&leased[0], Duration::from_millis(200), &note)
+        .await
+        .unwrap();
+    assert_eq!(got, DeferOutcome::Deferred);
+    let status = q.status(&first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (status.record.state, status.record.attempts),
+        (JobState::Scheduled, 0)
+    );
+    assert_eq!(status.result, Some(note));
+    assert_eq!(q.depths().await.unwrap().running, 0);
+
+    // It holds its unique key again: a new trigger joins it.
+    let joined = q.push(noop().unique("recalc-all")).await.unwrap();
+    assert!(joined.duplicate);
+    assert_eq!(joined.id, first.id);
+
+    // And it runs again once due, as attempt 1.
+    while q.promote_due().await.unwrap().0 == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = q.fetch("w", 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].record.attempts),
+        (first.id.as_str(), 1)
+    );
+    // Its old lease is void.
+    assert_eq!(
+        q.defer(&leased[0], Duration::ZERO, &json!({}))
+            .await
+            .unwrap(),
+        DeferOutcome::LeaseLost
+    );
+}
+
+#[tokio::test]
+async fn a_deferred_job_is_coalesced_into_a_newer_waiting_one() {
+    let redis = RedisServer::start().await;
+    let q = queue_with(&redis, QueueSettings::default()).await;
+    let first = q.push(noop().unique("recalc-all")).await.unwrap();
+    let leased = q.fetch("w", 10).await.unwrap();
+    // While the first runs, a trigger queues a second one under the key.
+    let second = q.push(noop().unique("recalc-all")).await.unwrap();
+    assert!(!second.duplicate);
+
+    // Deferring the first finds the second waiting: the first is covered.
+    let got = q
+        .defer(&leased[0], Duration::from_secs(1), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(got, DeferOutcome::Coalesced(second.id.clone()));
+    let status = q.status(&first.id).await.unwrap().unwrap();
+    assert_eq!(status.record.state, JobState::Skipped);
+    assert_eq!(
+        status.result,
+        Some(json!({"status": "skipped", "reason": "coalesced", "joined": second.id}))
+    );
+    // The second still holds the key; exactly one job waits.
+    let third = q.push(noop().unique("recalc-all")).await.unwrap();
+    assert_eq!(third.id, second.id);
+    let depths = q.depths().await.unwrap();
+    assert_eq!((depths.pending, depths.delayed, depths.running), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn a_requeued_job_takes_its_unique_key_back() {
+    let redis = RedisServer::start().await;
+    let q = queue_with(&redis, QueueSettings::default()).await;
+    let first = q.push(noop().unique("recalc-all")).await.unwrap();
+    let leased = q.fetch("w", 10).await.unwrap();
+    // Graceful shutdown puts it back: it is pending again and holds its key.
+    assert!(q.requeue(&leased[0].id, leased[0].token()).await.unwrap());
+    let again = q.push(noop().unique("recalc-all")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.id, first.id);
 }
 
 #[tokio::test]

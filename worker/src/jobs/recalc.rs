@@ -4,9 +4,17 @@
 //! with [`shared::pricing`] and write the results to the price cache with the
 //! cache TTL, so the next reads are hits. The full recalculation:
 //!
-//! - takes the recalculation lock with a non-blocking try, and ends as
-//!   `skipped` with `{"status": "skipped", "reason": "locked"}` when another
-//!   recalculation holds it;
+//! - takes the recalculation lock with a non-blocking try. When another
+//!   recalculation holds it, what happens depends on when that one started:
+//!   - it started **after** this job was triggered, so it reads data at
+//!     least as new as this trigger saw: this job ends as `skipped` with
+//!     `{"status": "skipped", "reason": "locked"}`;
+//!   - it started **before**, so it may have read older data than this
+//!     trigger is about: this job is *deferred* ([`DEFER_DELAY`], no attempt
+//!     spent, unique key kept, status `scheduled` with
+//!     `{"status": "waiting", "reason": "another recalculation is running"}`)
+//!     and runs once the lock is free. Triggers meanwhile join it, so at most
+//!     one recalculation runs and at most one waits;
 //! - scans the catalog in pages of [`PAGE`] products (memory bounded by the
 //!   page, not the catalog) and writes each page in one fenced script call,
 //!   so a recalculation that lost its lock cannot overwrite newer prices;
@@ -36,6 +44,9 @@ use crate::registry::{JobContext, Registry};
 
 /// Products read, priced and written per step.
 pub const PAGE: usize = 5_000;
+
+/// How often a waiting full recalculation looks at the lock again.
+pub const DEFER_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the recalculation jobs work with.
 pub struct RecalcDeps {
@@ -97,9 +108,18 @@ fn entries(cache: &PriceCache, priced: &[(Product, MarketSignals)]) -> Vec<(Stri
 
 async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutcome, JobError> {
     let Some(guard) = deps.lock.try_acquire().await.map_err(JobError::retryable)? else {
-        return Ok(JobOutcome::skipped(
-            json!({"status": "skipped", "reason": "locked"}),
-        ));
+        let since = deps.lock.held_since().await.map_err(JobError::retryable)?;
+        return Ok(match since {
+            Some(since) if since >= ctx.enqueued_at => {
+                JobOutcome::skipped(json!({"status": "skipped", "reason": "locked"}))
+            }
+            // Held by a run that started before this trigger (or released
+            // just now): run after it.
+            _ => JobOutcome::deferred(
+                DEFER_DELAY,
+                json!({"status": "waiting", "reason": "another recalculation is running"}),
+            ),
+        });
     };
     let outcome = scan_and_cache(deps, ctx, &guard).await;
     // Released on every path: a failed attempt must not leave its retry

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use shared::cache::CachedPrice;
-use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
+use shared::jobs::{RecalculateAllPrices, RecalculatePrices, recalculate_all_job};
 use shared::lock::DistributedLock;
 use shared::pricing::compute_price_cents;
 use shared::queue::{JobState, NewJob, QueueSettings};
@@ -75,29 +75,33 @@ async fn a_full_recalculation_caches_every_price() {
     w.stop().await;
 }
 
+fn recalc_lock(q: &shared::queue::Queue) -> DistributedLock {
+    DistributedLock::new(
+        q.pool().clone(),
+        shared::keys::Keys::new(NS).recalc_lock(),
+        Duration::from_secs(30),
+    )
+}
+
 #[tokio::test]
-async fn a_recalculation_is_skipped_while_another_holds_the_lock() {
+async fn a_recalculation_is_skipped_when_one_that_started_after_it_holds_the_lock() {
     let redis = RedisServer::start().await;
     let (store, _dir, url) = temp_store().await;
     shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
     let q = queue(&redis, QueueSettings::default());
-    let pool = q.pool().clone();
-    let lock = DistributedLock::new(
-        pool,
-        shared::keys::Keys::new(NS).recalc_lock(),
-        Duration::from_secs(30),
-    );
-    let held = lock.try_acquire().await.unwrap().unwrap();
-
+    // Triggered first; then another recalculation takes the lock (it reads
+    // data at least as new as this trigger saw) before a worker picks it up.
     let id = q
         .push(NewJob::of(&RecalculateAllPrices {}).unwrap())
         .await
         .unwrap()
         .id;
+    let held = recalc_lock(&q).try_acquire().await.unwrap().unwrap();
+    let registry = worker::full_registry(&s).await.unwrap();
+    let w = start(s, registry).await;
+
     wait_for(&q, &id, &[JobState::Skipped], LONG).await;
 
     let result = q.status(&id).await.unwrap().unwrap().result.unwrap();
@@ -110,6 +114,63 @@ async fn a_recalculation_is_skipped_while_another_holds_the_lock() {
         "a skipped run wrote prices"
     );
     held.release().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_trigger_while_a_recalculation_runs_waits_for_it_and_further_triggers_join() {
+    let redis = RedisServer::start().await;
+    let (store, _dir, url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let mut s = settings(&redis, QueueSettings::default());
+    s.database.url = url;
+    let retry = shared::jobs::RECALC_RETRY;
+    let registry = worker::full_registry(&s).await.unwrap();
+    let w = start(s, registry).await;
+    let q = queue(&redis, QueueSettings::default());
+    // A recalculation is running (it may have read data older than the trigger).
+    let running = recalc_lock(&q).try_acquire().await.unwrap().unwrap();
+
+    let first = q.push(recalculate_all_job(retry)).await.unwrap();
+    // The worker picks it up, finds the lock held by an older run, and defers.
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let st = q.status(&first.id).await.unwrap().unwrap();
+        if st.result
+            == Some(
+                serde_json::json!({"status": "waiting", "reason": "another recalculation is running"}),
+            )
+        {
+            assert!(matches!(
+                st.record.state,
+                JobState::Scheduled | JobState::Pending | JobState::Running
+            ));
+            assert!(st.record.attempts <= 1, "a deferral spent an attempt");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never deferred: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Further triggers join the waiting one.
+    for _ in 0..5 {
+        let again = q.push(recalculate_all_job(retry)).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.id, first.id);
+    }
+    assert!(cached(&redis, "P-1").await.is_none(), "ran while locked");
+
+    // The running one finishes: the waiting one runs, once, and caches prices.
+    running.release().await.unwrap();
+    let record = wait_for(&q, &first.id, &[JobState::Succeeded], LONG).await;
+    assert_eq!(record.attempts, 1);
+    let result = q.status(&first.id).await.unwrap().unwrap().result.unwrap();
+    assert_eq!(result["updated_count"], 10);
+    assert!(cached(&redis, "P-1").await.is_some());
+    let depths = q.depths().await.unwrap();
+    assert_eq!((depths.succeeded_total, depths.skipped_total), (1, 0));
     w.stop().await;
 }
 
