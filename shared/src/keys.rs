@@ -37,7 +37,7 @@ impl Keys {
     }
 
     /// The newest lock fence that has written prices: writes with an older
-    /// fence are refused (see [`crate::lock::fenced_set_many`]).
+    /// fence are refused (see [`crate::lock::FencedWriter`]).
     pub fn price_fence(&self) -> String {
         format!("{}:price-fence", self.namespace)
     }

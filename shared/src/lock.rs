@@ -9,7 +9,7 @@
 //!   lost and the holder can stop.
 //! - **Release** is compare-and-delete: only the holder's token deletes it,
 //!   so a holder whose lock expired cannot release the next holder's lock.
-//! - **Fenced writes**: [`fenced_set_many`] writes keys only if the writer's
+//! - **Fenced writes**: [`FencedWriter`] writes keys only if the writer's
 //!   fence is not older than the newest fence that has written through it, so
 //!   a worker that lost its lock (paused, partitioned) cannot overwrite what a
 //!   newer holder wrote.
@@ -75,25 +75,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#,
-    )
-});
-
-/// KEYS: high-water fence, then the keys to write.
-/// ARGV: fence, ttl_ms, then one value per key.
-/// Writes every key (with the TTL) and returns how many, or returns -1 and
-/// writes nothing when a newer fence has already written.
-static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local fence = tonumber(ARGV[1])
-local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
-if fence < seen then return -1 end
-if fence > seen then redis.call('SET', KEYS[1], fence) end
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
-end
-return #KEYS - 1
 "#,
     )
 });
@@ -261,22 +242,80 @@ impl Drop for LockGuard {
     }
 }
 
-/// Writes `entries` (key, value) with `ttl`, only if `fence` is not older
-/// than the newest fence that has written through `fence_key`. Returns the
-/// number of keys written, or `None` when the write was refused as stale.
-pub async fn fenced_set_many(
-    pool: &RedisPool,
-    fence_key: &str,
+/// Writes keys only while its fence is not older than the newest fence that
+/// has written through the same high-water key, so a holder that lost its
+/// lock cannot overwrite what a newer holder wrote.
+///
+/// Each [`FencedWriter::write`] is one optimistic transaction on a
+/// connection of its own: `WATCH` the high-water key and read it; refuse if
+/// a newer fence has written; else `MULTI`, raise the high-water mark, the
+/// pipelined `SET key value PX ttl`s, `EXEC`. If any other writer touched the
+/// high-water key in between, `EXEC` does nothing and the check runs again.
+/// Plain pipelined `SET`s in a transaction cost Redis about half of what the
+/// same writes cost from a Lua loop.
+pub struct FencedWriter {
+    conn: redis::aio::MultiplexedConnection,
+    fence_key: String,
     fence: u64,
-    ttl: Duration,
-    entries: &[(String, String)],
-) -> redis::RedisResult<Option<usize>> {
-    let mut inv = FENCED_SET.prepare_invoke();
-    inv.key(fence_key).arg(fence).arg(ttl.as_millis() as u64);
-    for (key, value) in entries {
-        inv.key(key).arg(value);
+    ttl_ms: u64,
+}
+
+impl FencedWriter {
+    /// A writer for `fence`, on a new connection (`WATCH` is per connection).
+    pub async fn connect(
+        pool: &RedisPool,
+        fence_key: impl Into<String>,
+        fence: u64,
+        ttl: Duration,
+    ) -> redis::RedisResult<Self> {
+        Ok(Self {
+            conn: pool.dedicated().await?,
+            fence_key: fence_key.into(),
+            fence,
+            ttl_ms: ttl.as_millis().max(1) as u64,
+        })
     }
-    let (mut conn, tracker) = pool.get();
-    let n: i64 = tracker.track(inv.invoke_async(&mut conn).await)?;
-    Ok((n >= 0).then_some(n as usize))
+
+    /// Writes `entries` (key, value) with the TTL. Returns the number of keys
+    /// written, or `None` (nothing written) when a newer fence has written.
+    pub async fn write(
+        &mut self,
+        entries: &[(String, String)],
+    ) -> redis::RedisResult<Option<usize>> {
+        loop {
+            let (seen,): (Option<u64>,) = redis::pipe()
+                .cmd("WATCH")
+                .arg(&self.fence_key)
+                .ignore()
+                .cmd("GET")
+                .arg(&self.fence_key)
+                .query_async(&mut self.conn)
+                .await?;
+            let seen = seen.unwrap_or(0);
+            if self.fence < seen {
+                redis::cmd("UNWATCH")
+                    .query_async::<()>(&mut self.conn)
+                    .await?;
+                return Ok(None);
+            }
+            let mut tx = redis::pipe();
+            tx.atomic();
+            if self.fence > seen {
+                tx.cmd("SET").arg(&self.fence_key).arg(self.fence).ignore();
+            }
+            for (key, value) in entries {
+                tx.cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(self.ttl_ms)
+                    .ignore();
+            }
+            // Nil: the high-water key changed after WATCH; look again.
+            let done: Option<redis::Value> = tx.query_async(&mut self.conn).await?;
+            if done.is_some() {
+                return Ok(Some(entries.len()));
+            }
+        }
+    }
 }

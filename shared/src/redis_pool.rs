@@ -27,6 +27,10 @@ use crate::config::RedisSettings;
 /// of queueing them behind retries; the next command tries again anyway.
 const RECONNECT_RETRIES: usize = 1;
 
+/// Response timeout of a [`RedisPool::dedicated`] connection: a pipelined
+/// write of thousands of keys may take longer than one command.
+pub const BULK_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A cheaply clonable handle to the pool.
 #[derive(Clone)]
 pub struct RedisPool {
@@ -34,6 +38,8 @@ pub struct RedisPool {
 }
 
 struct Inner {
+    client: redis::Client,
+    timeout: std::time::Duration,
     slots: Vec<Slot>,
     next: AtomicUsize,
     errors: AtomicU64,
@@ -100,11 +106,32 @@ impl RedisPool {
             .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
+                client,
+                timeout: settings.timeout,
                 slots,
                 next: AtomicUsize::new(0),
                 errors: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// A new connection of its own, outside the pool, for a task that
+    /// needs connection state (`WATCH`) or sends large bulk writes. Its
+    /// response timeout is [`BULK_RESPONSE_TIMEOUT`] or the pool's, whichever
+    /// is longer. Dropping it closes it.
+    pub async fn dedicated(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(self.inner.timeout.max(BULK_RESPONSE_TIMEOUT)));
+        let res = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        if res.is_err() {
+            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        res
     }
 
     /// The next connection, round-robin, with the tracker for its outcome.

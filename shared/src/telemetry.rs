@@ -78,9 +78,9 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer().with_tracer(p.tracer(settings.service_name.clone()))
     });
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     }
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     match settings.log_format {
@@ -93,18 +93,65 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
-/// Installs a subscriber for tests, once per test binary. Output goes to the
-/// test harness's captured stdout, and only when `TEST_LOG` is set.
+/// Installs a subscriber for tests, once per test binary. Spans get real
+/// OpenTelemetry ids (a provider without an exporter), so trace context is
+/// propagated as in a service that exports. Log output goes to the test
+/// harness's captured stdout, and only when `TEST_LOG` is set.
 pub fn init_for_tests() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
+        use tracing_subscriber::Layer as _;
+        let provider = SdkTracerProvider::builder().build();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("tests"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("debug"));
-            let _ = tracing_subscriber::registry()
-                .with(filter)
-                .with(fmt::layer().with_test_writer())
-                .try_init();
-        }
+            fmt::layer().with_test_writer().with_filter(filter)
+        });
+        let _ = tracing_subscriber::registry()
+            .with(otel)
+            .with(logs)
+            .try_init();
     });
+}
+
+/// The W3C trace context (`traceparent`, `tracestate`) of the current span,
+/// for carrying it across Redis or HTTP. `None` when the span is not traced
+/// (no OpenTelemetry layer installed, e.g. export off).
+pub fn current_trace_context() -> Option<(String, Option<String>)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    let parent = carrier.remove("traceparent")?;
+    Some((
+        parent,
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    ))
+}
+
+/// Makes `span` a child of the remote span described by `traceparent` (and
+/// `tracestate`). A missing or malformed `traceparent` leaves it a root.
+pub fn set_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_string(), state.to_string());
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
 }

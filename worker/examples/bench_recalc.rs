@@ -26,6 +26,10 @@ async fn main() -> anyhow::Result<()> {
     shared::store::seed::seed(&store, n).await?;
     println!("seeded {n} products in {:.1} s", t.elapsed().as_secs_f64());
 
+    if std::env::var("PHASES").is_ok_and(|v| v == "1") {
+        phases(&store, &url).await?;
+    }
+
     let ns = "bench-recalc";
     let settings = worker::config::Settings {
         redis: RedisSettings::for_url(&url, ns),
@@ -94,5 +98,63 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = tx.send(());
     handle.await??;
+    Ok(())
+}
+
+/// Times each stage of a recalculation on its own, one after the other:
+/// reading the catalog's pages, pricing and encoding, and the fenced writes
+/// (one writer, so without the overlap the job has).
+async fn phases(store: &shared::store::sqlite::SqliteStore, url: &str) -> anyhow::Result<()> {
+    use shared::store::CatalogStore;
+    let page = worker::jobs::recalc::PAGE;
+    let (mut read, mut encode, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let pool = RedisPool::new(&RedisSettings::for_url(url, "bench-phases"))?;
+    let cache = shared::cache::PriceCache::new(
+        pool.clone(),
+        shared::keys::Keys::new("bench-phases"),
+        Duration::from_secs(60),
+    );
+    let mut writer = shared::lock::FencedWriter::connect(
+        &pool,
+        "bench-phases:fence",
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let (mut after, mut n) = (None::<String>, 0usize);
+    loop {
+        let t = Instant::now();
+        let rows = store.priced_page(after.as_deref(), page).await?;
+        read += t.elapsed();
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(last.id.clone());
+        n += rows.len();
+        let t = Instant::now();
+        let now = chrono::Utc::now();
+        let entries: Vec<(String, String)> = rows
+            .iter()
+            .map(|(p, s)| {
+                (
+                    cache.keys().price(&p.id),
+                    shared::cache::CachedPrice::new(
+                        &p.id,
+                        shared::pricing::compute_price_cents(p, s),
+                        now,
+                    )
+                    .encode(),
+                )
+            })
+            .collect();
+        encode += t.elapsed();
+        let t = Instant::now();
+        writer.write(&entries).await?;
+        write += t.elapsed();
+    }
+    println!(
+        "phases over {n} products: read pages {:.2} s, price+encode {:.2} s, fenced writes {:.2} s",
+        read.as_secs_f64(),
+        encode.as_secs_f64(),
+        write.as_secs_f64()
+    );
     Ok(())
 }

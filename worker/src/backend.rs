@@ -177,6 +177,8 @@ pub struct QueuedJob {
     pub enqueued_at: i64,
     /// Trace context of the span that pushed it.
     pub traceparent: Option<String>,
+    /// Trace state that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 /// The apalis backend: leases jobs from Redis.
@@ -267,6 +269,7 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
         max_attempts,
         enqueued_at: job.record.enqueued_at.unwrap_or(0),
         traceparent: job.record.traceparent.clone(),
+        tracestate: job.record.tracestate.clone(),
     })
     .task_id(TaskId::from_string(job.id))
     // apalis counts the run it is about to start itself.

@@ -40,6 +40,7 @@ use apalis::prelude::*;
 use shared::queue::{DEFAULT_QUEUE, JobOutcome, Queue};
 use shared::redis_pool::{RedisPool, wait_until_ready};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::backend::{InFlight, QueuedJob, RedisBackend};
 use crate::config::Settings;
@@ -251,8 +252,27 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         worker_id: shared.worker_id.clone(),
         queue: shared.queue.clone(),
     };
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format_args!("{} process", job.name),
+        otel.kind = "consumer",
+        messaging.system = "redis",
+        messaging.operation = "process",
+        job.name = %job.name,
+        job.id = %job.id,
+        job.attempt = job.attempt,
+    );
+    shared::telemetry::set_remote_parent(
+        &span,
+        job.traceparent.as_deref(),
+        job.tracestate.as_deref(),
+    );
     let started = Instant::now();
-    let outcome = shared.registry.dispatch(&job.name, job.args, ctx).await;
+    let outcome = shared
+        .registry
+        .dispatch(&job.name, job.args, ctx)
+        .instrument(span)
+        .await;
     metrics::record_duration(&job.name, started.elapsed().as_secs_f64());
     match outcome {
         Ok(o) => Ok(o),

@@ -18,7 +18,7 @@
 //! | `jobs` | hash | id → the job's fixed description (JSON: name, retry policy, trace context) |
 //! | `live` | hash | id → the fields that change (state, attempts, times, worker, lease token), tab-separated |
 //! | `args`, `results`, `errors` | hash | id → arguments / result (opaque JSON) / latest error |
-//! | `unique`, `uniq_of` | hash | unique key → id of the pending job holding it, and back |
+//! | `unique`, `uniq_of` | hash | unique key → id of the waiting (pending, scheduled or retrying) job holding it, and back |
 //! | `finished` | zset | finished ids, by the time their record expires |
 //! | `stats` | hash | counters: succeeded, failed, retried, skipped |
 //!
@@ -1039,6 +1039,8 @@ impl Queue {
                 .key(&self.keys.live)
                 .key(&self.keys.stats)
                 .key(&self.keys.errors)
+                .key(&self.keys.unique)
+                .key(&self.keys.uniq_of)
                 .arg(&job.id)
                 .arg(job.token())
                 .arg(error)

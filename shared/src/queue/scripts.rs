@@ -49,7 +49,9 @@ local function reclaim_unique(unique, uniq_of, live, id)
   local holder = redis.call('HGET', unique, uniq)
   if holder and holder ~= id then
     local h = load(live, holder)
-    if h and (h.state == 'pending' or h.state == 'scheduled') then return holder end
+    if h and (h.state == 'pending' or h.state == 'scheduled' or h.state == 'retrying') then
+      return holder
+    end
   end
   redis.call('HSET', unique, uniq, id)
   return nil
@@ -72,7 +74,9 @@ if uniq ~= '' then
   local existing = redis.call('HGET', KEYS[5], uniq)
   if existing then
     local r = load(KEYS[6], existing)
-    if r and (r.state == 'pending' or r.state == 'scheduled') then return {0, existing} end
+    if r and (r.state == 'pending' or r.state == 'scheduled' or r.state == 'retrying') then
+      return {0, existing}
+    end
   end
   redis.call('HSET', KEYS[5], uniq, id)
   redis.call('HSET', KEYS[7], id, uniq)
@@ -168,9 +172,10 @@ return out
     )
 });
 
-/// KEYS: active, delayed, live, stats, errors.
+/// KEYS: active, delayed, live, stats, errors, unique, uniq_of.
 /// ARGV: id, token, error, delay_ms.
-/// Schedules a retry. Returns 1, or 0 when the lease was lost.
+/// Schedules a retry; the job holds its unique key again while it waits.
+/// Returns 1, or 0 when the lease was lost.
 pub(crate) static RETRY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -184,6 +189,7 @@ r.token = ''
 save(KEYS[3], id, r)
 redis.call('HSET', KEYS[5], id, ARGV[3])
 redis.call('ZADD', KEYS[2], r.run_at, id)
+reclaim_unique(KEYS[6], KEYS[7], KEYS[3], id)
 redis.call('HINCRBY', KEYS[4], 'retried', 1)
 return 1
 "#,

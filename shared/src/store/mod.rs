@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The store refused the data (a constraint failed).
     #[error("catalog store rejected the data: {0}")]
     Rejected(#[source] sqlx::Error),
+    /// The bulk catalog scan failed (see [`sqlite`]'s bulk reader).
+    #[error("catalog scan failed: {0}")]
+    Scan(String),
     /// The schema could not be brought up to date.
     #[error("catalog migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),

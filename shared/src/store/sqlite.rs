@@ -3,9 +3,19 @@
 //! The file (and its folder) is created if missing and the migrations in
 //! `shared/migrations` run on connect. WAL mode lets readers (the api) and a
 //! writer (seed, import, the listener) work at once.
+//!
+//! The full-catalog scan ([`CatalogStore::priced_page`]) goes through
+//! `rusqlite` on a read-only connection in a blocking thread instead: sqlx's
+//! SQLite driver hands each row from its worker thread to the async side
+//! through a channel, which costs about 20 µs of wake-ups per row, four
+//! times what SQLite itself needs (`scripts/bench-recalc` with `PHASES=1`).
+//! Both drivers link the same `libsqlite3-sys`. An in-memory database has no
+//! file a second connection could open, so it keeps the sqlx path.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +39,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The bulk reader, for a file database.
+    scan: Option<Arc<BulkReader>>,
 }
 
 impl SqliteStore {
@@ -48,13 +60,20 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
         }
+        let in_memory = filename.to_str() == Some(":memory:") || url.contains("mode=memory");
+        let scan = (!in_memory).then(|| {
+            Arc::new(BulkReader {
+                path: filename.to_path_buf(),
+                conn: Mutex::new(None),
+            })
+        });
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, scan })
     }
 
     /// The underlying pool, for tests and tools that need raw SQL.
@@ -90,6 +109,114 @@ macro_rules! priced_select {
     };
 }
 
+/// A lazily opened read-only `rusqlite` connection for catalog scans.
+struct BulkReader {
+    path: PathBuf,
+    conn: Mutex<Option<rusqlite::Connection>>,
+}
+
+impl BulkReader {
+    fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Product, MarketSignals)>, rusqlite::Error> {
+        let mut slot = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                slot.insert(conn)
+            }
+        };
+        let out = scan_page(conn, after, limit);
+        if out.is_err() {
+            // Start from a fresh connection next time.
+            *slot = None;
+        }
+        out
+    }
+}
+
+/// One page of the scan: the products, then the signals of their id range
+/// in two range scans, merged by id. Sequential range scans cost far less
+/// than the two index look-ups per product a correlated subquery makes.
+fn scan_page(
+    conn: &rusqlite::Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(Product, MarketSignals)>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, category, unit_cost, base_price, stock, target_stock, elasticity, \
+         min_margin, max_margin, updated_at FROM products WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let products = stmt
+        .query_map(
+            rusqlite::params![after.unwrap_or(""), limit.max(1) as i64],
+            |r| {
+                let updated: String = r.get(10)?;
+                let updated_at = chrono::DateTime::parse_from_rfc3339(&updated)
+                    .map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            10,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?
+                    .with_timezone(&chrono::Utc);
+                Ok(Product {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    category: r.get(2)?,
+                    unit_cost: r.get(3)?,
+                    base_price: r.get(4)?,
+                    stock: r.get(5)?,
+                    target_stock: r.get(6)?,
+                    elasticity: r.get(7)?,
+                    min_margin: r.get(8)?,
+                    max_margin: r.get(9)?,
+                    updated_at,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let (Some(first), Some(last)) = (products.first(), products.last()) else {
+        return Ok(Vec::new());
+    };
+    let range = rusqlite::params![first.id, last.id];
+    let by_id = |sql: &str| -> Result<HashMap<String, f64>, rusqlite::Error> {
+        conn.prepare_cached(sql)?
+            .query_map(range, |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?
+            .collect()
+    };
+    let lowest = by_id(
+        "SELECT product_id, MIN(price) FROM competitor_prices \
+         WHERE product_id >= ?1 AND product_id <= ?2 GROUP BY product_id",
+    )?;
+    let demand = by_id(
+        "SELECT product_id, demand_index FROM demand_signals \
+         WHERE product_id >= ?1 AND product_id <= ?2",
+    )?;
+    Ok(products
+        .into_iter()
+        .map(|p| {
+            let signals = MarketSignals {
+                lowest_competitor_price: lowest.get(&p.id).copied(),
+                demand_index: demand.get(&p.id).copied(),
+            };
+            (p, signals)
+        })
+        .collect())
+}
+
 fn priced_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Product, MarketSignals), sqlx::Error> {
     Ok((
         product_from_row(row)?,
@@ -107,6 +234,13 @@ impl CatalogStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(Product, MarketSignals)>, StoreError> {
+        if let Some(scan) = &self.scan {
+            let (scan, after) = (scan.clone(), after.map(str::to_string));
+            return tokio::task::spawn_blocking(move || scan.page(after.as_deref(), limit))
+                .await
+                .map_err(|e| StoreError::Scan(e.to_string()))?
+                .map_err(|e| StoreError::Scan(e.to_string()));
+        }
         let rows = sqlx::query(concat!(
             priced_select!(),
             " WHERE p.id > ? ORDER BY p.id LIMIT ?"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shared::config::RedisSettings;
-use shared::lock::{DistributedLock, fenced_set_many};
+use shared::lock::{DistributedLock, FencedWriter};
 use shared::redis_pool::RedisPool;
 use shared::testing::RedisServer;
 
@@ -130,7 +130,10 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     let ttl = Duration::from_secs(60);
     let new = vec![("lk:price:P-1".to_string(), "new".to_string())];
     assert_eq!(
-        fenced_set_many(&p, fence_key, fresh.fence(), ttl, &new)
+        FencedWriter::connect(&p, fence_key, fresh.fence(), ttl)
+            .await
+            .unwrap()
+            .write(&new)
             .await
             .unwrap(),
         Some(1)
@@ -139,7 +142,10 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     // The stale holder wakes up and tries to write and release.
     let old = vec![("lk:price:P-1".to_string(), "old".to_string())];
     assert_eq!(
-        fenced_set_many(&p, fence_key, stale_fence, ttl, &old)
+        FencedWriter::connect(&p, fence_key, stale_fence, ttl)
+            .await
+            .unwrap()
+            .write(&old)
             .await
             .unwrap(),
         None
@@ -154,4 +160,48 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
         .unwrap();
     assert_eq!(value, "new");
     assert!(fresh.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_stale_writer_racing_a_newer_one_never_overwrites_it() {
+    let redis = RedisServer::start().await;
+    let p = pool(&redis);
+    let (fence_key, ttl) = ("lk:race:written", Duration::from_secs(60));
+    let page = |tag: &str, i: usize| -> Vec<(String, String)> {
+        (0..200)
+            .map(|k| (format!("lk:race:{}", i * 200 + k), tag.to_string()))
+            .collect()
+    };
+    // The stale holder (fence 1) keeps writing every page, over and over,
+    // until it is refused; the newer one (fence 2) writes each page once.
+    let stale = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let mut w = FencedWriter::connect(&p, fence_key, 1, ttl).await.unwrap();
+            let mut round = 0usize;
+            loop {
+                for i in 0..20 {
+                    if w.write(&page("old", i)).await.unwrap().is_none() {
+                        return round;
+                    }
+                }
+                round += 1;
+            }
+        })
+    };
+    let mut fresh = FencedWriter::connect(&p, fence_key, 2, ttl).await.unwrap();
+    for i in 0..20 {
+        assert_eq!(fresh.write(&page("new", i)).await.unwrap(), Some(200));
+    }
+    stale.await.unwrap();
+
+    // Whatever the interleaving, every key holds the newer holder's value.
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = (0..4_000).map(|k| format!("lk:race:{k}")).collect();
+    let values: Vec<String> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(values.iter().all(|v| v == "new"), "a stale write won");
 }

@@ -168,13 +168,24 @@ async fn a_deferred_job_is_coalesced_into_a_newer_waiting_one() {
 }
 
 #[tokio::test]
-async fn a_requeued_job_takes_its_unique_key_back() {
+async fn a_requeued_or_retrying_job_holds_its_unique_key() {
     let redis = RedisServer::start().await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let first = q.push(noop().unique("recalc-all")).await.unwrap();
     let leased = q.fetch("w", 10).await.unwrap();
     // Graceful shutdown puts it back: it is pending again and holds its key.
     assert!(q.requeue(&leased[0].id, leased[0].token()).await.unwrap());
+    let again = q.push(noop().unique("recalc-all")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.id, first.id);
+
+    // So does a job waiting for its retry.
+    let leased = q.fetch("w", 10).await.unwrap();
+    assert!(
+        q.retry_later(&leased[0], "boom", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
     let again = q.push(noop().unique("recalc-all")).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(again.id, first.id);

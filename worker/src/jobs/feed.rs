@@ -6,7 +6,8 @@
 //! Products the feed does not mention keep the competitor prices stored
 //! from market events.
 //!
-//! Failure classes, as the job's retry policy needs them: a timeout, a
+//! Each request carries the `traceparent` (and `tracestate`) of the job's
+//! span. Failure classes, as the job's retry policy needs them: a timeout, a
 //! refused connection or a 5xx is [`JobError::Retryable`]; a 4xx or a body
 //! that is not the shape above is [`JobError::Permanent`].
 
@@ -68,9 +69,16 @@ impl Feed {
     pub async fn lowest_prices(&self, ids: &[&str]) -> Result<HashMap<String, f64>, JobError> {
         // Product ids are [A-Za-z0-9_.:-] only, so they need no escaping.
         let url = format!("{}/competitor-prices?ids={}", self.base, ids.join(","));
-        let response = self
-            .client
-            .get(&url)
+        let mut request = self.client.get(&url);
+        // The W3C trace context of the job's span, so the feed's own traces
+        // join the job's.
+        if let Some((parent, state)) = shared::telemetry::current_trace_context() {
+            request = request.header("traceparent", parent);
+            if let Some(state) = state {
+                request = request.header("tracestate", state);
+            }
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| JobError::Retryable(format!("market-data feed unreachable: {e}")))?;

@@ -26,6 +26,7 @@
 //! events. Store, Redis and transient feed failures are retryable (the job's
 //! backoff applies); a 4xx or malformed feed answer is permanent.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,7 +35,7 @@ use serde_json::json;
 use shared::cache::{CachedPrice, PriceCache};
 use shared::domain::{MarketSignals, Product};
 use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
-use shared::lock::{DistributedLock, fenced_set_many};
+use shared::lock::{DistributedLock, FencedWriter};
 use shared::pricing::compute_price_cents;
 use shared::queue::{JobError, JobOutcome};
 use shared::store::CatalogStore;
@@ -44,6 +45,12 @@ use crate::registry::{JobContext, Registry};
 
 /// Products read, priced and written per step.
 pub const PAGE: usize = 5_000;
+
+/// Pages the catalog reader may run ahead of the cache writers.
+pub const READ_AHEAD: usize = 2;
+
+/// Page writes in flight at once, each on a Redis connection of its own.
+pub const WRITERS: usize = 2;
 
 /// How often a waiting full recalculation looks at the lock again.
 pub const DEFER_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -130,6 +137,83 @@ async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutco
     outcome
 }
 
+/// Aborts a spawned task when dropped, so an early return stops it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type Page = Vec<(Product, MarketSignals)>;
+
+/// Reads the catalog page by page into `tx`, [`READ_AHEAD`] pages ahead of
+/// the writer; an empty page marks the end.
+async fn read_pages(
+    store: Arc<dyn CatalogStore>,
+    tx: tokio::sync::mpsc::Sender<Result<Page, JobError>>,
+) {
+    let mut after = None::<String>;
+    loop {
+        let page = store
+            .priced_page(after.as_deref(), PAGE)
+            .await
+            .map_err(JobError::retryable);
+        let next = match &page {
+            Ok(rows) => rows.last().map(|(p, _)| p.id.clone()),
+            Err(_) => None,
+        };
+        if tx.send(page).await.is_err() {
+            return;
+        }
+        match next {
+            Some(id) => after = Some(id),
+            None => return,
+        }
+    }
+}
+
+/// Writes priced pages with the holder's fence, [`WRITERS`] transactions
+/// in flight on connections of their own.
+struct Writers {
+    idle: Vec<FencedWriter>,
+}
+
+impl Writers {
+    async fn connect(deps: &RecalcDeps, fence: u64) -> Result<Self, JobError> {
+        let mut idle = Vec::with_capacity(WRITERS);
+        for _ in 0..WRITERS {
+            idle.push(
+                FencedWriter::connect(
+                    deps.cache.pool(),
+                    deps.cache.keys().price_fence(),
+                    fence,
+                    deps.cache.ttl(),
+                )
+                .await
+                .map_err(JobError::retryable)?,
+            );
+        }
+        Ok(Self { idle })
+    }
+}
+
+/// A finished write and its writer.
+type WriteDone = (FencedWriter, Result<Option<usize>, JobError>);
+
+/// One write: `Some(n)` written, `None` when a newer holder has written
+/// (our lock expired under us). Gives its writer back.
+async fn write_page(mut writer: FencedWriter, entries: Vec<(String, String)>) -> WriteDone {
+    let res = writer.write(&entries).await.map_err(JobError::retryable);
+    (writer, res)
+}
+
+/// The scan runs as overlapping stages, so neither SQLite nor Redis waits
+/// for the other: a reader task fetches pages [`READ_AHEAD`] ahead, this
+/// loop prices and encodes a page (and asks the feed), and up to
+/// [`WRITERS`] earlier pages are being written meanwhile. Memory holds at
+/// most `READ_AHEAD + WRITERS + 2` pages, whatever the catalog's size.
 async fn scan_and_cache(
     deps: &RecalcDeps,
     ctx: &JobContext,
@@ -141,43 +225,52 @@ async fn scan_and_cache(
         .count_products()
         .await
         .map_err(JobError::retryable)?;
-    let fence_key = deps.cache.keys().price_fence();
-    let (mut processed, mut after) = (0usize, None::<String>);
+    let mut idle = Writers::connect(deps, guard.fence()).await?.idle;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let _reader = AbortOnDrop(tokio::spawn(read_pages(deps.store.clone(), tx)));
+    let mut in_flight: VecDeque<(usize, AbortOnDrop<WriteDone>)> = VecDeque::new();
+    let (mut processed, mut read_all) = (0usize, false);
     loop {
         if guard.is_lost() {
             return Err(JobError::retryable("lost the recalculation lock"));
         }
-        let mut page = deps
-            .store
-            .priced_page(after.as_deref(), PAGE)
-            .await
-            .map_err(JobError::retryable)?;
+        let writer = match idle.pop() {
+            Some(writer) if !read_all => writer,
+            other => {
+                // Every writer is busy, or the catalog is read: settle the oldest write.
+                idle.extend(other);
+                let Some((n, mut write)) = in_flight.pop_front() else {
+                    break;
+                };
+                let (writer, written) = (&mut write.0)
+                    .await
+                    .map_err(|e| JobError::retryable(format!("cache write task: {e}")))?;
+                idle.push(writer);
+                if written?.is_none() {
+                    return Ok(JobOutcome::skipped(
+                        json!({"status": "skipped", "reason": "superseded"}),
+                    ));
+                }
+                processed += n;
+                let progress = json!({"processed": processed, "total": total});
+                if let Err(e) = ctx.queue.report_progress(&ctx.id, &progress).await {
+                    tracing::warn!(error = %e, "cannot report progress");
+                }
+                continue;
+            }
+        };
+        let mut page = match rx.recv().await {
+            Some(page) => page?,
+            None => return Err(JobError::retryable("the catalog reader stopped")),
+        };
+        if page.is_empty() {
+            read_all = true;
+            idle.push(writer);
+            continue;
+        }
         apply_feed(deps.feed.as_ref(), &mut page).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.id.clone());
-        let written = fenced_set_many(
-            deps.cache.pool(),
-            &fence_key,
-            guard.fence(),
-            deps.cache.ttl(),
-            &entries(&deps.cache, &page),
-        )
-        .await
-        .map_err(JobError::retryable)?;
-        if written.is_none() {
-            // A newer holder has written: our lock expired under us.
-            return Ok(JobOutcome::skipped(
-                json!({"status": "skipped", "reason": "superseded"}),
-            ));
-        }
-        processed += page.len();
-        if let Err(e) = ctx
-            .queue
-            .report_progress(&ctx.id, &json!({"processed": processed, "total": total}))
-            .await
-        {
-            tracing::warn!(error = %e, "cannot report progress");
-        }
+        let write = write_page(writer, entries(&deps.cache, &page));
+        in_flight.push_back((page.len(), AbortOnDrop(tokio::spawn(write))));
     }
     Ok(JobOutcome::succeeded(json!({
         "status": "succeeded",

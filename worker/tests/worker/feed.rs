@@ -19,18 +19,28 @@ use crate::helpers::{NS, queue, settings, start, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 const FED_PRICE: f64 = 1.0;
+const PUSHER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const PUSHER_SPAN: &str = "b7ad6b7169203331";
 
 #[derive(Clone)]
 struct Stub {
     hits: Arc<AtomicUsize>,
+    traceparents: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     fail_first: usize,
     failure: StatusCode,
 }
 
 async fn competitor_prices(
     State(stub): State<Stub>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> axum::response::Response {
+    stub.traceparents.lock().unwrap().push(
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    );
     let n = stub.hits.fetch_add(1, Ordering::SeqCst);
     if n < stub.fail_first {
         return (stub.failure, "unavailable").into_response();
@@ -42,19 +52,20 @@ async fn competitor_prices(
     axum::Json(serde_json::json!({ "prices": prices })).into_response()
 }
 
-async fn start_stub(fail_first: usize, failure: StatusCode) -> (String, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
+async fn start_stub(fail_first: usize, failure: StatusCode) -> (String, Stub) {
+    let stub = Stub {
+        hits: Arc::new(AtomicUsize::new(0)),
+        traceparents: Arc::default(),
+        fail_first,
+        failure,
+    };
     let app = axum::Router::new()
         .route("/competitor-prices", axum::routing::get(competitor_prices))
-        .with_state(Stub {
-            hits: hits.clone(),
-            fail_first,
-            failure,
-        });
+        .with_state(stub.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, hits)
+    (url, stub)
 }
 
 fn quick_retries(max_attempts: u32) -> RetryPolicy {
@@ -79,11 +90,12 @@ async fn run_recalc(
     shared::queue::JobRecord,
     usize,
     tempfile::TempDir,
+    Vec<Option<String>>,
 ) {
     let redis = RedisServer::start().await;
     let (store, dir, url) = temp_store().await;
     shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
-    let (feed_url, hits) = start_stub(fail_first, failure).await;
+    let (feed_url, stub) = start_stub(fail_first, failure).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     s.feed = Some(FeedSettings {
@@ -94,22 +106,41 @@ async fn run_recalc(
     let registry = worker::full_registry(&s).await.unwrap();
     let w = start(s, registry).await;
     let q = queue(&redis, QueueSettings::default());
-    let job = NewJob::of(&RecalculateAllPrices {})
+    let mut job = NewJob::of(&RecalculateAllPrices {})
         .unwrap()
         .retry(quick_retries(max_attempts));
+    // As if pushed from inside a traced request.
+    job.traceparent = Some(format!("00-{PUSHER_TRACE}-{PUSHER_SPAN}-01"));
     let id = q.push(job).await.unwrap().id;
     let rec = wait_for(&q, &id, &[JobState::Succeeded, JobState::Failed], LONG).await;
     w.stop().await;
-    let n = hits.load(Ordering::SeqCst);
-    (redis, store, rec, n, dir)
+    let n = stub.hits.load(Ordering::SeqCst);
+    let traceparents = stub.traceparents.lock().unwrap().clone();
+    (redis, store, rec, n, dir, traceparents)
 }
 
 #[tokio::test]
 async fn transient_feed_failures_are_retried_and_the_fed_prices_are_used() {
-    let (redis, store, rec, hits, _dir) = run_recalc(2, StatusCode::SERVICE_UNAVAILABLE, 4).await;
+    let (redis, store, rec, hits, _dir, traceparents) =
+        run_recalc(2, StatusCode::SERVICE_UNAVAILABLE, 4).await;
 
     assert_eq!(rec.state, JobState::Succeeded);
     assert_eq!((rec.attempts, hits), (3, 3), "two failures, then success");
+    // Every request carried the W3C context of the job's span: the pusher's
+    // trace, a span of its own (the job's), sampled.
+    assert_eq!(traceparents.len(), 3);
+    for tp in &traceparents {
+        let tp = tp.as_deref().expect("a feed request without traceparent");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", PUSHER_TRACE, "01"),
+            "{tp}"
+        );
+        assert_eq!(parts[2].len(), 16);
+        assert_ne!(parts[2], PUSHER_SPAN, "the job's span, not the pusher's");
+    }
     let product = store.product("P-1").await.unwrap().unwrap();
     let mut signals = store.market_signals("P-1").await.unwrap();
     signals.lowest_competitor_price = Some(FED_PRICE);
@@ -126,7 +157,7 @@ async fn transient_feed_failures_are_retried_and_the_fed_prices_are_used() {
 
 #[tokio::test]
 async fn a_feed_that_keeps_failing_uses_exactly_the_configured_attempts() {
-    let (_redis, _store, rec, hits, _dir) =
+    let (_redis, _store, rec, hits, _dir, _) =
         run_recalc(usize::MAX, StatusCode::BAD_GATEWAY, 3).await;
     assert_eq!(rec.state, JobState::Failed);
     assert_eq!((rec.attempts, hits), (3, 3));
@@ -135,7 +166,8 @@ async fn a_feed_that_keeps_failing_uses_exactly_the_configured_attempts() {
 
 #[tokio::test]
 async fn a_4xx_from_the_feed_is_permanent() {
-    let (_redis, _store, rec, hits, _dir) = run_recalc(usize::MAX, StatusCode::NOT_FOUND, 5).await;
+    let (_redis, _store, rec, hits, _dir, _) =
+        run_recalc(usize::MAX, StatusCode::NOT_FOUND, 5).await;
     assert_eq!(rec.state, JobState::Failed);
     assert_eq!((rec.attempts, hits), (1, 1));
     assert!(rec.error.unwrap().starts_with("permanent:"));
