@@ -33,6 +33,8 @@ pub struct Settings {
     /// Retry policy of the recalculations this api queues
     /// (`RECALC_MAX_RETRIES`, `RECALC_RETRY_BASE_SECS`, `RECALC_RETRY_CAP_SECS`).
     pub recalc_retry: shared::queue::RetryPolicy,
+    /// Where market events go (`MARKET_EVENTS_CHANNEL`, `MARKET_EVENTS_STREAM_MAXLEN`).
+    pub events: shared::events::EventSettings,
 }
 
 /// Shortest accepted `ADMIN_TOKEN`: anything shorter is guessable.
@@ -61,6 +63,7 @@ impl Settings {
             queue: QueueSettings::from_env()?,
             admin_token: admin_token()?,
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
+            events: shared::events::EventSettings::from_env()?,
         })
     }
 }

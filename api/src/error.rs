@@ -44,6 +44,14 @@ pub enum ApiError {
     /// 413: the body is over the size limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 413: the body names more items than one request may (e.g. products per event).
+    #[error("{detail}")]
+    TooLarge {
+        /// What is over the limit.
+        detail: String,
+        /// The field at fault.
+        field: String,
+    },
     /// 401: an admin endpoint was called without a bearer token.
     #[error("this endpoint needs Authorization: Bearer <ADMIN_TOKEN>")]
     Unauthorized,
@@ -84,6 +92,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -124,6 +133,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let fields = match &self {
             ApiError::Validation { fields, .. } => fields.clone(),
+            ApiError::TooLarge { field, .. } => vec![field.clone()],
             _ => Vec::new(),
         };
         if let ApiError::Internal(cause) = &self {

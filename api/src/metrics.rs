@@ -9,6 +9,7 @@
 //!   `invalid`, `redis_error`).
 //! - `redis_pool_connections`, `redis_pool_healthy_connections`,
 //!   `redis_pool_command_errors_total`: the Redis pool state, sampled at scrape.
+//! - `events_published_total` (label `kind`): market events published.
 
 use std::time::Instant;
 
@@ -37,6 +38,10 @@ fn describe() {
         "HTTP request duration by method, route template and status"
     );
     metrics::describe_counter!("cache_hits_total", "Price lookups answered from Redis");
+    metrics::describe_counter!(
+        "events_published_total",
+        "Market events published (stream + channel), by kind"
+    );
     metrics::describe_counter!(
         "cache_misses_total",
         "Price lookups not answered from Redis, by reason"

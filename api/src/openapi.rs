@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
 use crate::model::{BatchRequest, BatchResponse, PriceDetail, PriceRequest, PriceSource};
-use crate::routes::{ops, price, tasks};
+use crate::routes::{events, ops, price, tasks};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -29,16 +29,19 @@ use crate::routes::{ops, price, tasks};
         tasks::dead,
         tasks::queues,
         tasks::recalculate_all,
+        events::publish,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
         ops::Health, ops::Readiness, ops::Check,
         tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::QueueDepths, tasks::Triggered,
         shared::queue::JobState, shared::queue::Depths,
+        events::EventPublished,
     )),
     tags(
         (name = "prices", description = "Price reads"),
         (name = "tasks", description = "Job status, the dead set, cancel and re-enqueue"),
+        (name = "events", description = "Market events for the listener"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -47,11 +47,9 @@ impl Application {
             DEFAULT_QUEUE,
             settings.queue.clone(),
         );
-        let cache = PriceCache::new(
-            pool,
-            Keys::new(&settings.redis.namespace),
-            settings.cache.ttl,
-        );
+        let keys = Keys::new(&settings.redis.namespace);
+        let events = shared::events::EventBus::new(pool.clone(), &keys, settings.events.clone());
+        let cache = PriceCache::new(pool, keys, settings.cache.ttl);
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.addr))?;
@@ -63,6 +61,7 @@ impl Application {
                 queue,
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
                 recalc_retry: settings.recalc_retry,
+                events,
                 metrics: crate::metrics::recorder(),
             },
         })

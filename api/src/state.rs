@@ -20,6 +20,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Retry policy given to the recalculations this api queues.
     pub recalc_retry: shared::queue::RetryPolicy,
+    /// Publishes market events (stream + channel).
+    pub events: shared::events::EventBus,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }

@@ -1,28 +1,52 @@
-//! The listener: turns market events from Redis pub/sub into jobs.
+//! The listener: turns market events into jobs, losing none.
 //!
-//! This is the skeleton the event bridge grows into: today it opens the
-//! catalog store, connects to Redis (retrying with backoff while Redis is
-//! down), serves `/metrics` and `/health` on `LISTENER_METRICS_ADDR`, reports
-//! that it is ready, and stops cleanly on SIGTERM. The subscription to
-//! market events is not implemented yet.
+//! It subscribes to `MARKET_EVENTS_CHANNEL` and consumes the event stream
+//! through a consumer group shared by every replica ([`bridge`] explains the
+//! design); it stores the signals each event carries in the catalog and
+//! queues `recalculate_prices {product_ids}` (or `recalculate_all_prices`).
+//! Events arriving within `LISTENER_COALESCE_WINDOW_MS` of the previous
+//! batch are gathered into one job. Bad messages are counted, logged and
+//! dead-lettered; the next one is handled normally. When Redis goes away it
+//! reconnects with exponential backoff (from
+//! [`INITIAL_RECONNECT_DELAY`](shared::redis_pool::INITIAL_RECONNECT_DELAY),
+//! 100 ms, doubling up to
+//! [`MAX_RECONNECT_DELAY`](shared::redis_pool::MAX_RECONNECT_DELAY), 5 s),
+//! subscribes again and resumes the stream where its group left off. It
+//! starts without any fixed sleep, and serves `/metrics` and `/health` on
+//! `LISTENER_METRICS_ADDR`.
 //!
 //! # Layout
 //! - [`config`]: [`config::Settings`] from the environment.
-//! - [`run`]: connect, serve until the shutdown future resolves, stop.
+//! - [`bridge`]: the stream consumer, the channel ingester, batch processing.
+//! - [`metrics`]: the listener's Prometheus series.
+//! - [`Listener`]: build, then run until a shutdown future resolves.
 
+pub mod bridge;
 pub mod config;
+pub mod metrics;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Json;
 use axum::routing::get;
-use shared::redis_pool::{RedisPool, wait_until_ready};
+use futures::StreamExt as _;
+use shared::keys::Keys;
+use shared::queue::{DEFAULT_QUEUE, Queue};
+use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RedisPool};
+use shared::store::CatalogStore;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::bridge::{Bridge, Entry, READ_BLOCK};
 use crate::config::{SERVICE_NAME, Settings};
 
 fn router() -> axum::Router {
     shared::metrics::recorder();
+    metrics::describe();
     axum::Router::new()
         .route("/metrics", get(|| async { shared::metrics::exposition() }))
         .route(
@@ -31,23 +55,263 @@ fn router() -> axum::Router {
         )
 }
 
+/// A unique consumer name: host, pid and a random suffix.
+pub fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "listener".into());
+    let suffix = ulid::Ulid::new().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 6..]
+    )
+}
+
+/// A listener ready to run.
+pub struct Listener {
+    settings: Settings,
+    store: Arc<dyn CatalogStore>,
+    bridge: Bridge,
+    pool: RedisPool,
+    metrics_addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Opens the store, binds the metrics address. Redis is not needed yet.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = shared::store::open(&settings.database)
+            .await
+            .context("opening the catalog store")?;
+        let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let keys = Keys::new(&settings.redis.namespace);
+        let queue = Queue::new(
+            pool.clone(),
+            &settings.redis.namespace,
+            DEFAULT_QUEUE,
+            settings.queue.clone(),
+        );
+        let bridge = Bridge::new(
+            pool.clone(),
+            keys,
+            store.clone(),
+            queue,
+            settings.recalc_retry,
+            settings.events.stream_maxlen,
+            settings.dead_letter_max,
+            consumer_name(),
+        );
+        let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router())
+            .await
+            .with_context(|| format!("binding LISTENER_METRICS_ADDR {}", settings.metrics_addr))?;
+        let server = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        Ok(Self {
+            settings,
+            store,
+            bridge,
+            pool,
+            metrics_addr,
+            server,
+        })
+    }
+
+    /// Where `/metrics` and `/health` are served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// This replica's consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        self.bridge.consumer()
+    }
+
+    /// Runs until `shutdown` resolves; events already read are processed
+    /// (or left to the group) before it returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let channel = tokio::spawn(subscribe(
+            self.pool.clone(),
+            self.settings.events.channel.clone(),
+            self.bridge.clone(),
+            stop_rx.clone(),
+        ));
+        let consume = consume(
+            self.pool.clone(),
+            self.bridge.clone(),
+            self.settings.coalesce_window,
+            self.settings.claim_idle,
+            stop_rx,
+        );
+        tracing::info!(
+            redis = %self.settings.redis.url,
+            channel = %self.settings.events.channel,
+            consumer = %self.bridge.consumer(),
+            metrics = %self.metrics_addr,
+            "listener ready"
+        );
+        tokio::pin!(consume);
+        tokio::select! {
+            () = shutdown => {
+                let _ = stop_tx.send(true);
+                consume.await;
+            }
+            () = &mut consume => {}
+        }
+        let _ = channel.await;
+        self.server.abort();
+        self.store.close().await;
+        tracing::info!("listener stopped");
+        Ok(())
+    }
+}
+
 /// Runs the listener until `shutdown` resolves.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = shared::store::open(&settings.database)
+    Listener::build(settings)
+        .await?
+        .run_until_stopped(shutdown)
         .await
-        .context("opening the catalog store")?;
-    let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
-    let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router())
-        .await
-        .with_context(|| format!("binding LISTENER_METRICS_ADDR {}", settings.metrics_addr))?;
-    let server = tokio::spawn(server);
-    tokio::pin!(shutdown);
-    if wait_until_ready(&pool, &mut shutdown).await {
-        tracing::info!(redis = %settings.redis.url, metrics = %metrics_addr, "listener ready");
-        shutdown.await;
+}
+
+/// Sleeps `delay` unless told to stop; returns the next delay.
+async fn back_off(delay: Duration, stop: &mut watch::Receiver<bool>) -> Duration {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.changed() => {}
     }
-    server.abort();
-    store.close().await;
-    tracing::info!("listener stopped");
-    Ok(())
+    (delay * 2).min(MAX_RECONNECT_DELAY)
+}
+
+/// The channel side: subscribe, hand every message to the bridge,
+/// re-subscribe with backoff when the connection drops.
+async fn subscribe(
+    pool: RedisPool,
+    channel: String,
+    bridge: Bridge,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = INITIAL_RECONNECT_DELAY;
+    while !*stop.borrow() {
+        let mut pubsub = match pool.pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to subscribe");
+                delay = back_off(delay, &mut stop).await;
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            tracing::warn!(error = %e, retry_in = ?delay, "cannot subscribe");
+            delay = back_off(delay, &mut stop).await;
+            continue;
+        }
+        tracing::info!(%channel, "subscribed");
+        delay = INITIAL_RECONNECT_DELAY;
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(msg) => bridge.on_channel_message(msg.get_payload_bytes()).await,
+                    None => {
+                        tracing::warn!(retry_in = ?delay, "subscription lost; subscribing again");
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+        delay = back_off(delay, &mut stop).await;
+    }
+}
+
+/// The stream side: read, gather within the coalescing window, process;
+/// take over stale entries now and then; reconnect with backoff.
+async fn consume(
+    pool: RedisPool,
+    bridge: Bridge,
+    window: Duration,
+    claim_idle: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = INITIAL_RECONNECT_DELAY;
+    // Read but not yet processed; kept across reconnects.
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut last_flush: Option<Instant> = None;
+    'connect: loop {
+        if *stop.borrow() {
+            break;
+        }
+        let mut conn = match pool.dedicated().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to read the event stream");
+                delay = back_off(delay, &mut stop).await;
+                continue;
+            }
+        };
+        if let Err(e) = bridge.ensure_group(&mut conn).await {
+            tracing::warn!(error = %e, retry_in = ?delay, "cannot create the consumer group");
+            delay = back_off(delay, &mut stop).await;
+            continue;
+        }
+        delay = INITIAL_RECONNECT_DELAY;
+        let mut next_claim = Instant::now();
+        loop {
+            let stopping = *stop.borrow();
+            if Instant::now() >= next_claim && !stopping {
+                next_claim = Instant::now() + (claim_idle / 2).max(Duration::from_secs(1));
+                match bridge.claim_stale(&mut conn, claim_idle).await {
+                    Ok(claimed) => pending.extend(claimed),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the event stream failed; reconnecting");
+                        delay = back_off(delay, &mut stop).await;
+                        continue 'connect;
+                    }
+                }
+            }
+            let due = last_flush.is_none_or(|t| t.elapsed() >= window);
+            if !pending.is_empty() && (due || stopping) {
+                match bridge.flush(&pending).await {
+                    Ok(_) => {
+                        pending.clear();
+                        last_flush = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, events = pending.len(), retry_in = ?delay, "processing events failed; will retry them");
+                        delay = back_off(delay, &mut stop).await;
+                        if *stop.borrow() {
+                            // Left unacknowledged: another listener (or the
+                            // next start) takes them over.
+                            break 'connect;
+                        }
+                        continue 'connect;
+                    }
+                }
+            }
+            if stopping {
+                break 'connect;
+            }
+            // Wait for new entries; with some pending, only until the window ends.
+            let block = match last_flush {
+                Some(t) if !pending.is_empty() => {
+                    (t + window).saturating_duration_since(Instant::now())
+                }
+                _ => READ_BLOCK,
+            };
+            match bridge
+                .read(&mut conn, block.clamp(Duration::from_millis(1), READ_BLOCK))
+                .await
+            {
+                Ok(entries) => pending.extend(entries),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "reading the event stream failed; reconnecting");
+                    delay = back_off(delay, &mut stop).await;
+                    continue 'connect;
+                }
+            }
+        }
+    }
 }

@@ -47,6 +47,28 @@ impl Keys {
         format!("{}:lock:recalculate_all_prices", self.namespace)
     }
 
+    /// The stream every api-published (and listener-ingested) market event
+    /// is appended to; the listeners' consumer group reads it.
+    pub fn event_stream(&self) -> String {
+        format!("{}:events:stream", self.namespace)
+    }
+
+    /// Set once an event's jobs are queued, so a redelivered or duplicate
+    /// event is not processed twice.
+    pub fn event_done(&self, event_id: &str) -> String {
+        format!("{}:events:done:{event_id}", self.namespace)
+    }
+
+    /// Claimed by the listener replica that ingests a channel-only message.
+    pub fn event_ingest_claim(&self, key: &str) -> String {
+        format!("{}:events:claim:{key}", self.namespace)
+    }
+
+    /// The capped list of rejected event messages, newest first.
+    pub fn event_dead_letters(&self) -> String {
+        format!("{}:events:dead", self.namespace)
+    }
+
     /// A pattern matching every cached price of this namespace, for SCAN.
     pub fn price_pattern(&self) -> String {
         format!("{}*", self.price_prefix)

@@ -14,6 +14,7 @@
 //! - [`jobs`]: the pricing job contracts (`recalculate_all_prices`, `recalculate_prices`).
 //! - [`pricing`]: the deterministic pricing rules and the prime-member discount.
 //! - [`cache`]: the cached price format and its re-validation on read.
+//! - [`events`]: the market-event contract (kinds, validation, the wire envelope) and its settings.
 //! - [`keys`]: Redis key builders under one namespace prefix.
 //! - [`queue`]: the job queue: job contracts, settings, and every Redis operation on it.
 //! - [`redis_pool`]: a small pool of multiplexed, self-reconnecting Redis connections.
@@ -25,6 +26,7 @@
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod lock;

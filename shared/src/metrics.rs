@@ -18,7 +18,11 @@ pub const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Histograms that get [`DURATION_BUCKETS`] (every other histogram is a summary).
-pub const HISTOGRAMS: &[&str] = &["http_request_duration_seconds", "job_duration_seconds"];
+pub const HISTOGRAMS: &[&str] = &[
+    "http_request_duration_seconds",
+    "job_duration_seconds",
+    "listener_publish_to_enqueue_seconds",
+];
 
 /// The recorder's handle, installing the recorder on first use. Call it at
 /// startup: anything recorded before it is installed is lost.

@@ -134,6 +134,15 @@ impl RedisPool {
         res
     }
 
+    /// A new pub/sub connection (subscriptions need a connection of their own).
+    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let res = self.inner.client.get_async_pubsub().await;
+        if res.is_err() {
+            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
     /// The next connection, round-robin, with the tracker for its outcome.
     pub fn get(&self) -> (ConnectionManager, Tracker<'_>) {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();

@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per feature, each exposing `router()`.
 
+pub mod events;
 pub mod ops;
 pub mod price;
 pub mod tasks;
@@ -21,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(price::router())
         .merge(ops::router())
         .merge(tasks::router())
+        .merge(events::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -55,6 +55,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         queue: shared::queue::QueueSettings::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
+        events: shared::events::EventSettings::default(),
     }
 }
 

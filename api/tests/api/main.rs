@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod cli;
+mod events;
 mod helpers;
 mod ops;
 mod price;

@@ -88,6 +88,7 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         "GET /api/v1/tasks/dead",
         "GET /api/v1/queues",
         "POST /api/v1/tasks/recalculate-all",
+        "POST /api/v1/publish-market-event",
     ]
     .into_iter()
     .map(String::from)

@@ -13,6 +13,7 @@ pub mod import;
 pub mod seed;
 pub mod sqlite;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -78,6 +79,30 @@ pub struct DemandSignal {
     pub observed_at: DateTime<Utc>,
 }
 
+/// Market changes to record together (one transaction), as the listener
+/// gathers them from a batch of events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MarketUpdates {
+    /// Latest price per product and competitor.
+    pub competitor_prices: Vec<CompetitorPrice>,
+    /// Latest demand index per product.
+    pub demand: Vec<DemandSignal>,
+    /// New stock levels: (product, units).
+    pub stock: Vec<(String, i64)>,
+    /// New unit costs: (product, cost).
+    pub unit_cost: Vec<(String, f64)>,
+}
+
+impl MarketUpdates {
+    /// Whether there is nothing to record.
+    pub fn is_empty(&self) -> bool {
+        self.competitor_prices.is_empty()
+            && self.demand.is_empty()
+            && self.stock.is_empty()
+            && self.unit_cost.is_empty()
+    }
+}
+
 /// What the services need from a catalog store.
 #[async_trait]
 pub trait CatalogStore: Send + Sync + 'static {
@@ -95,6 +120,13 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Records the latest demand indexes.
     async fn record_demand(&self, rows: &[DemandSignal]) -> Result<u64, StoreError>;
+
+    /// Records a batch of market changes in one transaction: all or nothing.
+    /// Later entries for the same product (and competitor) win.
+    async fn apply_market_updates(&self, updates: &MarketUpdates) -> Result<(), StoreError>;
+
+    /// Which of `ids` exist in the catalog.
+    async fn existing_ids(&self, ids: &[String]) -> Result<HashSet<String>, StoreError>;
 
     /// How many products the catalog holds.
     async fn count_products(&self) -> Result<u64, StoreError>;

@@ -12,7 +12,7 @@
 //! Both drivers link the same `libsqlite3-sys`. An in-memory database has no
 //! file a second connection could open, so it keeps the sqlx path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::{CatalogStore, CompetitorPrice, DemandSignal, StoreError};
+use super::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates, StoreError};
 use crate::domain::{MarketSignals, Product};
 
 /// Rows per multi-row INSERT. 11 columns × 500 rows stays well under
@@ -376,6 +376,77 @@ impl CatalogStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(written)
+    }
+
+    async fn apply_market_updates(&self, u: &MarketUpdates) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in u.competitor_prices.chunks(INSERT_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO competitor_prices (product_id, competitor, price, observed_at) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.product_id.clone())
+                    .push_bind(r.competitor.clone())
+                    .push_bind(r.price)
+                    .push_bind(r.observed_at);
+            });
+            qb.push(
+                " ON CONFLICT (product_id, competitor) DO UPDATE SET price = excluded.price, \
+                 observed_at = excluded.observed_at",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        for chunk in u.demand.chunks(INSERT_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO demand_signals (product_id, demand_index, observed_at) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.product_id.clone())
+                    .push_bind(r.demand_index)
+                    .push_bind(r.observed_at);
+            });
+            qb.push(
+                " ON CONFLICT (product_id) DO UPDATE SET demand_index = excluded.demand_index, \
+                 observed_at = excluded.observed_at",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        let now = chrono::Utc::now();
+        for (id, stock) in &u.stock {
+            sqlx::query("UPDATE products SET stock = ?, updated_at = ? WHERE id = ?")
+                .bind(stock)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (id, cost) in &u.unit_cost {
+            sqlx::query("UPDATE products SET unit_cost = ?, updated_at = ? WHERE id = ?")
+                .bind(cost)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn existing_ids(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        let mut out = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT id FROM products WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.clone());
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&self.pool).await? {
+                out.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn count_products(&self) -> Result<u64, StoreError> {

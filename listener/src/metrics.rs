@@ -1,0 +1,71 @@
+//! The listener's Prometheus series, served on `/metrics`:
+//!
+//! - `listener_events_received_total{kind, path}`: events processed, by kind
+//!   and by the path they came in on (`stream`: appended by the api or a
+//!   publisher; `pubsub`: published on the channel only).
+//! - `listener_events_rejected_total{reason}`: messages refused
+//!   (`malformed_json`, `unknown_kind`, `invalid_field`, `too_many_products`,
+//!   `too_large`, `unknown_product`), each also logged and dead-lettered.
+//! - `listener_jobs_enqueued_total{job}`: jobs queued.
+//! - `listener_events_coalesced_total`: events that did not need a job of
+//!   their own (covered by a job queued for their batch).
+//! - `listener_events_duplicate_total`: events skipped as already processed.
+//! - `listener_publish_to_enqueue_seconds`: histogram of the time from the
+//!   event's append to the stream (Redis clock) to its job being queued.
+
+/// Describes the series (call once at startup).
+pub fn describe() {
+    metrics::describe_counter!(
+        "listener_events_received_total",
+        "Market events processed, by kind and by path (stream or pubsub)"
+    );
+    metrics::describe_counter!(
+        "listener_events_rejected_total",
+        "Market event messages refused, by reason"
+    );
+    metrics::describe_counter!("listener_jobs_enqueued_total", "Jobs queued, by job type");
+    metrics::describe_counter!(
+        "listener_events_coalesced_total",
+        "Events covered by a job queued for their batch"
+    );
+    metrics::describe_counter!(
+        "listener_events_duplicate_total",
+        "Events skipped because they were already processed"
+    );
+    metrics::describe_histogram!(
+        "listener_publish_to_enqueue_seconds",
+        metrics::Unit::Seconds,
+        "Time from an event's append to the stream to its job being queued"
+    );
+}
+
+/// Counts a processed event.
+pub fn received(kind: &'static str, path: &'static str) {
+    metrics::counter!("listener_events_received_total", "kind" => kind, "path" => path)
+        .increment(1);
+}
+
+/// Counts a refused message.
+pub fn rejected(reason: &'static str) {
+    metrics::counter!("listener_events_rejected_total", "reason" => reason).increment(1);
+}
+
+/// Counts a queued job.
+pub fn enqueued(job: &str) {
+    metrics::counter!("listener_jobs_enqueued_total", "job" => job.to_string()).increment(1);
+}
+
+/// Counts events covered by another event's job.
+pub fn coalesced(n: u64) {
+    metrics::counter!("listener_events_coalesced_total").increment(n);
+}
+
+/// Counts events skipped as already processed.
+pub fn duplicates(n: u64) {
+    metrics::counter!("listener_events_duplicate_total").increment(n);
+}
+
+/// Records one event's publish-to-enqueue time.
+pub fn lag(seconds: f64) {
+    metrics::histogram!("listener_publish_to_enqueue_seconds").record(seconds);
+}

@@ -1,0 +1,168 @@
+//! Shared test setup: a listener (and, when needed, an api and a worker)
+//! over a real redis-server and a real SQLite catalog.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
+use shared::events::{EventBus, EventSettings};
+use shared::keys::Keys;
+use shared::queue::{DEFAULT_QUEUE, Queue, QueueSettings};
+use shared::redis_pool::RedisPool;
+use shared::testing::RedisServer;
+
+pub const NS: &str = "lt";
+pub const LONG: Duration = Duration::from_secs(60);
+
+pub fn telemetry() -> TelemetrySettings {
+    TelemetrySettings {
+        service_name: "pricing-listener-test".into(),
+        otlp_endpoint: None,
+        log_format: LogFormat::Pretty,
+        log_filter: "info".into(),
+    }
+}
+
+pub fn settings(redis: &RedisServer, db_url: &str) -> listener::config::Settings {
+    listener::config::Settings {
+        redis: RedisSettings::for_url(redis.url(), NS),
+        database: DatabaseSettings {
+            url: db_url.to_string(),
+            max_connections: 2,
+        },
+        telemetry: telemetry(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        events: EventSettings::default(),
+        queue: QueueSettings::default(),
+        recalc_retry: shared::jobs::RECALC_RETRY,
+        coalesce_window: Duration::from_millis(200),
+        claim_idle: Duration::from_secs(30),
+        dead_letter_max: 20_000,
+    }
+}
+
+pub struct Running {
+    pub metrics: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+pub async fn start_listener(settings: listener::config::Settings) -> Running {
+    shared::telemetry::init_for_tests();
+    let l = listener::Listener::build(settings).await.unwrap();
+    let metrics = l.metrics_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(l.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    Running {
+        metrics,
+        stop: tx,
+        handle,
+    }
+}
+
+pub fn pool(redis: &RedisServer) -> RedisPool {
+    RedisPool::new(&RedisSettings::for_url(redis.url(), NS)).unwrap()
+}
+
+pub fn queue(redis: &RedisServer) -> Queue {
+    Queue::new(pool(redis), NS, DEFAULT_QUEUE, QueueSettings::default())
+}
+
+pub fn bus(redis: &RedisServer) -> EventBus {
+    EventBus::new(pool(redis), &Keys::new(NS), EventSettings::default())
+}
+
+/// Every queued job's name and arguments, read straight from the queue's
+/// `args` and `jobs` hashes (no worker runs in these tests unless started).
+pub async fn queued_jobs(redis: &RedisServer) -> Vec<(String, serde_json::Value)> {
+    let mut conn = redis.connection().await;
+    let args: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{{{NS}:{DEFAULT_QUEUE}}}:args"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let jobs: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{{{NS}:{DEFAULT_QUEUE}}}:jobs"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    args.into_iter()
+        .map(|(id, a)| {
+            let desc: serde_json::Value = serde_json::from_str(&jobs[&id]).unwrap();
+            (
+                desc["name"].as_str().unwrap().to_string(),
+                serde_json::from_str(&a).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// How many times each product is named by a queued `recalculate_prices`.
+pub async fn product_mentions(redis: &RedisServer) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for (name, args) in queued_jobs(redis).await {
+        if name == "recalculate_prices" {
+            for id in args["product_ids"].as_array().unwrap() {
+                *out.entry(id.as_str().unwrap().to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes on the channel with the real `redis-cli`, as the original
+/// service's publishers do; returns the receiver count it printed.
+pub fn redis_cli_publish(redis: &RedisServer, channel: &str, message: &str) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
+        .args(["PUBLISH", channel, message])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Waits until someone subscribes to the channel.
+pub async fn wait_for_subscriber(redis: &RedisServer, channel: &str) {
+    let mut conn = redis.connection().await;
+    eventually(LONG, "a subscriber", || {
+        let mut conn = conn.clone();
+        async move {
+            let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n.first().is_some_and(|(_, c)| *c > 0)
+        }
+    })
+    .await;
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+}
