@@ -47,6 +47,7 @@ use crate::config::{SERVICE_NAME, Settings};
 fn router() -> axum::Router {
     shared::metrics::recorder();
     metrics::describe();
+    metrics::register_zeroes();
     axum::Router::new()
         .route("/metrics", get(|| async { shared::metrics::exposition() }))
         .route(

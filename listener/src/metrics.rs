@@ -39,6 +39,26 @@ pub fn describe() {
     );
 }
 
+/// Every rejection reason, so each series exists (at 0) from the start and
+/// dashboards and alerts see a rate of 0 rather than no data.
+pub const REJECT_REASONS: &[&str] = &[
+    "malformed_json",
+    "unknown_kind",
+    "invalid_field",
+    "too_many_products",
+    "too_large",
+    "unknown_product",
+];
+
+/// Registers the counters that would otherwise appear only on their first event.
+pub fn register_zeroes() {
+    for reason in REJECT_REASONS {
+        metrics::counter!("listener_events_rejected_total", "reason" => *reason).increment(0);
+    }
+    metrics::counter!("listener_events_coalesced_total").increment(0);
+    metrics::counter!("listener_events_duplicate_total").increment(0);
+}
+
 /// Counts a processed event.
 pub fn received(kind: &'static str, path: &'static str) {
     metrics::counter!("listener_events_received_total", "kind" => kind, "path" => path)
