@@ -21,7 +21,7 @@ set -euo pipefail
 
 api="${API_URL:-http://127.0.0.1:8000}"
 jaeger="${JAEGER_URL:-http://127.0.0.1:16686}"
-expect="${EXPECT_SERVICES:-pricing-api}"
+expect="${EXPECT_SERVICES:-pricing-api pricing-listener pricing-worker}"
 timeout_secs="${TIMEOUT_SECS:-30}"
 product="${PRODUCT_ID:-P-1}"
 

@@ -10,6 +10,7 @@
 //! - [`config`]: [`config::Settings`] from the environment.
 //! - [`startup`]: [`startup::Application`]: build, bind, serve, stop.
 //! - [`state`]: [`state::AppState`], the shared clients.
+//! - [`trace`]: the server span of each request; continues and returns `traceparent`.
 //! - [`routes`]: one module per feature (prices, tasks, operations), each with `router()`.
 //! - [`service`]: the cache-aside logic the price handlers call.
 //! - [`model`]: request and response bodies, and their validation.
@@ -29,3 +30,4 @@ pub mod routes;
 pub mod service;
 pub mod startup;
 pub mod state;
+pub mod trace;

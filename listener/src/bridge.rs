@@ -424,7 +424,7 @@ impl Bridge {
             0
         } else {
             let first = &valid[0].1;
-            let span = tracing::info_span!(
+            let span = tracing::debug_span!(
                 "market_events process",
                 otel.kind = "consumer",
                 messaging.system = "redis",

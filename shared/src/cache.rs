@@ -7,6 +7,9 @@
 //! product counts as a miss ([`Lookup::Invalid`]); the caller recomputes and
 //! overwrites it, and it is never passed on to a client.
 
+use tracing::Instrument as _;
+
+use crate::telemetry::redis_span;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -135,7 +138,11 @@ impl PriceCache {
     /// One GET.
     pub async fn get(&self, product_id: &str) -> redis::RedisResult<Lookup> {
         let (mut conn, tracker) = self.pool.get();
-        let raw: Option<Vec<u8>> = tracker.track(conn.get(self.keys.price(product_id)).await)?;
+        let raw: Option<Vec<u8>> = tracker.track(
+            conn.get(self.keys.price(product_id))
+                .instrument(redis_span("GET"))
+                .await,
+        )?;
         Ok(Lookup::from_raw(product_id, raw))
     }
 
@@ -146,8 +153,13 @@ impl PriceCache {
         }
         let keys: Vec<String> = product_ids.iter().map(|id| self.keys.price(id)).collect();
         let (mut conn, tracker) = self.pool.get();
-        let raws: Vec<Option<Vec<u8>>> =
-            tracker.track(redis::cmd("MGET").arg(&keys).query_async(&mut conn).await)?;
+        let raws: Vec<Option<Vec<u8>>> = tracker.track(
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .instrument(redis_span("MGET"))
+                .await,
+        )?;
         Ok(product_ids
             .iter()
             .zip(raws)
@@ -161,6 +173,7 @@ impl PriceCache {
         let ttl = self.ttl.as_secs().max(1);
         tracker.track(
             conn.set_ex::<_, _, ()>(self.keys.price(&entry.product_id), entry.encode(), ttl)
+                .instrument(redis_span("SET"))
                 .await,
         )
     }
@@ -177,7 +190,11 @@ impl PriceCache {
                 .ignore();
         }
         let (mut conn, tracker) = self.pool.get();
-        tracker.track(pipe.query_async::<()>(&mut conn).await)
+        tracker.track(
+            pipe.query_async::<()>(&mut conn)
+                .instrument(redis_span("SET"))
+                .await,
+        )
     }
 }
 

@@ -205,12 +205,39 @@ pub struct TelemetrySettings {
     /// `OTEL_SERVICE_NAME`: the service name on exported spans. Defaults to the
     /// binary's own (`pricing-api`, `pricing-worker`, `pricing-listener`).
     pub service_name: String,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector. Unset means no export.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OTLP collector. Unset, or
+    /// `OTEL_SDK_DISABLED=true`, means no export at all.
     pub otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default) or `http/protobuf`.
+    pub otlp_protocol: OtlpProtocol,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
     /// `RUST_LOG`: the env-filter directive. Defaults to `info`.
     pub log_filter: String,
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[default]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for OtlpProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            other => Err(format!(
+                "unknown protocol {other:?}; expected grpc or http/protobuf"
+            )),
+        }
+    }
 }
 
 impl TelemetrySettings {
@@ -229,9 +256,11 @@ impl TelemetrySettings {
                 "must start with http:// or https://",
             ));
         }
+        let disabled: bool = env_or("OTEL_SDK_DISABLED", false)?;
         Ok(Self {
             service_name: env_or("OTEL_SERVICE_NAME", default_service.to_string())?,
-            otlp_endpoint,
+            otlp_endpoint: otlp_endpoint.filter(|_| !disabled),
+            otlp_protocol: env_or("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::Grpc)?,
             log_format: env_or("LOG_FORMAT", LogFormat::Pretty)?,
             log_filter,
         })

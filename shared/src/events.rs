@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, env_in_range, env_or};
 use crate::domain::validate_product_id;
+use crate::telemetry::redis_span;
+use tracing::Instrument as _;
 
 /// The string the original service publishes; accepted as `recalculate_all`.
 pub const LEGACY_RECALCULATE: &str = "Recalculate_Triggered_v1";
@@ -536,6 +538,7 @@ impl EventBus {
                 .arg(&self.settings.channel)
                 .arg(&payload)
                 .query_async(&mut conn)
+                .instrument(redis_span("XADD PUBLISH"))
                 .await,
         )?;
         let appended_ms = entry

@@ -22,6 +22,7 @@
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its SQLite implementation,
 //!   plus the deterministic seed generator and the CSV importer.
 //! - `testing` (feature `test-support`): starts a real `redis-server` on a free port for tests.
+//! - `otlp_receiver` (feature `test-support`): an in-process OTLP/gRPC trace receiver for tests.
 
 pub mod cache;
 pub mod config;
@@ -38,5 +39,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 
+#[cfg(feature = "test-support")]
+pub mod otlp_receiver;
 #[cfg(feature = "test-support")]
 pub mod testing;

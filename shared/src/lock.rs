@@ -26,6 +26,8 @@ use redis::Script;
 use tokio::task::JoinHandle;
 
 use crate::redis_pool::RedisPool;
+use crate::telemetry::redis_span;
+use tracing::Instrument as _;
 
 /// KEYS: lock, fence, since. ARGV: token, ttl_ms. Returns the new fence, or
 /// nil when held. Records the acquisition time (Redis clock, ms) in `since`.
@@ -130,6 +132,7 @@ impl DistributedLock {
                 .arg(&token)
                 .arg(self.ttl.as_millis() as u64)
                 .invoke_async(&mut conn)
+                .instrument(redis_span("EVALSHA lock acquire"))
                 .await,
         )?;
         let Some(fence) = fence else {
@@ -181,6 +184,7 @@ impl DistributedLock {
                 .key(&self.key)
                 .arg(token)
                 .invoke_async(&mut conn)
+                .instrument(redis_span("EVALSHA lock release"))
                 .await,
         )?;
         Ok(ok == 1)

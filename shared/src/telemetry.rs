@@ -1,10 +1,18 @@
 //! Logging and trace export, set up the same way in every binary.
 //!
-//! [`init`] installs a `tracing` subscriber with an env filter (`RUST_LOG`,
-//! default `info`), a fmt layer (JSON lines when `LOG_FORMAT=json`) and, only
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, an OpenTelemetry layer that
-//! batches spans to that collector over OTLP/gRPC. Without the endpoint no
-//! exporter exists at all, so tracing export costs nothing.
+//! [`init`] installs a `tracing` subscriber with a fmt layer (JSON lines when
+//! `LOG_FORMAT=json`) filtered by `RUST_LOG` (default `info`) and, only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not
+//! `true`), an OpenTelemetry layer that batches spans to that collector over
+//! OTLP/gRPC (or OTLP/HTTP with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`).
+//! The trace spans (HTTP server, Redis client, job, event batch) are `DEBUG`
+//! and only the OpenTelemetry layer asks for them, so with export off they
+//! are never created: tracing costs nothing. The W3C trace-context
+//! propagator is installed either way.
+//!
+//! A collector that is down never blocks a request: the batch processor
+//! exports on its own thread and drops what it cannot send, with one warning
+//! a minute.
 //!
 //! The returned [`TelemetryGuard`] flushes and shuts the exporter down when
 //! dropped, so the last spans of a stopping service are not lost.
@@ -23,7 +31,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::config::{LogFormat, TelemetrySettings};
+use crate::config::{LogFormat, OtlpProtocol, TelemetrySettings};
 
 /// Keeps the span exporter alive; dropping it flushes pending spans.
 #[must_use = "dropping the guard shuts the span exporter down"]
@@ -48,12 +56,82 @@ impl Drop for TelemetryGuard {
     }
 }
 
-fn build_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .context("building the OTLP span exporter")?;
+/// Targets whose spans and events go to the OpenTelemetry layer: our own
+/// crates only. Spans from these at `DEBUG` and above are exported (the
+/// trace spans are `DEBUG`, so with export off they are never created);
+/// events only at `INFO` and above. The exporter's own stack (tonic, hyper,
+/// h2, opentelemetry) is never traced, which would loop.
+const TRACED_CRATES: &[&str] = &["api", "worker", "listener", "shared"];
+
+fn traced(meta: &tracing::Metadata<'_>) -> bool {
+    let ours = TRACED_CRATES.iter().any(|c| {
+        meta.target() == *c
+            || meta
+                .target()
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.starts_with("::"))
+    });
+    ours && (meta.is_span() && *meta.level() <= tracing::Level::DEBUG
+        || *meta.level() <= tracing::Level::INFO)
+}
+
+/// Passes spans to the real exporter; when the collector is down, spans are
+/// dropped with one warning a minute instead of one per batch, and an export
+/// never blocks a request (the batch processor runs it on its own).
+#[derive(Debug)]
+struct QuietExporter<E> {
+    inner: E,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// At most one "collector unreachable" warning per this period.
+pub const EXPORT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for QuietExporter<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let n = batch.len();
+        let res = self.inner.export(batch).await;
+        if let Err(e) = &res {
+            let mut last = self
+                .last_warning
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(target: "telemetry", error = %e, dropped = n, "cannot export spans; dropping them (this warning repeats at most once a minute)");
+            }
+        }
+        // Reported as done: the batch is dropped either way, and the SDK
+        // would otherwise log every failure itself.
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+fn build_provider(
+    endpoint: &str,
+    protocol: OtlpProtocol,
+    service_name: &str,
+) -> anyhow::Result<SdkTracerProvider> {
     let resource = Resource::builder()
         .with_service_name(service_name.to_string())
         .with_attribute(opentelemetry::KeyValue::new(
@@ -61,36 +139,77 @@ fn build_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTrace
             env!("CARGO_PKG_VERSION"),
         ))
         .build();
-    Ok(SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_batch_exporter(exporter)
-        .build())
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = match protocol {
+        OtlpProtocol::Grpc => builder.with_batch_exporter(QuietExporter {
+            inner: opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .context("building the OTLP/gRPC span exporter")?,
+            last_warning: Default::default(),
+        }),
+        OtlpProtocol::HttpProtobuf => builder.with_batch_exporter(QuietExporter {
+            inner: opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .context("building the OTLP/HTTP span exporter")?,
+            last_warning: Default::default(),
+        }),
+    };
+    Ok(builder.build())
 }
+
+/// Longest one export may take before its batch is dropped.
+pub const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Installs the global subscriber for a service. Call once, early in `main`.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_new(&settings.log_filter).context("RUST_LOG")?;
+    use tracing_subscriber::Layer as _;
+    let filter = EnvFilter::try_new(&settings.log_filter)
+        .context("RUST_LOG")?
+        // The SDK's own messages (one per failed export) are replaced by
+        // QuietExporter's rate-limited warning.
+        .add_directive("opentelemetry_sdk=off".parse()?)
+        .add_directive("opentelemetry_otlp=off".parse()?);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = settings
         .otlp_endpoint
         .as_deref()
-        .map(|ep| build_provider(ep, &settings.service_name))
+        .map(|ep| build_provider(ep, settings.otlp_protocol, &settings.service_name))
         .transpose()?;
     let otel_layer = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer().with_tracer(p.tracer(settings.service_name.clone()))
-    });
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
-    }
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(settings.service_name.clone()))
+            .with_filter(tracing_subscriber::filter::filter_fn(traced))
+    });
+    let registry = tracing_subscriber::registry().with(otel_layer);
     match settings.log_format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true))
+            .with(fmt::layer().json().flatten_event(true).with_filter(filter))
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer().with_filter(filter)).try_init(),
     }
     .context("installing the tracing subscriber")?;
     Ok(TelemetryGuard { provider })
+}
+
+/// A client span for one Redis command on a hot path: `db.system=redis` and
+/// the command's name, never its keys or values. `DEBUG`, so it costs
+/// nothing unless spans are exported.
+pub fn redis_span(command: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        "redis",
+        otel.name = command,
+        otel.kind = "client",
+        db.system = "redis",
+        db.operation.name = command,
+    )
 }
 
 /// Installs a subscriber for tests, once per test binary. Spans get real
@@ -105,7 +224,7 @@ pub fn init_for_tests() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let otel = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("tests"))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            .with_filter(tracing_subscriber::filter::filter_fn(traced));
         let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("debug"));

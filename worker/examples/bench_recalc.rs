@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         telemetry: TelemetrySettings {
             service_name: "bench".into(),
             otlp_endpoint: None,
+            otlp_protocol: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "warn".into(),
         },

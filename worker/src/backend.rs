@@ -175,6 +175,8 @@ pub struct QueuedJob {
     pub max_attempts: u32,
     /// When it was pushed (ms, Redis clock; 0 when unknown).
     pub enqueued_at: i64,
+    /// When this attempt was leased (ms, Redis clock; 0 when unknown).
+    pub started_at: i64,
     /// Trace context of the span that pushed it.
     pub traceparent: Option<String>,
     /// Trace state that goes with `traceparent`.
@@ -268,6 +270,7 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
         attempt,
         max_attempts,
         enqueued_at: job.record.enqueued_at.unwrap_or(0),
+        started_at: job.record.started_at.unwrap_or(0),
         traceparent: job.record.traceparent.clone(),
         tracestate: job.record.tracestate.clone(),
     })

@@ -252,15 +252,20 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         worker_id: shared.worker_id.clone(),
         queue: shared.queue.clone(),
     };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "job",
         otel.name = %format_args!("{} process", job.name),
         otel.kind = "consumer",
         messaging.system = "redis",
         messaging.operation = "process",
+        messaging.message.id = %job.id,
         job.name = %job.name,
         job.id = %job.id,
         job.attempt = job.attempt,
+        // Queue wait apart from execution time (Redis clock, ms).
+        job.enqueued_at = job.enqueued_at,
+        job.started_at = job.started_at,
+        job.queue_wait_ms = (job.started_at - job.enqueued_at).max(0),
     );
     shared::telemetry::set_remote_parent(
         &span,

@@ -7,7 +7,6 @@ pub mod tasks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -28,7 +27,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::trace::trace_http))
         .with_state(state)
 }
 

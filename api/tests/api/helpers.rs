@@ -49,6 +49,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         telemetry: TelemetrySettings {
             service_name: "pricing-api-test".into(),
             otlp_endpoint: None,
+            otlp_protocol: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },

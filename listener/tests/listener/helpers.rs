@@ -19,6 +19,7 @@ pub fn telemetry() -> TelemetrySettings {
     TelemetrySettings {
         service_name: "pricing-listener-test".into(),
         otlp_endpoint: None,
+        otlp_protocol: Default::default(),
         log_format: LogFormat::Pretty,
         log_filter: "info".into(),
     }

@@ -42,6 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, env_in_range};
 use crate::redis_pool::RedisPool;
+use crate::telemetry::redis_span;
+use tracing::Instrument as _;
 
 /// The queue every job type uses unless it says otherwise.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -663,14 +665,21 @@ impl Queue {
         inv: &mut redis::ScriptInvocation<'a>,
         id: &str,
         job: &NewJob,
+        context: Option<&(String, Option<String>)>,
     ) -> Result<(), QueueError> {
+        // A job without its own trace context carries the pushing span's.
+        let (traceparent, tracestate) = match (&job.traceparent, context) {
+            (Some(parent), _) => (Some(parent.clone()), job.tracestate.clone()),
+            (None, Some((parent, state))) => (Some(parent.clone()), state.clone()),
+            (None, None) => (None, None),
+        };
         let description = Description {
             name: job.name.clone(),
             max_attempts: job.retry.max_attempts.max(1),
             backoff: job.retry.backoff,
             unique_key: job.unique_key.clone(),
-            traceparent: job.traceparent.clone(),
-            tracestate: job.tracestate.clone(),
+            traceparent,
+            tracestate,
         };
         let description =
             serde_json::to_string(&description).map_err(|e| QueueError::Encode(e.to_string()))?;
@@ -699,9 +708,14 @@ impl Queue {
     pub async fn push(&self, job: NewJob) -> Result<Pushed, QueueError> {
         let id = Self::new_id();
         let mut inv = scripts::PUSH.prepare_invoke();
-        self.push_invocation(&mut inv, &id, &job)?;
+        let context = crate::telemetry::current_trace_context();
+        self.push_invocation(&mut inv, &id, &job, context.as_ref())?;
         let (mut conn, tracker) = self.pool.get();
-        let (queued, id): (i64, String) = tracker.track(inv.invoke_async(&mut conn).await)?;
+        let (queued, id): (i64, String) = tracker.track(
+            inv.invoke_async(&mut conn)
+                .instrument(redis_span("EVALSHA queue push"))
+                .await,
+        )?;
         Ok(Pushed {
             id,
             duplicate: queued == 0,
@@ -715,9 +729,10 @@ impl Queue {
         }
         let ids: Vec<String> = jobs.iter().map(|_| Self::new_id()).collect();
         let mut invocations = Vec::with_capacity(jobs.len());
+        let context = crate::telemetry::current_trace_context();
         for (id, job) in ids.iter().zip(jobs) {
             let mut inv = scripts::PUSH.prepare_invoke();
-            self.push_invocation(&mut inv, id, job)?;
+            self.push_invocation(&mut inv, id, job, context.as_ref())?;
             invocations.push(inv);
         }
         let mut pipe = redis::pipe();
@@ -726,7 +741,11 @@ impl Queue {
             pipe.invoke_script(inv);
         }
         let (mut conn, tracker) = self.pool.get();
-        let out: Vec<(i64, String)> = tracker.track(pipe.query_async(&mut conn).await)?;
+        let out: Vec<(i64, String)> = tracker.track(
+            pipe.query_async(&mut conn)
+                .instrument(redis_span("EVALSHA queue push"))
+                .await,
+        )?;
         Ok(out
             .into_iter()
             .map(|(queued, id)| Pushed {

@@ -24,6 +24,7 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
         telemetry: TelemetrySettings {
             service_name: "pricing-worker-test".into(),
             otlp_endpoint: None,
+            otlp_protocol: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },
