@@ -56,12 +56,12 @@ impl Application {
         Ok(Self {
             listener,
             state: AppState {
-                cache,
+                cache: Arc::new(cache),
                 store,
-                queue,
+                queue: Arc::new(queue),
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
                 recalc_retry: settings.recalc_retry,
-                events,
+                events: Arc::new(events),
                 metrics: crate::metrics::recorder(),
             },
         })

@@ -7,21 +7,23 @@ use shared::cache::PriceCache;
 use shared::queue::Queue;
 use shared::store::CatalogStore;
 
-/// One clonable bundle of shared clients; cloning copies a few `Arc`s.
+/// One clonable bundle of shared clients; cloning copies a few `Arc`s and
+/// allocates nothing (axum clones it for every request: the queue's keys
+/// alone are 13 strings).
 #[derive(Clone)]
 pub struct AppState {
     /// The Redis price cache (and its connection pool).
-    pub cache: PriceCache,
+    pub cache: Arc<PriceCache>,
     /// The catalog store.
     pub store: Arc<dyn CatalogStore>,
     /// The job queue, for the task endpoints.
-    pub queue: Queue,
+    pub queue: Arc<Queue>,
     /// The bearer token of the admin endpoints, when one is configured.
     pub admin_token: Option<Arc<str>>,
     /// Retry policy given to the recalculations this api queues.
     pub recalc_retry: shared::queue::RetryPolicy,
     /// Publishes market events (stream + channel).
-    pub events: shared::events::EventBus,
+    pub events: Arc<shared::events::EventBus>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }

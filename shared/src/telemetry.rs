@@ -186,6 +186,13 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         opentelemetry::global::set_tracer_provider(p.clone());
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(settings.service_name.clone()))
+            // Per-span extras that cost CPU on every poll (busy/idle time)
+            // or allocations (code location, thread, target) and that a
+            // trace of this service does not need.
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
             .with_filter(tracing_subscriber::filter::filter_fn(traced))
     });
     let registry = tracing_subscriber::registry().with(otel_layer);
