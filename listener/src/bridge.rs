@@ -78,6 +78,19 @@ pub const DONE_TTL: Duration = Duration::from_secs(86_400);
 /// Most bytes of a rejected payload the dead-letter list keeps.
 pub const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
 
+/// KEYS: claim, stream. ARGV: consumer, claim_ms, maxlen, event.
+/// Appends a channel message to the stream unless another replica claimed
+/// it first. Returns 1 when appended, 0 when claimed elsewhere.
+static INGEST: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[4], 'path', 'pubsub')
+return 1
+"#,
+    )
+});
+
 /// One stream entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -247,64 +260,67 @@ impl Bridge {
         Ok(reply.claimed.into_iter().map(Entry::from_stream).collect())
     }
 
-    /// Handles one message from the channel: the api's own (`durable`)
-    /// messages are left to the stream; others are validated and appended
-    /// to the stream by the one replica that claims them.
-    pub async fn on_channel_message(&self, payload: &[u8]) {
-        if shared::events::is_durable(payload) {
-            return;
-        }
-        let claim = self
-            .keys
-            .event_ingest_claim(&format!("{:016x}", fnv1a(payload)));
-        let parsed = shared::events::parse(payload);
-        if let Err(e) = &parsed {
-            // Every replica that received it counts it; one dead-letters it.
-            metrics::rejected(e.label);
-        }
-        let (mut conn, tracker) = self.pool.get();
-        let won: redis::RedisResult<Option<String>> = tracker.track(
-            redis::cmd("SET")
-                .arg(&claim)
-                .arg(&self.consumer)
-                .arg("NX")
-                .arg("PX")
-                .arg(CHANNEL_CLAIM.as_millis() as u64)
-                .query_async(&mut conn)
-                .await,
-        );
-        match won {
-            Ok(Some(_)) => {}
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot claim a channel message; another listener may take it");
-                return;
+    /// Handles messages from the channel, in order: the api's own
+    /// (`durable`) messages are left to the stream; others are validated and
+    /// appended to the stream by the one replica that claims each (all of a
+    /// batch in one pipelined round trip, which keeps their order).
+    pub async fn on_channel_messages(&self, payloads: &[Vec<u8>]) {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&INGEST).ignore();
+        let mut appended = Vec::new();
+        let mut rejected = Vec::new();
+        for payload in payloads {
+            if shared::events::is_durable(payload) {
+                continue;
+            }
+            let claim = self
+                .keys
+                .event_ingest_claim(&format!("{:016x}", fnv1a(payload)));
+            match shared::events::parse(payload) {
+                Ok(event) => {
+                    pipe.invoke_script(
+                        INGEST
+                            .key(&claim)
+                            .key(&self.stream)
+                            .arg(&self.consumer)
+                            .arg(CHANNEL_CLAIM.as_millis() as u64)
+                            .arg(self.stream_maxlen)
+                            .arg(event.encode(false)),
+                    );
+                    appended.push(event.event_id);
+                }
+                Err(e) => {
+                    // Every replica that received it counts it; the one that
+                    // claims it dead-letters it.
+                    metrics::rejected(e.label);
+                    rejected.push((claim, e, payload));
+                }
             }
         }
-        match parsed {
-            Err(e) => {
+        if !appended.is_empty() {
+            let (mut conn, tracker) = self.pool.get();
+            let res: redis::RedisResult<Vec<i64>> =
+                tracker.track(pipe.query_async(&mut conn).await);
+            if let Err(e) = res {
+                tracing::error!(error = %e, events = appended.len(), first = %appended[0], "cannot append channel events to the stream; they are lost");
+            }
+        }
+        for (claim, e, payload) in rejected {
+            let (mut conn, tracker) = self.pool.get();
+            let won: redis::RedisResult<Option<String>> = tracker.track(
+                redis::cmd("SET")
+                    .arg(&claim)
+                    .arg(&self.consumer)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(CHANNEL_CLAIM.as_millis() as u64)
+                    .query_async(&mut conn)
+                    .await,
+            );
+            if let Ok(Some(_)) = won {
                 tracing::warn!(reason = e.label, error = %e, path = "pubsub", "rejected a market event");
                 self.dead_letter(e.label, &e.to_string(), payload, "pubsub")
                     .await;
-            }
-            Ok(event) => {
-                let res: redis::RedisResult<String> = tracker.track(
-                    redis::cmd("XADD")
-                        .arg(&self.stream)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(self.stream_maxlen)
-                        .arg("*")
-                        .arg("event")
-                        .arg(event.encode(false))
-                        .arg("path")
-                        .arg("pubsub")
-                        .query_async(&mut conn)
-                        .await,
-                );
-                if let Err(e) = res {
-                    tracing::error!(error = %e, event_id = %event.event_id, "cannot append a channel event to the stream; it is lost");
-                }
             }
         }
     }

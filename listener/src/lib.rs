@@ -177,6 +177,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .await
 }
 
+/// Most channel messages handled in one pipelined round trip.
+pub const CHANNEL_BATCH: usize = 256;
+
 /// Sleeps `delay` unless told to stop; returns the next delay.
 async fn back_off(delay: Duration, stop: &mut watch::Receiver<bool>) -> Duration {
     tokio::select! {
@@ -211,11 +214,16 @@ async fn subscribe(
         }
         tracing::info!(%channel, "subscribed");
         delay = INITIAL_RECONNECT_DELAY;
-        let mut messages = pubsub.on_message();
+        // Whatever has arrived, up to CHANNEL_BATCH messages, is handled together.
+        let mut messages = pubsub.on_message().ready_chunks(CHANNEL_BATCH);
         loop {
             tokio::select! {
-                msg = messages.next() => match msg {
-                    Some(msg) => bridge.on_channel_message(msg.get_payload_bytes()).await,
+                batch = messages.next() => match batch {
+                    Some(batch) => {
+                        let payloads: Vec<Vec<u8>> =
+                            batch.iter().map(|m| m.get_payload_bytes().to_vec()).collect();
+                        bridge.on_channel_messages(&payloads).await;
+                    }
                     None => {
                         tracing::warn!(retry_in = ?delay, "subscription lost; subscribing again");
                         break;
