@@ -257,6 +257,7 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         otel.name = %format_args!("{} process", job.name),
         otel.kind = "consumer",
         messaging.system = "redis",
+        messaging.destination.name = DEFAULT_QUEUE,
         messaging.operation = "process",
         messaging.message.id = %job.id,
         job.name = %job.name,
