@@ -227,6 +227,55 @@ fn priced_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Product, MarketSign
     ))
 }
 
+/// Inserts or updates competitor prices inside `tx`; returns rows written.
+async fn upsert_competitor_prices(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    rows: &[CompetitorPrice],
+) -> Result<u64, sqlx::Error> {
+    let mut written = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO competitor_prices (product_id, competitor, price, observed_at) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.product_id.clone())
+                .push_bind(r.competitor.clone())
+                .push_bind(r.price)
+                .push_bind(r.observed_at);
+        });
+        qb.push(
+            " ON CONFLICT (product_id, competitor) DO UPDATE SET price = excluded.price, \
+             observed_at = excluded.observed_at",
+        );
+        written += qb.build().execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(written)
+}
+
+/// Inserts or updates demand indexes inside `tx`; returns rows written.
+async fn upsert_demand(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    rows: &[DemandSignal],
+) -> Result<u64, sqlx::Error> {
+    let mut written = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO demand_signals (product_id, demand_index, observed_at) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.product_id.clone())
+                .push_bind(r.demand_index)
+                .push_bind(r.observed_at);
+        });
+        qb.push(
+            " ON CONFLICT (product_id) DO UPDATE SET demand_index = excluded.demand_index, \
+             observed_at = excluded.observed_at",
+        );
+        written += qb.build().execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(written)
+}
+
 #[async_trait]
 impl CatalogStore for SqliteStore {
     async fn priced_page(
@@ -335,82 +384,22 @@ impl CatalogStore for SqliteStore {
 
     async fn record_competitor_prices(&self, rows: &[CompetitorPrice]) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut written = 0;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO competitor_prices (product_id, competitor, price, observed_at) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.product_id.clone())
-                    .push_bind(r.competitor.clone())
-                    .push_bind(r.price)
-                    .push_bind(r.observed_at);
-            });
-            qb.push(
-                " ON CONFLICT (product_id, competitor) DO UPDATE SET price = excluded.price, \
-                 observed_at = excluded.observed_at",
-            );
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
-        }
+        let written = upsert_competitor_prices(&mut tx, rows).await?;
         tx.commit().await?;
         Ok(written)
     }
 
     async fn record_demand(&self, rows: &[DemandSignal]) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut written = 0;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO demand_signals (product_id, demand_index, observed_at) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.product_id.clone())
-                    .push_bind(r.demand_index)
-                    .push_bind(r.observed_at);
-            });
-            qb.push(
-                " ON CONFLICT (product_id) DO UPDATE SET demand_index = excluded.demand_index, \
-                 observed_at = excluded.observed_at",
-            );
-            written += qb.build().execute(&mut *tx).await?.rows_affected();
-        }
+        let written = upsert_demand(&mut tx, rows).await?;
         tx.commit().await?;
         Ok(written)
     }
 
     async fn apply_market_updates(&self, u: &MarketUpdates) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in u.competitor_prices.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO competitor_prices (product_id, competitor, price, observed_at) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.product_id.clone())
-                    .push_bind(r.competitor.clone())
-                    .push_bind(r.price)
-                    .push_bind(r.observed_at);
-            });
-            qb.push(
-                " ON CONFLICT (product_id, competitor) DO UPDATE SET price = excluded.price, \
-                 observed_at = excluded.observed_at",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
-        for chunk in u.demand.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO demand_signals (product_id, demand_index, observed_at) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.product_id.clone())
-                    .push_bind(r.demand_index)
-                    .push_bind(r.observed_at);
-            });
-            qb.push(
-                " ON CONFLICT (product_id) DO UPDATE SET demand_index = excluded.demand_index, \
-                 observed_at = excluded.observed_at",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
+        upsert_competitor_prices(&mut tx, &u.competitor_prices).await?;
+        upsert_demand(&mut tx, &u.demand).await?;
         let now = chrono::Utc::now();
         for (id, stock) in &u.stock {
             sqlx::query("UPDATE products SET stock = ?, updated_at = ? WHERE id = ?")
