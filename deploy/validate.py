@@ -84,6 +84,13 @@ REQUIRED_SERIES = {
 }
 
 SOURCE_DIRS = ("api/src", "worker/src", "listener/src", "shared/src")
+
+#: Labels Prometheus puts on every scraped series itself (`job`: the scrape
+#: job; `instance`: the target). An exporter's own label of the same name is
+#: renamed `exported_<name>`, so grouping by it silently groups by the scrape
+#: target instead. That is why the worker and listener call the job's name
+#: `job_type`.
+TARGET_LABELS = ("job", "instance")
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
                 "group_left", "group_right", "inf", "nan", "Inf", "NaN", "atan2"}
 
@@ -146,13 +153,36 @@ def series_in(expr: str) -> set[str]:
     return names
 
 
+def rust_sources():
+    """(path, text) of every Rust source file under SOURCE_DIRS."""
+    for d in SOURCE_DIRS:
+        for p in sorted((ROOT / d).rglob("*.rs")):
+            yield p, p.read_text(errors="replace")
+
+
 def exported_by_sources() -> set[str]:
     """Known metric names that appear as string literals in the Rust sources."""
-    text = ""
-    for d in SOURCE_DIRS:
-        for p in (ROOT / d).rglob("*.rs"):
-            text += p.read_text(errors="replace")
+    text = "".join(t for _, t in rust_sources())
     return {name for name in KNOWN_METRICS if f'"{name}"' in text}
+
+
+def target_labels_in_sources() -> list[str]:
+    """`file:line` of every metrics label (`"name" => value`) in the Rust
+    sources that is named like one of TARGET_LABELS."""
+    pattern = re.compile(r'"(%s)"\s*=>' % "|".join(TARGET_LABELS))
+    return [f"{p.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1} ({m.group(1)})"
+            for p, text in rust_sources() for m in pattern.finditer(text)]
+
+
+def labels_named(expr: str) -> set[str]:
+    """Label names a PromQL expression groups by, joins on or matches on."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    names = set()
+    for m in re.finditer(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", s):
+        names |= {n.strip() for n in m.group(1).split(",") if n.strip()}
+    for m in re.finditer(r"\{([^}]*)\}", s):
+        names |= set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(1)))
+    return names
 
 
 # --- compose ------------------------------------------------------------------------------------------
@@ -320,12 +350,23 @@ def check_compose(args) -> int:
 # --- dashboard ----------------------------------------------------------------------------------------
 
 
-def dashboard_exprs(dash: dict):
-    """(panel title, refId, expr) of every target of every panel, rows included."""
+def dashboard_targets(dash: dict):
+    """(panel title, target) of every target of every panel, rows included."""
     for panel in dash.get("panels", []):
         for p in [panel, *panel.get("panels", [])]:
             for t in p.get("targets", []) or []:
-                yield p.get("title", "?"), t.get("refId", "?"), t.get("expr", "")
+                yield p.get("title", "?"), t
+
+
+def dashboard_exprs(dash: dict):
+    """(panel title, refId, expr) of every target of every panel, rows included."""
+    for title, t in dashboard_targets(dash):
+        yield title, t.get("refId", "?"), t.get("expr", "")
+
+
+def legend_labels(target: dict) -> set[str]:
+    """Labels a target's legendFormat shows ({{name}})."""
+    return set(re.findall(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}", target.get("legendFormat") or ""))
 
 
 def check_dashboard(args) -> int:
@@ -366,9 +407,14 @@ def check_dashboard(args) -> int:
                 continue
             tds = t.get("datasource") or ds
             r.check(tds.get("uid") in uids, f"{title}/{t.get('refId')}: datasource {tds} is not provisioned")
-            for name in series_in(expr):
+            names = series_in(expr)
+            for name in names:
                 used.add(name)
                 r.check(base_metric(name) is not None, f"{title}/{t.get('refId')}: unknown metric {name!r} in {expr!r}")
+            # On the services' series, `job` is the scrape job (api, worker,
+            # listener), never the job type: that label is job_type.
+            r.check(not (names - {"up"}) or "job" not in labels_named(expr) | legend_labels(t),
+                    f"{title}/{t.get('refId')}: groups or labels by job, the scrape job; the job type is job_type: {expr!r}")
 
     for what, series in REQUIRED_SERIES.items():
         r.check(series in used, f"no panel shows {what} ({series})")
@@ -377,6 +423,10 @@ def check_dashboard(args) -> int:
             any(f"histogram_quantile({q}" in e and "http_request_duration_seconds_bucket" in e for _, _, e in dashboard_exprs(dash)),
             f"no panel shows the request latency p{q[2:]}",
         )
+
+    for where in target_labels_in_sources():
+        r.error(f"{where}: a metric label named like one Prometheus sets on every target "
+                f"(it would be renamed exported_<name>); use another name, e.g. job_type")
 
     exported = exported_by_sources()
     for name in sorted({base_metric(n) for n in used} - {None, "up"}):
@@ -407,7 +457,8 @@ def grafana_vars(expr: str, rng: str) -> str:
 def query_dashboard(args) -> int:
     r = Report("query")
     dash = json.loads(Path(args.file).read_text())
-    for title, ref, expr in dashboard_exprs(dash):
+    for title, target in dashboard_targets(dash):
+        ref, expr = target.get("refId", "?"), target.get("expr", "")
         q = grafana_vars(expr, args.range)
         url = f"{args.prometheus.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": q})
         try:
@@ -421,7 +472,13 @@ def query_dashboard(args) -> int:
             continue
         n = len(body["data"]["result"])
         pending = {base_metric(s) for s in series_in(expr)} & PENDING_METRICS
-        if n:
+        # A legend label the series lack shows as an empty string in Grafana:
+        # the expression groups by a label the services do not export.
+        lacking = sorted({label for s in body["data"]["result"] for label in legend_labels(target)
+                          if label not in s["metric"]})
+        if lacking:
+            r.error(f"{title}/{ref}: legend shows {', '.join(lacking)}, which the series lack, for {q}")
+        elif n:
             r.ok(f"{title}/{ref}: {n} series")
         elif pending:
             r.warn(f"{title}/{ref}: no data yet ({', '.join(sorted(pending))} pending)")

@@ -6,7 +6,8 @@
 //! - `listener_events_rejected_total{reason}`: messages refused
 //!   (`malformed_json`, `unknown_kind`, `invalid_field`, `too_many_products`,
 //!   `too_large`, `unknown_product`), each also logged and dead-lettered.
-//! - `listener_jobs_enqueued_total{job}`: jobs queued.
+//! - `listener_jobs_enqueued_total{job_type}`: jobs queued (`job_type`, not
+//!   `job`, which Prometheus reserves for the scrape job).
 //! - `listener_events_coalesced_total`: events that did not need a job of
 //!   their own (covered by a job queued for their batch).
 //! - `listener_events_duplicate_total`: events skipped as already processed.
@@ -72,7 +73,7 @@ pub fn rejected(reason: &'static str) {
 
 /// Counts a queued job.
 pub fn enqueued(job: &str) {
-    metrics::counter!("listener_jobs_enqueued_total", "job" => job.to_string()).increment(1);
+    metrics::counter!("listener_jobs_enqueued_total", "job_type" => job.to_string()).increment(1);
 }
 
 /// Counts events covered by another event's job.

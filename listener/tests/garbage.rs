@@ -143,7 +143,8 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metric_sum(addr, "listener_jobs_enqueued_total", "recalculate_prices").await < 1.0 {
+    let recalc = r#"job_type="recalculate_prices""#;
+    while metric_sum(addr, "listener_jobs_enqueued_total", recalc).await < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the good event was not processed"

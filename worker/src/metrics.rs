@@ -1,11 +1,15 @@
 //! The worker's Prometheus series and its `/metrics`, `/health` (liveness)
 //! and `/ready` (Redis reachable) server.
 //!
-//! - `jobs_started_total{job}`, and `jobs_finished_total{job, outcome}` with
+//! - `jobs_started_total{job_type}`, and `jobs_finished_total{job_type, outcome}` with
 //!   outcome `succeeded`, `failed`, `retried`, `skipped` or `deferred`.
-//! - `job_duration_seconds{job}`: handler run time, a histogram.
+//! - `job_duration_seconds{job_type}`: handler run time, a histogram.
 //! - `worker_busy_slots`: handlers running now; `worker_leases_held`: jobs leased by this process.
 //! - `queue_depth{state}`: `pending`, `delayed`, `running`, `dead`, sampled at scrape.
+//!
+//! The job's name is the label `job_type`, not `job`: Prometheus gives every
+//! scraped series its own `job` label (the scrape job) and would rename ours
+//! to `exported_job`.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -17,18 +21,18 @@ use crate::backend::InFlight;
 
 /// Counts a handler start.
 pub fn record_start(job: &str) {
-    metrics::counter!("jobs_started_total", "job" => job.to_string()).increment(1);
+    metrics::counter!("jobs_started_total", "job_type" => job.to_string()).increment(1);
 }
 
 /// Counts an outcome.
 pub fn record_outcome(job: &str, outcome: &'static str) {
-    metrics::counter!("jobs_finished_total", "job" => job.to_string(), "outcome" => outcome)
+    metrics::counter!("jobs_finished_total", "job_type" => job.to_string(), "outcome" => outcome)
         .increment(1);
 }
 
 /// Records a handler's run time.
 pub fn record_duration(job: &str, seconds: f64) {
-    metrics::histogram!("job_duration_seconds", "job" => job.to_string()).record(seconds);
+    metrics::histogram!("job_duration_seconds", "job_type" => job.to_string()).record(seconds);
 }
 
 /// Tracks the busy-slots gauge for the lifetime of the guard.

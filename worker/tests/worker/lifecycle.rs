@@ -142,9 +142,9 @@ async fn the_worker_serves_metrics_and_health() {
         .await
         .unwrap();
     for series in [
-        r#"jobs_started_total{job="noop"}"#,
-        r#"jobs_finished_total{job="noop",outcome="succeeded"}"#,
-        r#"job_duration_seconds_bucket{job="noop",le="0.001"}"#,
+        r#"jobs_started_total{job_type="noop"}"#,
+        r#"jobs_finished_total{job_type="noop",outcome="succeeded"}"#,
+        r#"job_duration_seconds_bucket{job_type="noop",le="0.001"}"#,
         r#"queue_depth{state="pending"}"#,
         "worker_busy_slots",
     ] {
