@@ -334,8 +334,10 @@ def check_compose(args) -> int:
         static = [t for sc in job.get("static_configs", []) for t in sc.get("targets", [])]
         dns = [(n, sd.get("port")) for sd in job.get("dns_sd_configs", []) for n in sd.get("names", [])]
         r.check(f"{name}:{port}" in static or (name, port) in dns, f"prometheus job {name} should scrape {name}:{port}, has {static or dns}")
-    if "worker" in jobs:
-        r.check(bool(jobs["worker"].get("dns_sd_configs")), "prometheus should discover workers by DNS (every replica)")
+    for name in APP_SERVICES:
+        if name in jobs:
+            r.check(bool(jobs[name].get("dns_sd_configs")) and not jobs[name].get("static_configs"),
+                    f"prometheus should discover every {name} replica by DNS (dns_sd_configs), not a static target")
 
     # Grafana: the provisioned dashboards folder is the one mounted.
     provider = load_yaml(ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yml")
