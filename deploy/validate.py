@@ -2,10 +2,13 @@
 """Static checks of the deployment files, for scripts/check-deploy and
 scripts/smoke-stack (no Docker engine needed).
 
-    validate.py compose     docker-compose.yml against the compose-spec schema,
-                            plus what this stack relies on (health checks,
-                            depends_on conditions, volumes, ports, profiles)
-                            and that Prometheus scrapes the ports the services use
+    validate.py compose     docker-compose.yml, and every file its services
+                            extend (jaeger/compose.yml), against the compose-spec
+                            schema, plus what this stack relies on (health checks,
+                            depends_on conditions, volumes, ports, profiles) on
+                            the services as compose resolves them, and that
+                            Prometheus finds every replica on the ports the
+                            services use
     validate.py dashboard   the Grafana dashboard: datasources, targets, layout,
                             and every metric name it uses is a known one that the
                             Rust sources export; writes the expressions as a
@@ -240,24 +243,77 @@ def depends(service: dict) -> dict[str, str]:
 
 APP_SERVICES = {"api": "API_ADDR", "worker": "WORKER_METRICS_ADDR", "listener": "LISTENER_METRICS_ADDR"}
 
+#: Keys a service that `extends` another replaces rather than merges (the
+#: compose spec's merge rules); other sequences are concatenated and mappings
+#: merged key by key.
+REPLACED_ON_MERGE = {"command", "entrypoint", "test"}
+
+
+def load_compose(path: Path, schema: dict, r: Report) -> dict:
+    """A compose file, interpolated as `docker compose config` would with no
+    variables set, and checked against the compose-spec schema."""
+    import jsonschema
+
+    doc = interpolate(load_yaml(path), {})
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    for e in errors:
+        r.error(f"schema: {os.path.relpath(path.resolve(), ROOT)}: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}")
+    if not errors:
+        r.ok(f"{os.path.relpath(path.resolve(), ROOT)}: valid against the schema ({schema.get('title')})")
+    return doc
+
+
+def merge_service(base, local, key: str | None = None):
+    """`local` laid over `base`, as compose merges a service over the one it extends."""
+    if isinstance(base, dict) and isinstance(local, dict):
+        return {**base, **{k: merge_service(base[k], v, k) if k in base else v for k, v in local.items()}}
+    if isinstance(base, list) and isinstance(local, list) and key not in REPLACED_ON_MERGE:
+        return base + [v for v in local if v not in base]
+    return local
+
+
+def resolve_extends(services: dict, path: Path, schema: dict, r: Report, loaded: dict, seen: tuple = ()) -> dict:
+    """`services` (of the compose file at `path`) with each `extends` replaced
+    by the merged service, as compose resolves it. Every other file named is
+    loaded, and checked against the schema, once (`loaded` caches them)."""
+    out = {}
+    for name, svc in services.items():
+        ext = svc.get("extends")
+        if not ext:
+            out[name] = svc
+            continue
+        ext = {"service": ext} if isinstance(ext, str) else ext
+        src = (path.parent / ext["file"]).resolve() if ext.get("file") else path.resolve()
+        if not r.check((src, ext["service"]) not in seen, f"{name}: extends cycle through {src.name}"):
+            continue
+        if src == path.resolve():
+            pool = services
+        elif r.check(src.is_file(), f"{name} extends a service of {ext['file']}, which does not exist"):
+            if src not in loaded:
+                loaded[src] = load_compose(src, schema, r).get("services") or {}
+            pool = loaded[src]
+        else:
+            continue
+        if not r.check(ext["service"] in pool, f"{name} extends {ext['service']}, which {src.name} does not define"):
+            continue
+        base = resolve_extends({ext["service"]: pool[ext["service"]]}, src, schema, r, loaded,
+                               (*seen, (path.resolve(), name))).get(ext["service"], {})
+        # Relative bind mounts of the extended file are relative to that file.
+        rel = os.path.relpath(src.parent, path.resolve().parent)
+        if base.get("volumes") and rel != ".":
+            base = {**base, "volumes": [f"{rel}/{v}" if isinstance(v, str) and v.startswith(".") else v
+                                        for v in base["volumes"]]}
+        out[name] = merge_service(base, {k: v for k, v in svc.items() if k != "extends"})
+    return out
+
 
 def check_compose(args) -> int:
     r = Report("compose")
     compose_path = Path(args.file)
-    raw = load_yaml(compose_path)
-    doc = interpolate(raw, {})  # as `docker compose config` would with no variables set
-
-    import jsonschema
-
     schema = json.loads(Path(args.schema).read_text())
-    validator = jsonschema.Draft7Validator(schema)
-    schema_errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
-    for e in schema_errors:
-        r.error(f"schema: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}")
-    if not schema_errors:
-        r.ok(f"valid against {Path(args.schema).name} ({schema.get('title')})")
-
-    services = doc.get("services") or {}
+    doc = load_compose(compose_path, schema, r)
+    declared = doc.get("services") or {}
+    services = resolve_extends(declared, compose_path, schema, r, {})
     declared_volumes = set((doc.get("volumes") or {}).keys())
     for name in ("redis", "jaeger", "seed", *APP_SERVICES, "locust", "locust-worker", "prometheus", "grafana"):
         r.check(name in services, f"service {name} is missing")
@@ -319,6 +375,13 @@ def check_compose(args) -> int:
         r.check("--appendonly yes" in cmd, "redis should run with --appendonly yes")
         r.check("redis-cli" in " ".join((services["redis"].get("healthcheck") or {}).get("test") or []), "redis healthcheck should use redis-cli ping")
     if "jaeger" in services:
+        # Issues 6 and 7: jaeger/ holds the service definition compose uses.
+        ext = declared["jaeger"].get("extends")
+        r.check(isinstance(ext, dict) and ext.get("service") == "jaeger"
+                and Path(ext.get("file", "")).parts[:1] == ("jaeger",),
+                "jaeger should extend the service jaeger of a file in jaeger/ (jaeger/compose.yml)")
+        r.check(str(services["jaeger"].get("image", "")).startswith("jaegertracing/all-in-one:"),
+                f"jaeger should run jaegertracing/all-in-one, runs {services['jaeger'].get('image')!r}")
         ports = " ".join(map(str, services["jaeger"].get("ports") or []))
         for p in ("4317", "4318", "16686"):
             r.check(f":{p}" in ports, f"jaeger should publish {p}")

@@ -12,8 +12,8 @@
 # Environment:
 #   API_URL           default http://127.0.0.1:8000
 #   JAEGER_URL        default http://127.0.0.1:16686 (the UI's port also serves the query API)
-#   EXPECT_SERVICES   default "pricing-api"; once trace context crosses Redis,
-#                     "pricing-api pricing-listener pricing-worker"
+#   EXPECT_SERVICES   default "pricing-api pricing-listener pricing-worker"
+#                     (one trace crosses Redis to all three services)
 #   TIMEOUT_SECS      default 30
 #   ADMIN_TOKEN       sent as a bearer token when set
 #   PRODUCT_ID        default P-1
