@@ -28,10 +28,6 @@ Settings, from the environment:
   the number of seeded products.
 - ``ZIPF_EXPONENT`` (default 1.1): the skew; 0 is uniform.
 - ``ADMIN_TOKEN``: sent as ``Authorization: Bearer …`` on admin requests when set.
-- ``MARKET_EVENTS_ENDPOINT_ABSENT`` (default 0): set to 1 against a build that
-  has no publish endpoint yet. A ``404`` from it is then not a failure: it is
-  counted, publishing stops for that process, and a warning is printed at the
-  end. Unset, a ``404`` fails like any other wrong status.
 """
 
 from __future__ import annotations
@@ -40,9 +36,8 @@ import itertools
 import math
 import os
 import random
-import sys
 
-from locust import HttpUser, between, events, task
+from locust import HttpUser, between, task
 
 # --- settings ------------------------------------------------------------------------
 
@@ -55,14 +50,9 @@ def _env_int(name: str, default: int, low: int) -> int:
     return value
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 PRODUCT_COUNT = _env_int("PRODUCT_COUNT", 1000, 1)
 ZIPF_EXPONENT = float(os.environ.get("ZIPF_EXPONENT", "1.1") or "1.1")
 ADMIN_TOKEN = os.environ.get("ADMIN_TOKEN", "").strip()
-MARKET_EVENTS_ENDPOINT_ABSENT = _env_flag("MARKET_EVENTS_ENDPOINT_ABSENT")
 
 # Route templates, exactly as the api labels them in /metrics.
 PRICE = "/api/v1/price"
@@ -242,9 +232,6 @@ class MarketFeed(HttpUser):
 
     weight = 1
     wait_time = between(0.5, 2.0)
-    #: Set in this process once the endpoint answered 404 under MARKET_EVENTS_ENDPOINT_ABSENT.
-    endpoint_absent = False
-    skipped = 0
 
     @task(3)
     def competitor_price_changed(self) -> None:
@@ -262,15 +249,7 @@ class MarketFeed(HttpUser):
         self._publish({"kind": "demand_changed", "product_ids": ids, "data": {"demand": demand}})
 
     def _publish(self, event: dict) -> None:
-        if MarketFeed.endpoint_absent:
-            MarketFeed.skipped += 1
-            return
         with self.client.post(PUBLISH, json=event, name=PUBLISH, catch_response=True) as response:
-            if response.status_code == 404 and MARKET_EVENTS_ENDPOINT_ABSENT:
-                MarketFeed.endpoint_absent = True
-                MarketFeed.skipped += 1
-                response.success()
-                return
             if not _expect_status(response, 202):
                 return
             if response.content:
@@ -340,19 +319,3 @@ class Admin(HttpUser):
                 response.failure(f"unexpected task status {str(body)[:300]}")
             else:
                 response.success()
-
-
-@events.test_stop.add_listener
-def _report_skipped(environment, **_kwargs) -> None:
-    if MarketFeed.skipped:
-        print(
-            f"WARN: {PUBLISH} answered 404; {MarketFeed.skipped} market event(s) were skipped "
-            "because MARKET_EVENTS_ENDPOINT_ABSENT is set. Unset it once the endpoint exists.",
-            file=sys.stderr,
-        )
-    elif MARKET_EVENTS_ENDPOINT_ABSENT and environment.stats.get(PUBLISH, "POST").num_requests:
-        print(
-            f"NOTE: MARKET_EVENTS_ENDPOINT_ABSENT is set but {PUBLISH} answered; unset it to make 404s fail.",
-            file=sys.stderr,
-        )
-
