@@ -234,6 +234,15 @@ def port_of(addr: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def seconds(duration) -> float | None:
+    """A compose duration ("40s", "1m30s", "1h") in seconds, or None."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", str(duration))
+    if not parts or "".join(n + u for n, u in parts) != str(duration):
+        return None
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
 def depends(service: dict) -> dict[str, str]:
     d = service.get("depends_on") or {}
     if isinstance(d, list):
@@ -365,6 +374,11 @@ def check_compose(args) -> int:
         r.check(deps.get("seed") == "service_completed_successfully", f"{name}: should wait for the seed to complete")
     if "worker" in services:
         r.check(not services["worker"].get("ports"), "worker must publish no host port (so --scale worker=N works)")
+        grace = seconds(services["worker"].get("stop_grace_period", "10s"))
+        drain = env_map(services["worker"]).get("WORKER_SHUTDOWN_TIMEOUT_SECS", "30")
+        r.check(grace is not None and drain.isdigit() and grace > int(drain),
+                f"worker: stop_grace_period ({services['worker'].get('stop_grace_period', '10s')}) must be longer "
+                f"than WORKER_SHUTDOWN_TIMEOUT_SECS ({drain}), or Docker kills a draining worker")
         r.check("container_name" not in services["worker"], "worker must have no container_name (so --scale works)")
     if "seed" in services:
         cmd = services["seed"].get("command") or []
