@@ -186,7 +186,7 @@ impl FromRequestParts<crate::state::AppState> for Admin {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .ok_or(ApiError::Unauthorized)?;
         if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
             Ok(Admin)
@@ -194,6 +194,13 @@ impl FromRequestParts<crate::state::AppState> for Admin {
             Err(ApiError::Forbidden)
         }
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme
+/// is case-insensitive (RFC 9110, section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares without leaking, through timing, how much of a guess was right.

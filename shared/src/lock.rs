@@ -2,13 +2,18 @@
 //!
 //! - **Acquire** is one script: `SET key token NX PX ttl` with a random
 //!   token and, only when that succeeds, `INCR` of the lock's fence counter.
-//!   The fence is strictly greater than that of every earlier holder.
+//!   The fence is strictly greater than that of every earlier holder. The
+//!   same script records when, and for which owner (a job id), the lock was
+//!   taken, which [`DistributedLock::holder`] reports.
 //! - **Hold**: a watchdog task extends the lock at about a third of its TTL
 //!   with a compare-and-expire script, so a long job keeps its lock; if an
 //!   extension finds the lock gone (or someone else's), the guard is marked
 //!   lost and the holder can stop.
 //! - **Release** is compare-and-delete: only the holder's token deletes it,
 //!   so a holder whose lock expired cannot release the next holder's lock.
+//!   A guard dropped without a release (a cancelled or timed-out job)
+//!   releases in the background; only a dead process leaves the lock to
+//!   expire.
 //! - **Fenced writes**: [`FencedWriter`] writes keys only if the writer's
 //!   fence is not older than the newest fence that has written through it, so
 //!   a worker that lost its lock (paused, partitioned) cannot overwrite what a
@@ -29,14 +34,16 @@ use crate::redis_pool::RedisPool;
 use crate::telemetry::redis_span;
 use tracing::Instrument as _;
 
-/// KEYS: lock, fence, since. ARGV: token, ttl_ms. Returns the new fence, or
-/// nil when held. Records the acquisition time (Redis clock, ms) in `since`.
+/// KEYS: lock, fence, since, owner. ARGV: token, ttl_ms, owner. Returns the
+/// new fence, or nil when held. Records the acquisition time (Redis clock,
+/// ms) in `since` and who acquired it in `owner`.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local t = redis.call('TIME')
   redis.call('SET', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('SET', KEYS[4], ARGV[3])
   return redis.call('INCR', KEYS[2])
 end
 return false
@@ -44,13 +51,13 @@ return false
     )
 });
 
-/// KEYS: lock, since. Returns when the current holder acquired the lock
-/// (ms, Redis clock), or nil when it is free.
-static HELD_SINCE: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: lock, since, owner. Returns `{since_ms, owner}` of the current
+/// holder (Redis clock), or nil when the lock is free.
+static HOLDER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
+  return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('GET', KEYS[3]) or ''}
 end
 return false
 "#,
@@ -88,7 +95,17 @@ pub struct DistributedLock {
     key: String,
     fence_key: String,
     since_key: String,
+    owner_key: String,
     ttl: Duration,
+}
+
+/// Who holds a lock, as [`DistributedLock::holder`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// When the holder acquired the lock (ms since the epoch, Redis clock).
+    pub since_ms: i64,
+    /// The owner the holder named when it acquired the lock (empty if none).
+    pub owner: String,
 }
 
 /// Proof of holding a lock; extended by a watchdog until released or dropped.
@@ -102,13 +119,14 @@ pub struct LockGuard {
 
 impl DistributedLock {
     /// The lock `key` (its fence counter is `key:fence`, the time of the
-    /// latest acquisition `key:since`), expiring `ttl` after its holder's
-    /// last extension.
+    /// latest acquisition `key:since`, its owner `key:owner`), expiring `ttl`
+    /// after its holder's last extension.
     pub fn new(pool: RedisPool, key: impl Into<String>, ttl: Duration) -> Self {
         let key = key.into();
         Self {
             fence_key: format!("{key}:fence"),
             since_key: format!("{key}:since"),
+            owner_key: format!("{key}:owner"),
             pool,
             key,
             ttl: ttl.max(Duration::from_millis(30)),
@@ -122,6 +140,13 @@ impl DistributedLock {
 
     /// Takes the lock if it is free; `None` when someone holds it. Never waits.
     pub async fn try_acquire(&self) -> redis::RedisResult<Option<LockGuard>> {
+        self.try_acquire_for("").await
+    }
+
+    /// [`Self::try_acquire`], naming the owner (a job id, say) that
+    /// [`Self::holder`] reports while the lock is held: a job whose earlier
+    /// attempt died holding the lock can tell that attempt from another job.
+    pub async fn try_acquire_for(&self, owner: &str) -> redis::RedisResult<Option<LockGuard>> {
         let token = ulid::Ulid::new().to_string();
         let (mut conn, tracker) = self.pool.get();
         let fence: Option<u64> = tracker.track(
@@ -129,8 +154,10 @@ impl DistributedLock {
                 .key(&self.key)
                 .key(&self.fence_key)
                 .key(&self.since_key)
+                .key(&self.owner_key)
                 .arg(&token)
                 .arg(self.ttl.as_millis() as u64)
+                .arg(owner)
                 .invoke_async(&mut conn)
                 .instrument(redis_span("EVALSHA lock acquire"))
                 .await,
@@ -149,18 +176,21 @@ impl DistributedLock {
         }))
     }
 
-    /// When the current holder took the lock (ms since the epoch, Redis
-    /// clock), or `None` when nobody holds it. Lets a caller that found the
-    /// lock held tell a holder that started before it from one that started after.
-    pub async fn held_since(&self) -> redis::RedisResult<Option<i64>> {
+    /// The current holder: when it took the lock and the owner it named, or
+    /// `None` when nobody holds it. Lets a caller that found the lock held
+    /// tell a holder that started before it from one that started after, and
+    /// an earlier attempt of its own from someone else.
+    pub async fn holder(&self) -> redis::RedisResult<Option<Holder>> {
         let (mut conn, tracker) = self.pool.get();
-        tracker.track(
-            HELD_SINCE
+        let held: Option<(i64, String)> = tracker.track(
+            HOLDER
                 .key(&self.key)
                 .key(&self.since_key)
+                .key(&self.owner_key)
                 .invoke_async(&mut conn)
                 .await,
-        )
+        )?;
+        Ok(held.map(|(since_ms, owner)| Holder { since_ms, owner }))
     }
 
     async fn extend(&self, token: &str) -> redis::RedisResult<bool> {
@@ -233,16 +263,38 @@ impl LockGuard {
     }
 
     /// Stops the watchdog and releases the lock. `false` if it was no longer ours.
-    pub async fn release(self) -> redis::RedisResult<bool> {
+    pub async fn release(mut self) -> redis::RedisResult<bool> {
         self.watchdog.abort();
-        self.lock.release_token(&self.token).await
+        let token = std::mem::take(&mut self.token);
+        self.lock.release_token(&token).await
+    }
+
+    /// Stops extending the lock without releasing it, so it expires after
+    /// its TTL, as when the holder's process dies.
+    pub fn abandon(mut self) {
+        self.watchdog.abort();
+        self.token.clear();
     }
 }
 
 impl Drop for LockGuard {
+    /// A guard dropped without [`LockGuard::release`] (its job cancelled,
+    /// timed out or panicking) stops the watchdog and releases the lock in
+    /// the background, so the next holder need not wait for the TTL. Outside
+    /// a runtime the lock expires after its TTL.
     fn drop(&mut self) {
-        // Without an explicit release the lock simply expires after its TTL.
         self.watchdog.abort();
+        if self.token.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (lock, token) = (self.lock.clone(), std::mem::take(&mut self.token));
+            rt.spawn(async move {
+                if let Err(e) = lock.release_token(&token).await {
+                    tracing::warn!(lock = %lock.key, error = %e, "releasing a dropped lock failed; it will expire");
+                }
+            });
+        }
     }
 }
 

@@ -177,6 +177,8 @@ pub struct QueuedJob {
     pub enqueued_at: i64,
     /// When this attempt was leased (ms, Redis clock; 0 when unknown).
     pub started_at: i64,
+    /// This attempt's lease token.
+    pub token: String,
     /// Trace context of the span that pushed it.
     pub traceparent: Option<String>,
     /// Trace state that goes with `traceparent`.
@@ -262,7 +264,8 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
     let max_attempts = job.record.max_attempts;
     let mut meta = MetadataStore::new();
     // A plain string always inserts.
-    let _ = meta.insert(TOKEN_KEY, job.token().to_string());
+    let token = job.token().to_string();
+    let _ = meta.insert(TOKEN_KEY, token.clone());
     TaskBuilder::new(QueuedJob {
         id: job.id.clone(),
         name: job.record.name.clone(),
@@ -271,6 +274,7 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
         max_attempts,
         enqueued_at: job.record.enqueued_at.unwrap_or(0),
         started_at: job.record.started_at.unwrap_or(0),
+        token,
         traceparent: job.record.traceparent.clone(),
         tracestate: job.record.tracestate.clone(),
     })

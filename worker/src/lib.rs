@@ -250,6 +250,7 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         max_attempts: job.max_attempts,
         enqueued_at: job.enqueued_at,
         worker_id: shared.worker_id.clone(),
+        token: job.token.clone(),
         queue: shared.queue.clone(),
     };
     let span = tracing::debug_span!(

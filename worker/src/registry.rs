@@ -26,6 +26,9 @@ pub struct JobContext {
     pub enqueued_at: i64,
     /// The worker running it.
     pub worker_id: String,
+    /// This attempt's lease token: progress reports carry it, so an attempt
+    /// that lost its lease cannot overwrite a newer attempt's status.
+    pub token: String,
     /// The queue, for handlers that push follow-up jobs or report progress.
     pub queue: Queue,
 }

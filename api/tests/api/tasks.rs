@@ -244,6 +244,23 @@ async fn admin_endpoints_need_the_bearer_token_when_one_is_set() {
         .await
         .unwrap();
     assert_eq!(right.status(), 202);
+    // The scheme is case-insensitive; another scheme is no bearer token.
+    let lower = app
+        .client
+        .post(&url)
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 202);
+    let basic = app
+        .client
+        .post(&url)
+        .header("authorization", format!("Basic {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 401);
 
     // Cancel and re-enqueue are guarded too; reads are not.
     let id: String = right.json::<serde_json::Value>().await.unwrap()["task_id"]

@@ -1025,22 +1025,27 @@ impl Queue {
         Ok(out.into_iter().map(|v| v == 1).collect())
     }
 
-    /// Shows progress in a running job's status (its `result` until it finishes).
+    /// Shows progress in a running job's status (its `result` until it
+    /// finishes), if the attempt with lease `token` still runs it. `false`
+    /// when it does not: the lease was lost, or the job has finished.
     pub async fn report_progress(
         &self,
         id: &str,
+        token: &str,
         progress: &serde_json::Value,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         let (mut conn, tracker) = self.pool.get();
-        tracker.track(
-            redis::cmd("HSET")
-                .arg(&self.keys.results)
+        let ok: i64 = tracker.track(
+            scripts::PROGRESS
+                .key(&self.keys.live)
+                .key(&self.keys.results)
                 .arg(id)
+                .arg(token)
                 .arg(progress.to_string())
-                .query_async::<()>(&mut conn)
+                .invoke_async(&mut conn)
                 .await,
         )?;
-        Ok(())
+        Ok(ok == 1)
     }
 
     /// Schedules another attempt after `delay`.

@@ -172,6 +172,20 @@ return out
     )
 });
 
+/// KEYS: live, results. ARGV: id, token, progress (JSON).
+/// Shows a running attempt's progress as the job's result. Returns 1, or 0
+/// when that attempt no longer holds the job (lease lost, or finished).
+pub(crate) static PROGRESS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local r = load(KEYS[1], ARGV[1])
+if not r or r.state ~= 'running' or r.token ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// KEYS: active, delayed, live, stats, errors, unique, uniq_of.
 /// ARGV: id, token, error, delay_ms.
 /// Schedules a retry; the job holds its unique key again while it waits.

@@ -77,7 +77,7 @@ async fn a_crashed_holders_lock_expires() {
     let first = lock.try_acquire().await.unwrap().unwrap();
     assert!(lock.try_acquire().await.unwrap().is_none());
 
-    drop(first); // the holder dies: no release, no more extensions
+    first.abandon(); // the holder dies: no release, no more extensions
 
     let second = acquire_eventually(&lock).await;
     assert!(second.fence() > 1);
@@ -98,6 +98,36 @@ async fn the_watchdog_keeps_a_long_holders_lock() {
     assert!(!guard.is_lost());
     assert!(guard.release().await.unwrap());
     assert!(lock.try_acquire().await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_dropped_guard_releases_its_lock_without_waiting_for_the_ttl() {
+    let redis = RedisServer::start().await;
+    let lock = DistributedLock::new(pool(&redis), "lk:dropped", Duration::from_secs(3600));
+    let guard = lock.try_acquire().await.unwrap().unwrap();
+
+    drop(guard); // a cancelled job: no explicit release
+
+    // Taken again long before the hour-long TTL could run out.
+    let again = acquire_eventually(&lock).await;
+    assert!(again.release().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_holder_reports_its_owner_and_when_it_took_the_lock() {
+    let redis = RedisServer::start().await;
+    let lock = DistributedLock::new(pool(&redis), "lk:holder", Duration::from_secs(5));
+    assert_eq!(lock.holder().await.unwrap(), None);
+    let mut conn = redis.connection().await;
+    let before: (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+
+    let guard = lock.try_acquire_for("job-42").await.unwrap().unwrap();
+
+    let holder = lock.holder().await.unwrap().unwrap();
+    assert_eq!(holder.owner, "job-42");
+    assert!(holder.since_ms >= before.0 * 1000, "{holder:?}");
+    assert!(guard.release().await.unwrap());
+    assert_eq!(lock.holder().await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -122,7 +152,7 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     let stale = lock.try_acquire().await.unwrap().unwrap();
     let stale_fence = stale.fence();
     let stale_token = stale.token().to_string();
-    drop(stale); // paused past its TTL
+    stale.abandon(); // paused past its TTL
 
     let fresh = acquire_eventually(&lock).await;
     assert!(fresh.fence() > stale_fence);

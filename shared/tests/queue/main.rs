@@ -59,6 +59,53 @@ async fn a_job_is_fetched_once_and_its_result_recorded() {
 }
 
 #[tokio::test]
+async fn only_the_attempt_holding_the_lease_reports_progress() {
+    let redis = RedisServer::start().await;
+    let q = queue_with(&redis, QueueSettings::default()).await;
+    let pushed = q.push(noop()).await.unwrap();
+    let leased = q.fetch("w1", 1).await.unwrap().remove(0);
+
+    let half = json!({"processed": 1, "total": 2});
+    assert!(
+        q.report_progress(&pushed.id, leased.token(), &half)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        q.status(&pushed.id).await.unwrap().unwrap().result,
+        Some(half.clone())
+    );
+
+    // A stale attempt (another token), and any attempt once the job is done,
+    // change nothing.
+    let stale = json!({"processed": 0, "total": 2});
+    assert!(
+        !q.report_progress(&pushed.id, "not-the-lease", &stale)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        q.status(&pushed.id).await.unwrap().unwrap().result,
+        Some(half)
+    );
+    let done = json!({"ok": true});
+    assert!(
+        q.complete(&leased, JobState::Succeeded, &done)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !q.report_progress(&pushed.id, leased.token(), &stale)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        q.status(&pushed.id).await.unwrap().unwrap().result,
+        Some(done)
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_id_is_not_found_never_pending() {
     let redis = RedisServer::start().await;
     let q = queue_with(&redis, QueueSettings::default()).await;

@@ -6,16 +6,35 @@
 //! Products the feed does not mention keep the competitor prices stored
 //! from market events.
 //!
+//! A page of the catalog is asked in several requests, [`FEED_CONCURRENCY`]
+//! at a time, each with as many ids as fit in [`FEED_IDS_BYTES`] (at most
+//! [`FEED_BATCH`]), which keeps URLs below the 8 KiB that proxies and
+//! servers commonly accept. Fields the feed adds beyond these are
+//! ignored, so the feed can grow without breaking recalculations.
+//!
 //! Each request carries the `traceparent` (and `tracestate`) of the job's
 //! span. Failure classes, as the job's retry policy needs them: a timeout, a
-//! refused connection or a 5xx is [`JobError::Retryable`]; a 4xx or a body
-//! that is not the shape above is [`JobError::Permanent`].
+//! refused connection, a 5xx, a 408 or a 429 is [`JobError::Retryable`];
+//! any other 4xx, or a body that is not the shape above, is
+//! [`JobError::Permanent`].
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::{StreamExt as _, TryStreamExt as _};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use shared::queue::JobError;
+
+/// Most product ids in one feed request.
+pub const FEED_BATCH: usize = 1_000;
+
+/// Most bytes of ids (with their commas) in one request's query string, so
+/// the whole URL stays under the 8 KiB limit common to proxies and servers.
+pub const FEED_IDS_BYTES: usize = 6_000;
+
+/// Feed requests in flight at once for one page of the catalog.
+pub const FEED_CONCURRENCY: usize = 4;
 
 /// How the worker reaches the feed.
 #[derive(Debug, Clone)]
@@ -30,7 +49,6 @@ pub struct FeedSettings {
 
 /// One competitor price from the feed.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FedPrice {
     /// The product.
     pub product_id: String,
@@ -41,7 +59,6 @@ pub struct FedPrice {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FeedBody {
     prices: Vec<FedPrice>,
 }
@@ -65,8 +82,30 @@ impl Feed {
         })
     }
 
-    /// The lowest fed competitor price per product among `ids`.
+    /// The lowest fed competitor price per product among `ids`, asked
+    /// [`FEED_BATCH`] ids to a request, [`FEED_CONCURRENCY`] at a time. The
+    /// first failure fails the whole call.
     pub async fn lowest_prices(&self, ids: &[&str]) -> Result<HashMap<String, f64>, JobError> {
+        // Collected first: a lazy `map` here makes the job's future lose `Send`.
+        let requests: Vec<_> = batches(ids).map(|batch| self.fetch(batch)).collect();
+        let batches: Vec<HashMap<String, f64>> = futures::stream::iter(requests)
+            .buffer_unordered(FEED_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut lowest = HashMap::with_capacity(ids.len());
+        for batch in batches {
+            for (id, price) in batch {
+                lowest
+                    .entry(id)
+                    .and_modify(|v: &mut f64| *v = v.min(price))
+                    .or_insert(price);
+            }
+        }
+        Ok(lowest)
+    }
+
+    /// One request: the lowest fed price per product among `ids`.
+    async fn fetch(&self, ids: &[&str]) -> Result<HashMap<String, f64>, JobError> {
         // Product ids are [A-Za-z0-9_.:-] only, so they need no escaping.
         let url = format!("{}/competitor-prices?ids={}", self.base, ids.join(","));
         let mut request = self.client.get(&url);
@@ -83,7 +122,10 @@ impl Feed {
             .await
             .map_err(|e| JobError::Retryable(format!("market-data feed unreachable: {e}")))?;
         let status = response.status();
-        if status.is_server_error() {
+        if status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
             return Err(JobError::Retryable(format!(
                 "market-data feed answered {status}"
             )));
@@ -114,5 +156,60 @@ impl Feed {
                 .or_insert(p.price);
         }
         Ok(lowest)
+    }
+}
+
+/// Splits `ids` into runs of at most [`FEED_BATCH`] ids and
+/// [`FEED_IDS_BYTES`] bytes of query string each (a single longer id still
+/// goes alone).
+fn batches<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a {
+    let mut rest = ids;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        while n < rest.len() && n < FEED_BATCH {
+            let add = rest[n].len() + usize::from(n > 0);
+            if n > 0 && bytes + add > FEED_IDS_BYTES {
+                break;
+            }
+            bytes += add;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_id_once_within_both_limits() {
+        let owned: Vec<String> = (0..5_000).map(|i| format!("PRODUCT-{i:06}")).collect();
+        let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let got: Vec<&[&str]> = batches(&ids).collect();
+        assert!(got.len() > 1);
+        for b in &got {
+            assert!(b.len() <= FEED_BATCH);
+            assert!(b.join(",").len() <= FEED_IDS_BYTES, "{}", b.join(",").len());
+        }
+        let flat: Vec<&str> = got.concat();
+        assert_eq!(flat, ids);
+    }
+
+    #[test]
+    fn short_ids_fill_a_batch_and_an_oversized_id_goes_alone() {
+        let ids = vec!["P-1"; 2_500];
+        let sizes: Vec<usize> = batches(&ids).map(<[&str]>::len).collect();
+        assert_eq!(sizes, vec![1_000, 1_000, 500]);
+        let long = "x".repeat(FEED_IDS_BYTES + 1);
+        let ids = vec!["P-1", long.as_str(), "P-2"];
+        let got: Vec<&[&str]> = batches(&ids).collect();
+        assert_eq!(got, vec![&["P-1"][..], &[long.as_str()][..], &["P-2"][..]]);
+        assert_eq!(batches(&[]).count(), 0);
     }
 }

@@ -21,6 +21,11 @@
 //! - reports `{"processed", "total"}` in its status while it runs, and
 //!   finishes with `{"status": "succeeded", "updated_count", "duration_ms"}`.
 //!
+//! The targeted recalculation prices the named products the same way and
+//! writes them at once; when a full recalculation that started before it was
+//! queued still runs (and may overwrite them with prices from older
+//! signals), it runs again after that one.
+//!
 //! With `MARKET_DATA_URL` set, competitor prices come from the market-data
 //! feed ([`crate::jobs::feed`]); otherwise from those stored from market
 //! events. Store, Redis and transient feed failures are retryable (the job's
@@ -94,9 +99,9 @@ pub fn register(registry: &mut Registry, deps: Arc<RecalcDeps>) {
         let deps = all.clone();
         async move { recalculate_all(&deps, &ctx).await }
     });
-    registry.register(move |job: RecalculatePrices, _ctx: JobContext| {
+    registry.register(move |job: RecalculatePrices, ctx: JobContext| {
         let deps = deps.clone();
-        async move { recalculate_some(&deps, job.product_ids).await }
+        async move { recalculate_some(&deps, &ctx, job.product_ids).await }
     });
 }
 
@@ -114,18 +119,23 @@ fn entries(cache: &PriceCache, priced: &[(Product, MarketSignals)]) -> Vec<(Stri
 }
 
 async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutcome, JobError> {
-    let Some(guard) = deps.lock.try_acquire().await.map_err(JobError::retryable)? else {
-        let since = deps.lock.held_since().await.map_err(JobError::retryable)?;
-        return Ok(match since {
-            Some(since) if since >= ctx.enqueued_at => {
+    let acquired = deps
+        .lock
+        .try_acquire_for(&ctx.id)
+        .await
+        .map_err(JobError::retryable)?;
+    let Some(guard) = acquired else {
+        let holder = deps.lock.holder().await.map_err(JobError::retryable)?;
+        return Ok(match holder {
+            // An earlier attempt of this very job (its worker died, or the
+            // attempt timed out): its lock expires soon, then this one runs.
+            Some(h) if h.owner == ctx.id => wait_for_lock(),
+            Some(h) if h.since_ms >= ctx.enqueued_at => {
                 JobOutcome::skipped(json!({"status": "skipped", "reason": "locked"}))
             }
             // Held by a run that started before this trigger (or released
             // just now): run after it.
-            _ => JobOutcome::deferred(
-                DEFER_DELAY,
-                json!({"status": "waiting", "reason": "another recalculation is running"}),
-            ),
+            _ => wait_for_lock(),
         });
     };
     let outcome = scan_and_cache(deps, ctx, &guard).await;
@@ -135,6 +145,14 @@ async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutco
         tracing::warn!(error = %e, "releasing the recalculation lock failed; it will expire");
     }
     outcome
+}
+
+/// Runs the job again after [`DEFER_DELAY`], without spending an attempt.
+fn wait_for_lock() -> JobOutcome {
+    JobOutcome::deferred(
+        DEFER_DELAY,
+        json!({"status": "waiting", "reason": "another recalculation is running"}),
+    )
 }
 
 /// Aborts a spawned task when dropped, so an early return stops it.
@@ -253,8 +271,16 @@ async fn scan_and_cache(
                 }
                 processed += n;
                 let progress = json!({"processed": processed, "total": total});
-                if let Err(e) = ctx.queue.report_progress(&ctx.id, &progress).await {
-                    tracing::warn!(error = %e, "cannot report progress");
+                match ctx
+                    .queue
+                    .report_progress(&ctx.id, &ctx.token, &progress)
+                    .await
+                {
+                    Ok(true) => {}
+                    // Another attempt owns the job now; this one's writes are
+                    // fenced, but there is no point going on.
+                    Ok(false) => return Err(JobError::retryable("lost the job's lease")),
+                    Err(e) => tracing::warn!(error = %e, "cannot report progress"),
                 }
                 continue;
             }
@@ -279,15 +305,26 @@ async fn scan_and_cache(
     })))
 }
 
-async fn recalculate_some(deps: &RecalcDeps, ids: Vec<String>) -> Result<JobOutcome, JobError> {
+/// Prices the named products and writes them at once, through the feed
+/// when one is set, like the full recalculation. If a full recalculation
+/// that started before this job was queued is still running, it may have
+/// read the products' older signals and may still overwrite these prices,
+/// so the job runs again once that recalculation has finished (deferred,
+/// no attempt spent).
+async fn recalculate_some(
+    deps: &RecalcDeps,
+    ctx: &JobContext,
+    ids: Vec<String>,
+) -> Result<JobOutcome, JobError> {
     let started = Instant::now();
     let mut updated = 0;
     for chunk in ids.chunks(PAGE) {
-        let priced = deps
+        let mut priced = deps
             .store
             .priced_by_ids(chunk)
             .await
             .map_err(JobError::retryable)?;
+        apply_feed(deps.feed.as_ref(), &mut priced).await?;
         let now = Utc::now();
         let fresh: Vec<CachedPrice> = priced
             .iter()
@@ -298,6 +335,17 @@ async fn recalculate_some(deps: &RecalcDeps, ids: Vec<String>) -> Result<JobOutc
             .await
             .map_err(JobError::retryable)?;
         updated += fresh.len();
+    }
+    let holder = deps.lock.holder().await.map_err(JobError::retryable)?;
+    if holder.is_some_and(|h| h.since_ms < ctx.enqueued_at) {
+        return Ok(JobOutcome::deferred(
+            DEFER_DELAY,
+            json!({
+                "status": "waiting",
+                "reason": "a full recalculation that may overwrite these prices is running",
+                "updated_count": updated,
+            }),
+        ));
     }
     Ok(JobOutcome::succeeded(json!({
         "status": "succeeded",

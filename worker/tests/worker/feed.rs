@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use shared::domain::MarketSignals;
-use shared::jobs::RecalculateAllPrices;
+use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
 use shared::pricing::compute_price_cents;
 use shared::queue::{Backoff, JobState, NewJob, QueueSettings, RetryPolicy};
 use shared::store::CatalogStore;
@@ -22,12 +22,26 @@ const FED_PRICE: f64 = 1.0;
 const PUSHER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PUSHER_SPAN: &str = "b7ad6b7169203331";
 
+/// How the stub fails its first requests.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// Answers this status.
+    Status(StatusCode),
+    /// Answers 200 with a body that is not the feed's shape.
+    Malformed,
+    /// Answers only after the worker's total timeout.
+    Slow,
+}
+
+/// The worker's total feed timeout in these tests; [`Failure::Slow`] waits longer.
+const FEED_TIMEOUT: Duration = Duration::from_millis(300);
+
 #[derive(Clone)]
 struct Stub {
     hits: Arc<AtomicUsize>,
     traceparents: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     fail_first: usize,
-    failure: StatusCode,
+    failure: Failure,
 }
 
 async fn competitor_prices(
@@ -43,7 +57,13 @@ async fn competitor_prices(
     );
     let n = stub.hits.fetch_add(1, Ordering::SeqCst);
     if n < stub.fail_first {
-        return (stub.failure, "unavailable").into_response();
+        match stub.failure {
+            Failure::Status(status) => return (status, "unavailable").into_response(),
+            Failure::Malformed => {
+                return axum::Json(serde_json::json!({"prices": "soon"})).into_response();
+            }
+            Failure::Slow => tokio::time::sleep(FEED_TIMEOUT * 10).await,
+        }
     }
     let prices: Vec<serde_json::Value> = q["ids"]
         .split(',')
@@ -52,7 +72,7 @@ async fn competitor_prices(
     axum::Json(serde_json::json!({ "prices": prices })).into_response()
 }
 
-async fn start_stub(fail_first: usize, failure: StatusCode) -> (String, Stub) {
+async fn start_stub(fail_first: usize, failure: Failure) -> (String, Stub) {
     let stub = Stub {
         hits: Arc::new(AtomicUsize::new(0)),
         traceparents: Arc::default(),
@@ -68,6 +88,37 @@ async fn start_stub(fail_first: usize, failure: StatusCode) -> (String, Stub) {
     (url, stub)
 }
 
+fn all() -> NewJob {
+    NewJob::of(&RecalculateAllPrices {}).unwrap()
+}
+
+async fn cached_price(redis: &RedisServer, id: &str) -> Option<i64> {
+    let mut conn = redis.connection().await;
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(format!("{NS}:price:{id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    raw.map(|raw| {
+        shared::cache::CachedPrice::decode(id, raw.as_bytes())
+            .unwrap()
+            .price_cents
+    })
+}
+
+/// The cached price of `id` is the one its stored signals give with the
+/// feed's competitor price in place of the stored one.
+async fn assert_fed(redis: &RedisServer, store: &dyn CatalogStore, id: &str) {
+    let product = store.product(id).await.unwrap().unwrap();
+    let mut signals = store.market_signals(id).await.unwrap();
+    assert_ne!(signals, MarketSignals::default());
+    let stored = compute_price_cents(&product, &signals);
+    signals.lowest_competitor_price = Some(FED_PRICE);
+    let fed = compute_price_cents(&product, &signals);
+    assert_ne!(stored, fed, "{id}: the feed's price must make a difference");
+    assert_eq!(cached_price(redis, id).await, Some(fed), "{id}");
+}
+
 fn quick_retries(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
         max_attempts,
@@ -80,9 +131,17 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
     }
 }
 
+/// Where the worker finds the feed.
+enum FeedAt {
+    /// The stub, failing its first requests as told.
+    Stub(usize, Failure),
+    /// A loopback port nothing listens on.
+    Closed,
+}
+
 async fn run_recalc(
-    fail_first: usize,
-    failure: StatusCode,
+    feed: FeedAt,
+    job: NewJob,
     max_attempts: u32,
 ) -> (
     RedisServer,
@@ -95,34 +154,45 @@ async fn run_recalc(
     let redis = RedisServer::start().await;
     let (store, dir, url) = temp_store().await;
     shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
-    let (feed_url, stub) = start_stub(fail_first, failure).await;
+    let (feed_url, stub) = match feed {
+        FeedAt::Stub(fail_first, failure) => {
+            let (url, stub) = start_stub(fail_first, failure).await;
+            (url, Some(stub))
+        }
+        FeedAt::Closed => (
+            format!("http://127.0.0.1:{}", shared::testing::free_port()),
+            None,
+        ),
+    };
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     s.feed = Some(FeedSettings {
         url: feed_url,
         connect_timeout: Duration::from_secs(3),
-        timeout: Duration::from_secs(5),
+        timeout: FEED_TIMEOUT,
     });
     let registry = worker::full_registry(&s).await.unwrap();
     let w = start(s, registry).await;
     let q = queue(&redis, QueueSettings::default());
-    let mut job = NewJob::of(&RecalculateAllPrices {})
-        .unwrap()
-        .retry(quick_retries(max_attempts));
+    let mut job = job.retry(quick_retries(max_attempts));
     // As if pushed from inside a traced request.
     job.traceparent = Some(format!("00-{PUSHER_TRACE}-{PUSHER_SPAN}-01"));
     let id = q.push(job).await.unwrap().id;
     let rec = wait_for(&q, &id, &[JobState::Succeeded, JobState::Failed], LONG).await;
     w.stop().await;
-    let n = stub.hits.load(Ordering::SeqCst);
-    let traceparents = stub.traceparents.lock().unwrap().clone();
+    let n = stub.as_ref().map_or(0, |s| s.hits.load(Ordering::SeqCst));
+    let traceparents = stub.map_or_else(Vec::new, |s| s.traceparents.lock().unwrap().clone());
     (redis, store, rec, n, dir, traceparents)
 }
 
 #[tokio::test]
 async fn transient_feed_failures_are_retried_and_the_fed_prices_are_used() {
-    let (redis, store, rec, hits, _dir, traceparents) =
-        run_recalc(2, StatusCode::SERVICE_UNAVAILABLE, 4).await;
+    let (redis, store, rec, hits, _dir, traceparents) = run_recalc(
+        FeedAt::Stub(2, Failure::Status(StatusCode::SERVICE_UNAVAILABLE)),
+        all(),
+        4,
+    )
+    .await;
 
     assert_eq!(rec.state, JobState::Succeeded);
     assert_eq!((rec.attempts, hits), (3, 3), "two failures, then success");
@@ -141,24 +211,17 @@ async fn transient_feed_failures_are_retried_and_the_fed_prices_are_used() {
         assert_eq!(parts[2].len(), 16);
         assert_ne!(parts[2], PUSHER_SPAN, "the job's span, not the pusher's");
     }
-    let product = store.product("P-1").await.unwrap().unwrap();
-    let mut signals = store.market_signals("P-1").await.unwrap();
-    signals.lowest_competitor_price = Some(FED_PRICE);
-    let mut conn = redis.connection().await;
-    let raw: String = redis::cmd("GET")
-        .arg(format!("{NS}:price:P-1"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let entry = shared::cache::CachedPrice::decode("P-1", raw.as_bytes()).unwrap();
-    assert_eq!(entry.price_cents, compute_price_cents(&product, &signals));
-    assert_ne!(signals, MarketSignals::default());
+    assert_fed(&redis, store.as_ref(), "P-1").await;
 }
 
 #[tokio::test]
 async fn a_feed_that_keeps_failing_uses_exactly_the_configured_attempts() {
-    let (_redis, _store, rec, hits, _dir, _) =
-        run_recalc(usize::MAX, StatusCode::BAD_GATEWAY, 3).await;
+    let (_redis, _store, rec, hits, _dir, _) = run_recalc(
+        FeedAt::Stub(usize::MAX, Failure::Status(StatusCode::BAD_GATEWAY)),
+        all(),
+        3,
+    )
+    .await;
     assert_eq!(rec.state, JobState::Failed);
     assert_eq!((rec.attempts, hits), (3, 3));
     assert!(rec.error.unwrap().contains("502"));
@@ -166,9 +229,145 @@ async fn a_feed_that_keeps_failing_uses_exactly_the_configured_attempts() {
 
 #[tokio::test]
 async fn a_4xx_from_the_feed_is_permanent() {
-    let (_redis, _store, rec, hits, _dir, _) =
-        run_recalc(usize::MAX, StatusCode::NOT_FOUND, 5).await;
+    let (_redis, _store, rec, hits, _dir, _) = run_recalc(
+        FeedAt::Stub(usize::MAX, Failure::Status(StatusCode::NOT_FOUND)),
+        all(),
+        5,
+    )
+    .await;
     assert_eq!(rec.state, JobState::Failed);
     assert_eq!((rec.attempts, hits), (1, 1));
     assert!(rec.error.unwrap().starts_with("permanent:"));
+}
+
+#[tokio::test]
+async fn a_malformed_feed_body_is_permanent() {
+    let (redis, _store, rec, hits, _dir, _) =
+        run_recalc(FeedAt::Stub(usize::MAX, Failure::Malformed), all(), 5).await;
+    assert_eq!(rec.state, JobState::Failed);
+    assert_eq!((rec.attempts, hits), (1, 1));
+    let error = rec.error.unwrap();
+    assert!(error.starts_with("permanent:"), "{error}");
+    assert!(error.contains("malformed"), "{error}");
+    assert!(cached_price(&redis, "P-1").await.is_none());
+}
+
+#[tokio::test]
+async fn a_feed_timeout_is_retried_and_then_the_fed_prices_are_used() {
+    let (redis, store, rec, hits, _dir, _) =
+        run_recalc(FeedAt::Stub(1, Failure::Slow), all(), 3).await;
+    assert_eq!(rec.state, JobState::Succeeded);
+    assert_eq!((rec.attempts, hits), (2, 2), "one timeout, then success");
+    assert_fed(&redis, store.as_ref(), "P-1").await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_for_exactly_the_configured_attempts() {
+    let (_redis, _store, rec, _, _dir, _) = run_recalc(FeedAt::Closed, all(), 3).await;
+    assert_eq!(rec.state, JobState::Failed);
+    assert_eq!(rec.attempts, 3);
+    let error = rec.error.unwrap();
+    assert!(error.contains("unreachable"), "{error}");
+}
+
+#[tokio::test]
+async fn a_targeted_recalculation_uses_the_feed_too_and_retries_it() {
+    let job = NewJob::of(&RecalculatePrices {
+        product_ids: vec!["P-2".into(), "P-5".into()],
+    })
+    .unwrap();
+    let (redis, store, rec, hits, _dir, _) = run_recalc(
+        FeedAt::Stub(1, Failure::Status(StatusCode::SERVICE_UNAVAILABLE)),
+        job,
+        3,
+    )
+    .await;
+    assert_eq!(rec.state, JobState::Succeeded);
+    assert_eq!((rec.attempts, hits), (2, 2));
+    assert_fed(&redis, store.as_ref(), "P-2").await;
+    assert_fed(&redis, store.as_ref(), "P-5").await;
+    assert!(cached_price(&redis, "P-1").await.is_none());
+}
+
+/// A feed that holds back every request naming `gate_id` until `open` is
+/// notified, and answers the rest with [`FED_PRICE`].
+#[derive(Clone)]
+struct GatedFeed {
+    gate_id: String,
+    open: Arc<tokio::sync::Notify>,
+    held: Arc<tokio::sync::Notify>,
+}
+
+async fn gated_prices(
+    State(feed): State<GatedFeed>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let ids: Vec<&str> = q["ids"].split(',').collect();
+    if ids.contains(&feed.gate_id.as_str()) {
+        feed.held.notify_one();
+        feed.open.notified().await;
+    }
+    let prices: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({"product_id": id, "competitor": "feedco", "price": FED_PRICE}))
+        .collect();
+    axum::Json(serde_json::json!({ "prices": prices })).into_response()
+}
+
+#[tokio::test]
+async fn a_running_recalculation_shows_its_progress() {
+    // Arrange: 12,000 products (three pages of 5,000); the feed holds back
+    // the third page, so the job stops there with the first page written.
+    let redis = RedisServer::start().await;
+    let (store, _dir, url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 12_000)
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = (1..=12_000).map(|i| format!("P-{i}")).collect();
+    ids.sort(); // the order the catalog is read in
+    let feed = GatedFeed {
+        gate_id: ids[2 * worker::jobs::recalc::PAGE].clone(),
+        open: Arc::default(),
+        held: Arc::default(),
+    };
+    let app = axum::Router::new()
+        .route("/competitor-prices", axum::routing::get(gated_prices))
+        .with_state(feed.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut s = settings(&redis, QueueSettings::default());
+    s.database.url = url;
+    s.feed = Some(FeedSettings {
+        url: feed_url,
+        connect_timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(600),
+    });
+    let registry = worker::full_registry(&s).await.unwrap();
+    let w = start(s, registry).await;
+    let q = queue(&redis, QueueSettings::default());
+
+    // Act
+    let id = q.push(all()).await.unwrap().id;
+    feed.held.notified().await;
+
+    // Assert: while it runs, the status shows the pages written so far.
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let st = q.status(&id).await.unwrap().unwrap();
+        if st.result == Some(serde_json::json!({"processed": 5_000, "total": 12_000})) {
+            assert_eq!(st.record.state, JobState::Running);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress shown: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    feed.open.notify_one();
+    wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
+    let result = q.status(&id).await.unwrap().unwrap().result.unwrap();
+    assert_eq!(result["updated_count"], 12_000);
+    w.stop().await;
 }

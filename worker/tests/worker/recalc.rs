@@ -154,9 +154,15 @@ async fn a_trigger_while_a_recalculation_runs_waits_for_it_and_further_triggers_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Further triggers join the waiting one.
-    for _ in 0..5 {
-        let again = q.push(recalculate_all_job(retry)).await.unwrap();
+    // Fifty concurrent further triggers all join the waiting one.
+    let pushes: Vec<_> = (0..50)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.push(recalculate_all_job(retry)).await.unwrap() })
+        })
+        .collect();
+    for push in pushes {
+        let again = push.await.unwrap();
         assert!(again.duplicate);
         assert_eq!(again.id, first.id);
     }
@@ -196,5 +202,94 @@ async fn a_targeted_recalculation_caches_the_named_products() {
     assert!(cached(&redis, "P-3").await.is_some());
     assert!(cached(&redis, "P-7").await.is_some());
     assert!(cached(&redis, "P-4").await.is_none());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_recalculation_whose_earlier_attempt_died_holding_the_lock_runs_once_it_expires() {
+    // Arrange: the job's own first attempt took the lock and its worker died
+    // (no release, no more extensions) after the job was queued.
+    let redis = RedisServer::start().await;
+    let (store, _dir, url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let mut s = settings(&redis, QueueSettings::default());
+    s.database.url = url;
+    let q = queue(&redis, QueueSettings::default());
+    let id = q
+        .push(NewJob::of(&RecalculateAllPrices {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let short = DistributedLock::new(
+        q.pool().clone(),
+        shared::keys::Keys::new(NS).recalc_lock(),
+        Duration::from_secs(2),
+    );
+    short.try_acquire_for(&id).await.unwrap().unwrap().abandon();
+
+    // Act
+    let registry = worker::full_registry(&s).await.unwrap();
+    let w = start(s, registry).await;
+
+    // Assert: not skipped (the lock is its own dead attempt's), but run after
+    // the lock expired, without spending an attempt on the wait.
+    let record = wait_for(&q, &id, &[JobState::Succeeded, JobState::Skipped], LONG).await;
+    assert_eq!(record.state, JobState::Succeeded);
+    assert_eq!(record.attempts, 1);
+    assert!(cached(&redis, "P-1").await.is_some());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_targeted_recalculation_during_an_older_full_run_writes_at_once_and_again_after_it() {
+    let redis = RedisServer::start().await;
+    let (store, _dir, url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let mut s = settings(&redis, QueueSettings::default());
+    s.database.url = url;
+    let registry = worker::full_registry(&s).await.unwrap();
+    let w = start(s, registry).await;
+    let q = queue(&redis, QueueSettings::default());
+    // A full recalculation is running; it read the catalog before the event.
+    let running = recalc_lock(&q).try_acquire().await.unwrap().unwrap();
+
+    let job = RecalculatePrices {
+        product_ids: vec!["P-3".into()],
+    };
+    let id = q.push(NewJob::of(&job).unwrap()).await.unwrap().id;
+
+    // The price is written at once, and the job waits to write it again.
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let st = q.status(&id).await.unwrap().unwrap();
+        if st.result.as_ref().is_some_and(|r| r["status"] == "waiting") {
+            assert_eq!(st.result.unwrap()["updated_count"], 1);
+            assert_ne!(st.record.state, JobState::Succeeded);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never waited: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = cached(&redis, "P-3").await.expect("written at once");
+
+    // The older run finishes (after writing its stale page); the job runs
+    // again and its price is the one left in the cache.
+    let mut conn = redis.connection().await;
+    let stale = CachedPrice::new("P-3", 1, chrono::Utc::now()).encode();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{NS}:price:P-3"))
+        .arg(stale)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    running.release().await.unwrap();
+    let record = wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
+    assert_eq!(record.attempts, 1, "the wait spent no attempt");
+    let last = cached(&redis, "P-3").await.unwrap();
+    assert_eq!(last.price_cents, first.price_cents);
+    assert_ne!(last.price_cents, 1);
     w.stop().await;
 }
