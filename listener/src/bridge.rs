@@ -10,19 +10,31 @@
 //!   channel, marked `durable`. Listeners ignore the channel copy of such an
 //!   event: the stream has it.
 //! - A publisher that only PUBLISHes (the original service, `redis-cli`)
-//!   reaches the listeners through the channel. The replica that claims the
-//!   message first (`SET NX` on a hash of the payload, for 2 s) appends it to
-//!   the stream, tagged `path=pubsub`; from there it is processed like any
-//!   other event.
+//!   reaches the listeners through the channel. Every replica receives the
+//!   message; the one that claims it first (`SET NX`, for
+//!   [`CHANNEL_CLAIM`]) appends it to the stream, tagged `path=pubsub`; from
+//!   there it is processed like any other event. A message with its own
+//!   `event_id` is claimed by that id. One without is claimed by a hash of
+//!   its bytes and its *ordinal*: how many times this replica has received
+//!   the same bytes within [`CHANNEL_CLAIM`] of each other. Redis delivers
+//!   channel messages to every subscriber in the same order, so the replicas
+//!   agree on the ordinal, and the same message published twice (two
+//!   `Recalculate_Triggered_v1`, stock 5 then 3 then 5) is appended twice,
+//!   once by one replica each time. A bad message is claimed the same way,
+//!   so it is counted and dead-lettered once, not once per replica.
 //! - A consumer reads with `XREADGROUP … BLOCK`, which returns as soon as an
 //!   entry is appended, so the stream is itself the fast wake-up path. It
 //!   acknowledges (`XACK`) only after the event's signals are stored and its
 //!   job is queued. Entries a dead listener left unacknowledged are taken
 //!   over with `XAUTOCLAIM` once idle for `LISTENER_CLAIM_IDLE_MS`.
-//! - Each processed event's id is marked done (`{ns}:events:done:{id}`, kept
-//!   24 h) in the same round trip as its `XACK`, and events already marked
-//!   are skipped, so an event delivered twice (a redelivery after a crash,
-//!   the same event published on both paths) queues its jobs once.
+//! - Before processing, a consumer claims each event id (`{ns}:events:done:
+//!   {id}` set to its own name, in one script with the check); after its
+//!   job is queued the key says `done` (kept 24 h), in the same round trip as
+//!   the `XACK`. An event already done, or claimed by another live consumer,
+//!   is skipped, so an event delivered twice (a redelivery after a crash, the
+//!   same event published on both paths or twice by a retrying client) queues
+//!   its jobs once, even when two consumers hold its two copies at once. An
+//!   entry taken over from a stopped consumer takes its claims over too.
 //!
 //! So an event published while no listener runs waits in the stream (and in
 //! Redis's AOF) and is processed when one starts; a group created on first
@@ -43,12 +55,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use shared::events::{EventData, EventKind, MAX_PRODUCTS_PER_EVENT, MarketEvent};
+use shared::events::{EventData, EventError, EventKind, MAX_PRODUCTS_PER_EVENT, MarketEvent};
 use shared::jobs::{RecalculatePrices, recalculate_all_job};
 use shared::keys::Keys;
 use shared::queue::{NewJob, Queue, RetryPolicy};
@@ -69,18 +81,47 @@ pub const READ_COUNT: usize = 1_000;
 pub const READ_BLOCK: Duration = Duration::from_secs(1);
 
 /// How long a replica's claim on a channel-only message lasts: long enough
-/// for every replica to have received the same message.
+/// for every replica to have received the same message. Also the gap after
+/// which a replica counts the same bytes from one again (see the module docs).
 pub const CHANNEL_CLAIM: Duration = Duration::from_secs(2);
+
+/// Attempts at appending a batch of channel messages to the stream before
+/// they are given up (logged as lost): pub/sub cannot redeliver them.
+pub const INGEST_ATTEMPTS: u32 = 3;
 
 /// How long an event id is remembered as processed.
 pub const DONE_TTL: Duration = Duration::from_secs(86_400);
+
+/// KEYS: the events' done keys. ARGV: consumer, claim_ms, then one flag per
+/// key (`1`: the entry was taken over from a stopped consumer).
+/// Claims each event for `consumer` unless it is done, or claimed by another
+/// consumer (a taken-over entry takes that claim over). Returns 1 per event
+/// this consumer should process, 0 per duplicate.
+static CLAIM_EVENTS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v == 'done' or (v and v ~= ARGV[1] and ARGV[2 + i] ~= '1') then
+    out[i] = 0
+  else
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  end
+end
+return out
+"#,
+    )
+});
 
 /// Most bytes of a rejected payload the dead-letter list keeps.
 pub const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
 
 /// KEYS: claim, stream. ARGV: consumer, claim_ms, maxlen, event.
 /// Appends a channel message to the stream unless another replica claimed
-/// it first. Returns 1 when appended, 0 when claimed elsewhere.
+/// it first. Returns 1 when appended, 0 when claimed elsewhere. (A bad
+/// message is claimed with a plain `SET NX`, and dead-lettered by the winner.)
 static INGEST: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -101,6 +142,8 @@ pub struct Entry {
     /// `stream` (appended by the api or a publisher) or `pubsub` (ingested
     /// from the channel by a listener).
     pub path: &'static str,
+    /// Taken over from a consumer that stopped before acknowledging it.
+    pub reclaimed: bool,
 }
 
 impl Entry {
@@ -123,6 +166,7 @@ impl Entry {
             id: s.id,
             payload,
             path,
+            reclaimed: false,
         }
     }
 
@@ -157,10 +201,44 @@ pub struct Bridge {
     stream_maxlen: u64,
     dead_letter_max: u64,
     consumer: String,
+    /// How long a consumer's claim on an event it processes lasts.
+    event_claim: Duration,
+    ordinals: Arc<std::sync::Mutex<Ordinals>>,
+}
+
+/// Per payload hash, how many times this replica has received it in a row
+/// of arrivals less than [`CHANNEL_CLAIM`] apart, and when last.
+#[derive(Default)]
+struct Ordinals {
+    seen: std::collections::HashMap<u64, (u32, Instant)>,
+    last_purge: Option<Instant>,
+}
+
+impl Ordinals {
+    /// The ordinal of this arrival of the payload hashed `hash`, from 1.
+    fn next(&mut self, hash: u64, now: Instant) -> u32 {
+        if self
+            .last_purge
+            .is_none_or(|t| now.duration_since(t) >= CHANNEL_CLAIM)
+        {
+            self.seen
+                .retain(|_, (_, last)| now.duration_since(*last) <= CHANNEL_CLAIM);
+            self.last_purge = Some(now);
+        }
+        let (n, last) = self.seen.entry(hash).or_insert((0, now));
+        if now.duration_since(*last) > CHANNEL_CLAIM {
+            *n = 0;
+        }
+        *n += 1;
+        *last = now;
+        *n
+    }
 }
 
 impl Bridge {
-    /// A bridge consuming as `consumer`.
+    /// A bridge consuming as `consumer`. An event it is processing stays
+    /// claimed for `event_claim` (the listener uses its claim-idle time,
+    /// after which a stopped consumer's entries are taken over anyway).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: RedisPool,
@@ -171,8 +249,11 @@ impl Bridge {
         stream_maxlen: u64,
         dead_letter_max: u64,
         consumer: String,
+        event_claim: Duration,
     ) -> Self {
         Self {
+            event_claim: event_claim.max(Duration::from_secs(1)),
+            ordinals: Arc::default(),
             stream: keys.event_stream(),
             pool,
             keys,
@@ -257,27 +338,98 @@ impl Bridge {
                 "took over events a stopped listener left unacknowledged"
             );
         }
-        Ok(reply.claimed.into_iter().map(Entry::from_stream).collect())
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(|s| Entry {
+                reclaimed: true,
+                ..Entry::from_stream(s)
+            })
+            .collect())
+    }
+
+    /// Removes consumers of the group that hold no entries and have not read
+    /// for `idle`: each listener start joins under a new name, so stopped
+    /// listeners would otherwise pile up in the group. Returns how many.
+    pub async fn prune_consumers(
+        &self,
+        conn: &mut MultiplexedConnection,
+        idle: Duration,
+    ) -> redis::RedisResult<usize> {
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .query_async(conn)
+            .await?;
+        let number = |c: &std::collections::HashMap<String, redis::Value>, k: &str| {
+            c.get(k)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+        };
+        let mut removed = 0;
+        for c in &consumers {
+            let Some(name) = c
+                .get("name")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            else {
+                continue;
+            };
+            let stale = number(c, "pending") == Some(0)
+                && number(c, "idle").is_some_and(|ms| ms >= idle.as_millis() as u64);
+            if stale && name != self.consumer {
+                // DELCONSUMER drops its pending entries too; it has none.
+                let _: u64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.stream)
+                    .arg(GROUP)
+                    .arg(&name)
+                    .query_async(conn)
+                    .await?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed idle consumers of stopped listeners from the group"
+            );
+        }
+        Ok(removed)
     }
 
     /// Handles messages from the channel, in order: the api's own
-    /// (`durable`) messages are left to the stream; others are validated and
-    /// appended to the stream by the one replica that claims each (all of a
-    /// batch in one pipelined round trip, which keeps their order).
+    /// (`durable`) messages are left to the stream; every other message is
+    /// claimed (see the module docs) and, by the replica that wins it,
+    /// appended to the stream when valid or counted and dead-lettered when
+    /// not. All of a batch goes in one pipelined round trip, which keeps
+    /// its order, retried a few times if Redis fails.
     pub async fn on_channel_messages(&self, payloads: &[Vec<u8>]) {
+        let now = Instant::now();
         let mut pipe = redis::pipe();
         pipe.load_script(&INGEST).ignore();
-        let mut appended = Vec::new();
-        let mut rejected = Vec::new();
+        // What each reply of the pipeline (after the script load) is about.
+        let mut sent: Vec<Result<String, (EventError, &[u8])>> = Vec::new();
         for payload in payloads {
-            if shared::events::is_durable(payload) {
+            let parsed = shared::events::parse_received(payload);
+            if parsed.as_ref().is_ok_and(|r| r.durable) {
                 continue;
             }
-            let claim = self
-                .keys
-                .event_ingest_claim(&format!("{:016x}", fnv1a(payload)));
-            match shared::events::parse(payload) {
-                Ok(event) => {
+            let claim = match &parsed {
+                Ok(r) if r.id_given => self
+                    .keys
+                    .event_ingest_claim(&format!("id:{}", r.event.event_id)),
+                _ => {
+                    let hash = fnv1a(payload);
+                    let n = self
+                        .ordinals
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .next(hash, now);
+                    self.keys.event_ingest_claim(&format!("{hash:016x}:{n}"))
+                }
+            };
+            match parsed {
+                Ok(r) => {
                     pipe.invoke_script(
                         INGEST
                             .key(&claim)
@@ -285,42 +437,55 @@ impl Bridge {
                             .arg(&self.consumer)
                             .arg(CHANNEL_CLAIM.as_millis() as u64)
                             .arg(self.stream_maxlen)
-                            .arg(event.encode(false)),
+                            .arg(r.event.encode(false)),
                     );
-                    appended.push(event.event_id);
+                    sent.push(Ok(r.event.event_id));
                 }
                 Err(e) => {
-                    // Every replica that received it counts it; the one that
-                    // claims it dead-letters it.
-                    metrics::rejected(e.label);
-                    rejected.push((claim, e, payload));
+                    pipe.cmd("SET")
+                        .arg(&claim)
+                        .arg(&self.consumer)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(CHANNEL_CLAIM.as_millis() as u64);
+                    sent.push(Err((e, payload.as_slice())));
                 }
             }
         }
-        if !appended.is_empty() {
-            let (mut conn, tracker) = self.pool.get();
-            let res: redis::RedisResult<Vec<i64>> =
-                tracker.track(pipe.query_async(&mut conn).await);
-            if let Err(e) = res {
-                tracing::error!(error = %e, events = appended.len(), first = %appended[0], "cannot append channel events to the stream; they are lost");
-            }
+        if sent.is_empty() {
+            return;
         }
-        for (claim, e, payload) in rejected {
+        let mut delay = shared::redis_pool::INITIAL_RECONNECT_DELAY;
+        let mut attempt = 1;
+        let won: Vec<redis::Value> = loop {
             let (mut conn, tracker) = self.pool.get();
-            let won: redis::RedisResult<Option<String>> = tracker.track(
-                redis::cmd("SET")
-                    .arg(&claim)
-                    .arg(&self.consumer)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(CHANNEL_CLAIM.as_millis() as u64)
-                    .query_async(&mut conn)
-                    .await,
-            );
-            if let Ok(Some(_)) = won {
-                tracing::warn!(reason = e.label, error = %e, path = "pubsub", "rejected a market event");
-                self.dead_letter(e.label, &e.to_string(), payload, "pubsub")
-                    .await;
+            match tracker.track(pipe.query_async(&mut conn).await) {
+                Ok(won) => break won,
+                Err(e) if attempt < INGEST_ATTEMPTS => {
+                    tracing::warn!(error = %e, messages = sent.len(), retry_in = ?delay, "cannot ingest channel messages; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let first = sent.iter().find_map(|m| m.as_ref().ok()).cloned();
+                    tracing::error!(error = %e, messages = sent.len(), first_event = ?first, "cannot ingest channel messages; they are lost (publish through the api for durability)");
+                    return;
+                }
+            }
+        };
+        for (what, reply) in sent.into_iter().zip(won) {
+            let ours = matches!(reply, redis::Value::Int(1) | redis::Value::Okay);
+            match what {
+                Ok(_) => {}
+                Err((e, payload)) if ours => {
+                    metrics::rejected(e.label);
+                    tracing::warn!(reason = e.label, error = %e, path = "pubsub", "rejected a market event");
+                    self.dead_letter(e.label, &e.to_string(), payload, "pubsub")
+                        .await;
+                }
+                // Another replica won it: it counts and dead-letters it.
+                Err(_) => {}
             }
         }
     }
@@ -356,47 +521,87 @@ impl Bridge {
         }
     }
 
-    async fn reject(&self, entry: &Entry, label: &'static str, detail: &str) {
+    /// Counts, logs and dead-letters a refused entry, then acknowledges it,
+    /// so it is refused once even if the rest of its batch is retried.
+    async fn reject(&self, entry: &Entry, label: &'static str, detail: &str) -> anyhow::Result<()> {
         metrics::rejected(label);
         tracing::warn!(reason = label, error = %detail, path = entry.path, entry = %entry.id, "rejected a market event");
         self.dead_letter(label, detail, &entry.payload, entry.path)
             .await;
+        let (mut conn, tracker) = self.pool.get();
+        tracker.track(
+            redis::cmd("XACK")
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .query_async::<()>(&mut conn)
+                .await,
+        )?;
+        Ok(())
     }
 
-    /// Processes a batch of entries (see the module docs). On `Err` nothing
-    /// was acknowledged: the caller retries the same batch later.
-    pub async fn flush(&self, entries: &[Entry]) -> anyhow::Result<Flushed> {
+    /// Processes a batch of entries (see the module docs). Refused entries
+    /// are acknowledged (and removed from `entries`) as they are found. On
+    /// `Err` the rest was not acknowledged: the caller retries what is left
+    /// in `entries` later.
+    pub async fn flush(&self, entries: &mut Vec<Entry>) -> anyhow::Result<Flushed> {
+        let mut refused = HashSet::new();
+        let out = self.process(entries, &mut refused).await;
+        entries.retain(|e| !refused.contains(&e.id));
+        out
+    }
+
+    /// [`Self::flush`]'s work; records the ids of refused (and already
+    /// acknowledged) entries in `refused`.
+    async fn process(
+        &self,
+        entries: &[Entry],
+        refused: &mut HashSet<String>,
+    ) -> anyhow::Result<Flushed> {
         let mut out = Flushed::default();
         if entries.is_empty() {
             return Ok(out);
         }
-        // 1. Parse; drop in-batch duplicates.
-        let mut valid: Vec<(&Entry, MarketEvent)> = Vec::with_capacity(entries.len());
-        let mut ids = HashSet::new();
-        for entry in entries {
+        // 1. Parse; refuse bad entries; drop in-batch duplicates.
+        let mut parsed = Vec::with_capacity(entries.len());
+        for entry in entries.iter() {
             match shared::events::parse(&entry.payload) {
-                Ok(event) if ids.insert(event.event_id.clone()) => valid.push((entry, event)),
-                Ok(_) => out.duplicates += 1,
+                Ok(event) => parsed.push(Some(event)),
                 Err(e) => {
-                    self.reject(entry, e.label, &e.to_string()).await;
+                    self.reject(entry, e.label, &e.to_string()).await?;
+                    refused.insert(entry.id.clone());
+                    parsed.push(None);
                     out.rejected += 1;
                 }
             }
         }
-        // 2. Skip events processed before.
+        let mut valid: Vec<(&Entry, MarketEvent)> = Vec::with_capacity(entries.len());
+        let mut ids = HashSet::new();
+        for (entry, event) in entries.iter().zip(parsed) {
+            match event {
+                Some(event) if ids.insert(event.event_id.clone()) => valid.push((entry, event)),
+                Some(_) => out.duplicates += 1,
+                None => {}
+            }
+        }
+        // 2. Claim the events; skip those done before or held by another consumer.
         if !valid.is_empty() {
-            let keys: Vec<String> = valid
-                .iter()
-                .map(|(_, e)| self.keys.event_done(&e.event_id))
-                .collect();
+            let mut claim = CLAIM_EVENTS.prepare_invoke();
+            claim
+                .arg(&self.consumer)
+                .arg(self.event_claim.as_millis() as u64);
+            for (entry, event) in &valid {
+                claim
+                    .key(self.keys.event_done(&event.event_id))
+                    .arg(u8::from(entry.reclaimed));
+            }
             let (mut conn, tracker) = self.pool.get();
-            let done: Vec<Option<String>> =
-                tracker.track(redis::cmd("MGET").arg(&keys).query_async(&mut conn).await)?;
+            let ours: Vec<i64> = tracker.track(claim.invoke_async(&mut conn).await)?;
             let before = valid.len();
             valid = valid
                 .into_iter()
-                .zip(done)
-                .filter_map(|(v, d)| d.is_none().then_some(v))
+                .zip(ours)
+                .filter_map(|(v, ours)| (ours == 1).then_some(v))
                 .collect();
             out.duplicates += before - valid.len();
         }
@@ -426,7 +631,8 @@ impl Bridge {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let detail = format!("{} unknown product(s): {shown}", missing.len());
-                self.reject(entry, "unknown_product", &detail).await;
+                self.reject(entry, "unknown_product", &detail).await?;
+                refused.insert(entry.id.clone());
                 out.rejected += 1;
             }
         }
@@ -458,6 +664,15 @@ impl Bridge {
                 .instrument(span)
                 .await?
         };
+        // Publish-to-enqueue lag: the entry's append time is the Redis
+        // clock's, so this assumes the listener's clock agrees (NTP). For a
+        // channel-only message it starts when a listener ingested it.
+        let now_ms = Utc::now().timestamp_millis();
+        for (entry, _) in &valid {
+            if let Some(at) = entry.appended_ms() {
+                metrics::lag((now_ms - at).max(0) as f64 / 1_000.0);
+            }
+        }
         out.jobs = jobs;
         out.processed = valid.len();
         // 6. Mark done and acknowledge, in one round trip.
@@ -465,7 +680,7 @@ impl Bridge {
         for (_, event) in &valid {
             pipe.cmd("SET")
                 .arg(self.keys.event_done(&event.event_id))
-                .arg(1)
+                .arg("done")
                 .arg("EX")
                 .arg(DONE_TTL.as_secs())
                 .ignore();
@@ -478,12 +693,8 @@ impl Bridge {
         let (mut conn, tracker) = self.pool.get();
         tracker.track(pipe.query_async::<()>(&mut conn).await)?;
         // 7. Metrics.
-        let now_ms = Utc::now().timestamp_millis();
         for (entry, event) in &valid {
             metrics::received(event.kind.as_str(), entry.path);
-            if let Some(at) = entry.appended_ms() {
-                metrics::lag((now_ms - at).max(0) as f64 / 1_000.0);
-            }
         }
         metrics::coalesced(out.processed.saturating_sub(jobs) as u64);
         if out.duplicates > 0 {

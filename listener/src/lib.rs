@@ -102,6 +102,7 @@ impl Listener {
             settings.events.stream_maxlen,
             settings.dead_letter_max,
             consumer_name(),
+            settings.claim_idle,
         );
         let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router())
             .await
@@ -176,6 +177,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .run_until_stopped(shutdown)
         .await
 }
+
+/// A consumer of the group that has read nothing for this long and holds
+/// no entries belongs to a stopped listener, and is removed.
+pub const PRUNE_IDLE: Duration = Duration::from_secs(3_600);
 
 /// Most channel messages handled in one pipelined round trip.
 pub const CHANNEL_BATCH: usize = 256;
@@ -266,14 +271,18 @@ async fn consume(
             delay = back_off(delay, &mut stop).await;
             continue;
         }
-        delay = INITIAL_RECONNECT_DELAY;
         let mut next_claim = Instant::now();
         loop {
             let stopping = *stop.borrow();
             if Instant::now() >= next_claim && !stopping {
                 next_claim = Instant::now() + (claim_idle / 2).max(Duration::from_secs(1));
                 match bridge.claim_stale(&mut conn, claim_idle).await {
-                    Ok(claimed) => pending.extend(claimed),
+                    Ok(claimed) => {
+                        pending.extend(claimed);
+                        if let Err(e) = bridge.prune_consumers(&mut conn, PRUNE_IDLE).await {
+                            tracing::warn!(error = %e, "cannot prune the consumer group");
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the event stream failed; reconnecting");
                         delay = back_off(delay, &mut stop).await;
@@ -283,7 +292,7 @@ async fn consume(
             }
             let due = last_flush.is_none_or(|t| t.elapsed() >= window);
             if !pending.is_empty() && (due || stopping) {
-                match bridge.flush(&pending).await {
+                match bridge.flush(&mut pending).await {
                     Ok(_) => {
                         pending.clear();
                         last_flush = Some(Instant::now());
@@ -314,7 +323,11 @@ async fn consume(
                 .read(&mut conn, block.clamp(Duration::from_millis(1), READ_BLOCK))
                 .await
             {
-                Ok(entries) => pending.extend(entries),
+                Ok(entries) => {
+                    // Redis answers again: the next outage backs off from the start.
+                    delay = INITIAL_RECONNECT_DELAY;
+                    pending.extend(entries);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "reading the event stream failed; reconnecting");
                     delay = back_off(delay, &mut stop).await;

@@ -180,21 +180,29 @@ impl EventError {
     }
 }
 
-/// Whether a payload is the api's envelope of an event it also appended to
-/// the stream (so the channel copy can be ignored).
-pub fn is_durable(payload: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(default)]
-        durable: bool,
-    }
-    serde_json::from_slice::<Probe>(payload).is_ok_and(|p| p.durable)
+/// A validated message as a listener receives it on the channel: the event
+/// and what the envelope says about how it travels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The event.
+    pub event: MarketEvent,
+    /// The api's copy of an event it also appended to the stream: a
+    /// listener leaves it to the stream.
+    pub durable: bool,
+    /// The publisher gave the `event_id` (else it was assigned on parsing,
+    /// so two receivers of the same message assign different ids).
+    pub id_given: bool,
 }
-
 /// Parses and validates a payload. An empty (or all-blank) payload and the
 /// legacy string mean `recalculate_all`. Missing `event_id` and
 /// `occurred_at` are assigned.
 pub fn parse(payload: &[u8]) -> Result<MarketEvent, EventError> {
+    parse_received(payload).map(|r| r.event)
+}
+
+/// [`parse`], also telling whether the envelope is marked `durable` and
+/// whether it carried its own `event_id`.
+pub fn parse_received(payload: &[u8]) -> Result<Received, EventError> {
     if payload.len() > MAX_EVENT_BYTES {
         return Err(EventError::new(
             "too_large",
@@ -206,7 +214,11 @@ pub fn parse(payload: &[u8]) -> Result<MarketEvent, EventError> {
         .map_err(|_| EventError::new("malformed_json", "body", "not UTF-8"))?
         .trim();
     if text.is_empty() || text == LEGACY_RECALCULATE || text == "\"Recalculate_Triggered_v1\"" {
-        return Ok(recalculate_all());
+        return Ok(Received {
+            event: recalculate_all(),
+            durable: false,
+            id_given: false,
+        });
     }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| EventError::new("malformed_json", "body", e.to_string()))?;
@@ -231,7 +243,12 @@ pub fn parse(payload: &[u8]) -> Result<MarketEvent, EventError> {
         };
         EventError::invalid(field, e.into_inner().to_string())
     })?;
-    validate(wire)
+    let (durable, id_given) = (wire.durable, wire.event_id.is_some());
+    Ok(Received {
+        event: validate(wire)?,
+        durable,
+        id_given,
+    })
 }
 
 fn recalculate_all() -> MarketEvent {
@@ -585,8 +602,15 @@ mod tests {
         assert_eq!(e.product_ids, vec!["P-1", "P-2"]);
         let again = parse(e.encode(true).as_bytes()).unwrap();
         assert_eq!(again, e);
-        assert!(is_durable(e.encode(true).as_bytes()));
-        assert!(!is_durable(e.encode(false).as_bytes()));
+        let durable = parse_received(e.encode(true).as_bytes()).unwrap();
+        assert!(durable.durable && durable.id_given);
+        assert_eq!(durable.event, e);
+        let plain = parse_received(e.encode(false).as_bytes()).unwrap();
+        assert!(!plain.durable);
+        // Garbage marked durable is still garbage, not a durable event.
+        assert!(parse_received(br#"{"durable":true,"kind":"x"}"#).is_err());
+        let legacy = parse_received(LEGACY_RECALCULATE.as_bytes()).unwrap();
+        assert!(!legacy.durable && !legacy.id_given);
     }
 
     #[test]

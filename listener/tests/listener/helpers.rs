@@ -167,3 +167,27 @@ pub async fn wait_for_subscriber(redis: &RedisServer, channel: &str) {
     .await;
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
+
+/// Entries in the event stream.
+pub async fn stream_len(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await;
+    redis::cmd("XLEN")
+        .arg(format!("{NS}:events:stream"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Entries read by the group but not yet acknowledged (0 without a group).
+pub async fn stream_pending(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await;
+    let info: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+        .arg(format!("{NS}:events:stream"))
+        .arg("listeners")
+        .query_async(&mut conn)
+        .await;
+    match info {
+        Ok(redis::Value::Array(v)) => redis::from_redis_value_ref::<u64>(&v[0]).unwrap_or(0),
+        _ => 0,
+    }
+}

@@ -264,7 +264,7 @@ async fn events_published_while_no_listener_runs_are_processed_when_it_starts() 
 async fn two_listeners_queue_each_event_once() {
     let redis = RedisServer::start().await;
     let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 300)
+    shared::store::seed::seed(store.as_ref(), 301)
         .await
         .unwrap();
     let mut s = settings(&redis, &url);
@@ -307,16 +307,37 @@ async fn two_listeners_queue_each_event_once() {
         assert_eq!(n, 2);
     }
 
-    eventually(LONG, "every product covered", || async {
-        product_mentions(&redis).await.len() == 300
+    // The same bytes three times on the channel only (no event id): three
+    // events, each appended once, by one of the two listeners.
+    for _ in 0..3 {
+        let n: u64 = redis::cmd("PUBLISH")
+            .arg("market_events")
+            .arg(r#"{"kind":"demand_changed","data":{"demand":{"P-301":1.25}}}"#)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    // Everything is in the stream and acknowledged: no entry is left to
+    // make a duplicate later.
+    eventually(LONG, "every event appended once and processed", || async {
+        stream_len(&redis).await == 303
+            && stream_pending(&redis).await == 0
+            && product_mentions(&redis).await.len() == 301
     })
     .await;
-    // Give a duplicate every chance to show up, then check there is none.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mentions = product_mentions(&redis).await;
+    let mut mentions = product_mentions(&redis).await;
+    // The identical events may share a batch, and so a job.
+    assert!(mentions.remove("P-301").is_some());
     let dup: Vec<_> = mentions.iter().filter(|(_, n)| **n != 1).collect();
     assert!(dup.is_empty(), "products queued more than once: {dup:?}");
     assert_eq!(store.product("P-250").await.unwrap().unwrap().stock, 250);
+    assert_eq!(
+        store.market_signals("P-301").await.unwrap().demand_index,
+        Some(1.25)
+    );
+    assert_eq!(stream_len(&redis).await, 303, "a message appended twice");
     a.stop().await;
     b.stop().await;
 }
@@ -328,38 +349,70 @@ async fn a_redis_restart_with_aof_loses_no_events() {
     shared::store::seed::seed(store.as_ref(), 100)
         .await
         .unwrap();
-    let l = start_listener(settings(&redis, &url)).await;
-    let bus = bus(&redis);
-    for i in 1..=50 {
-        let e = event(
+    let demand = |i: u32| {
+        event(
             serde_json::json!({"kind": "demand_changed", "data": {"demand": {format!("P-{i}"): 2.0}}}),
-        );
-        bus.publish(&e).await.unwrap();
-    }
+        )
+    };
+    let bus = bus(&redis);
 
+    // Events 1-25 while a listener runs; 26-50 while none does, so they
+    // wait, unprocessed, in the stream (and the AOF) through the restart.
+    let l = start_listener(settings(&redis, &url)).await;
+    for i in 1..=25 {
+        bus.publish(&demand(i)).await.unwrap();
+    }
+    l.stop().await;
+    for i in 26..=50 {
+        bus.publish(&demand(i)).await.unwrap();
+    }
     redis.restart().await;
 
-    // Publishing resumes once the pool has reconnected.
-    for i in 51..=100 {
-        let e = event(
-            serde_json::json!({"kind": "demand_changed", "data": {"demand": {format!("P-{i}"): 2.0}}}),
-        );
-        let mut tries = 0;
-        while bus.publish(&e).await.is_err() {
-            tries += 1;
-            assert!(tries < 200, "redis never came back");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    // A new listener picks them up; events 51-75 go through the stream and
+    // 76-90 by raw PUBLISH once it is subscribed.
+    let l = start_listener(settings(&redis, &url)).await;
+    wait_for_subscriber(&redis, "market_events").await;
+    for i in 51..=75 {
+        publish_when_redis_answers(&bus, &demand(i)).await;
     }
+    for i in 76..=90 {
+        redis_cli_publish(&redis, "market_events", &demand(i).encode(false));
+    }
+    eventually(LONG, "products 1-90 queued", || async {
+        product_mentions(&redis).await.len() == 90
+    })
+    .await;
+
+    // Redis restarts under the running listener: it reconnects, subscribes
+    // again and resumes the stream.
+    redis.restart().await;
+    for i in 91..=95 {
+        publish_when_redis_answers(&bus, &demand(i)).await;
+    }
+    wait_for_subscriber(&redis, "market_events").await;
+    for i in 96..=100 {
+        redis_cli_publish(&redis, "market_events", &demand(i).encode(false));
+    }
+
     eventually(LONG, "all 100 products queued", || async {
         product_mentions(&redis).await.len() == 100
     })
     .await;
-    for i in [1, 50, 51, 100] {
+    for i in [1, 26, 50, 51, 76, 91, 100] {
         let s = store.market_signals(&format!("P-{i}")).await.unwrap();
         assert_eq!(s.demand_index, Some(2.0), "P-{i}");
     }
     l.stop().await;
+}
+
+/// Publishes once the pool has reconnected after a restart (bounded).
+async fn publish_when_redis_answers(bus: &shared::events::EventBus, e: &MarketEvent) {
+    let mut tries = 0;
+    while bus.publish(e).await.is_err() {
+        tries += 1;
+        assert!(tries < 1_200, "redis never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -415,4 +468,263 @@ async fn a_burst_is_coalesced_and_keeps_every_events_data() {
         assert_eq!(s.demand_index, Some(f64::from(last) / 10.0), "P-{p}");
     }
     l.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_raw_message_published_again_is_a_new_event() {
+    // Stock 5, then 3, then 5 again, by a publisher that gives no event ids:
+    // the third message has the same bytes as the first, and must not be
+    // taken for a copy of it.
+    let redis = RedisServer::start().await;
+    let (store, _dir, url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 3).await.unwrap();
+    let l = start_listener(settings(&redis, &url)).await;
+    wait_for_subscriber(&redis, "market_events").await;
+
+    for stock in [5, 3, 5] {
+        let message = format!(r#"{{"kind":"stock_changed","data":{{"stock":{{"P-2":{stock}}}}}}}"#);
+        assert_eq!(redis_cli_publish(&redis, "market_events", &message), 1);
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            redis_cli_publish(&redis, "market_events", "Recalculate_Triggered_v1"),
+            1
+        );
+    }
+
+    eventually(LONG, "all five messages appended and processed", || async {
+        stream_len(&redis).await == 5 && stream_pending(&redis).await == 0
+    })
+    .await;
+    assert_eq!(store.product("P-2").await.unwrap().unwrap().stock, 5);
+    l.stop().await;
+}
+
+#[tokio::test]
+async fn entries_a_stopped_listener_left_unacknowledged_are_taken_over() {
+    // Arrange: a listener read three events (and claimed them) and died
+    // before acknowledging them.
+    let redis = RedisServer::start().await;
+    let (store, _dir, url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 5).await.unwrap();
+    let bus = bus(&redis);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(format!("{NS}:events:stream"))
+        .arg("listeners")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let e = event(serde_json::json!({
+            "kind": "demand_changed", "data": {"demand": {format!("P-{i}"): 0.7}}
+        }));
+        bus.publish(&e).await.unwrap();
+        ids.push(e.event_id);
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("listeners")
+        .arg("dead-listener")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(format!("{NS}:events:stream"))
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for id in &ids {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{NS}:events:done:{id}"))
+            .arg("dead-listener")
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(stream_pending(&redis).await, 3);
+
+    // Act: a new listener, which takes over entries idle for 300 ms.
+    let mut s = settings(&redis, &url);
+    s.claim_idle = Duration::from_millis(300);
+    let l = start_listener(s).await;
+
+    // Assert: processed despite the dead listener's claims, and acknowledged.
+    eventually(LONG, "the three events processed", || async {
+        let m = product_mentions(&redis).await;
+        (1..=3).all(|i| m.get(&format!("P-{i}")) == Some(&1)) && stream_pending(&redis).await == 0
+    })
+    .await;
+    assert_eq!(
+        store.market_signals("P-2").await.unwrap().demand_index,
+        Some(0.7)
+    );
+    l.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_claimed_by_another_live_consumer_is_skipped_unless_taken_over() {
+    let redis = RedisServer::start().await;
+    let (store, _dir, _url) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 5).await.unwrap();
+    let bridge = listener::bridge::Bridge::new(
+        pool(&redis),
+        shared::keys::Keys::new(NS),
+        shared::testing::as_dyn(store.clone()),
+        queue(&redis),
+        shared::jobs::RECALC_RETRY,
+        100_000,
+        100,
+        "me".into(),
+        Duration::from_secs(30),
+    );
+    let mut conn = redis.connection().await;
+    let e = event(serde_json::json!({"kind": "stock_changed", "data": {"stock": {"P-4": 9}}}));
+    // Another consumer holds a copy of the same event (a client retried its
+    // publish) and is processing it right now.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{NS}:events:done:{}", e.event_id))
+        .arg("other")
+        .arg("PX")
+        .arg(600_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = |reclaimed| listener::bridge::Entry {
+        id: "1-1".into(),
+        payload: e.encode(false).into_bytes(),
+        path: "stream",
+        reclaimed,
+    };
+
+    let out = bridge.flush(&mut vec![entry(false)]).await.unwrap();
+    assert_eq!((out.processed, out.duplicates, out.jobs), (0, 1, 0));
+    assert!(queued_jobs(&redis).await.is_empty());
+
+    // Taken over from that consumer (it died): processed, then done.
+    let out = bridge.flush(&mut vec![entry(true)]).await.unwrap();
+    assert_eq!((out.processed, out.jobs), (1, 1));
+    assert_eq!(store.product("P-4").await.unwrap().unwrap().stock, 9);
+    // Done now: a further copy is a duplicate, whoever holds it.
+    let out = bridge.flush(&mut vec![entry(true)]).await.unwrap();
+    assert_eq!((out.processed, out.duplicates), (0, 1));
+    assert_eq!(queued_jobs(&redis).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_dead_letter_list_is_capped_and_every_rejection_is_counted() {
+    let redis = RedisServer::start().await;
+    let (_store, _dir, url) = temp_store().await;
+    let mut s = settings(&redis, &url);
+    s.dead_letter_max = 5;
+    let l = start_listener(s).await;
+    wait_for_subscriber(&redis, "market_events").await;
+
+    // The counter is per process, which other tests share: count the rise.
+    let metrics_url = format!("http://{}/metrics", l.metrics);
+    let malformed = || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix("listener_events_rejected_total{reason=\"malformed_json\"} ")
+                    .map(|v| v.trim().parse::<u64>().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    let before = malformed().await;
+
+    for i in 0..8 {
+        redis_cli_publish(&redis, "market_events", &format!("{{not json {i}"));
+    }
+
+    eventually(LONG, "eight rejections counted", || async {
+        malformed().await == before + 8
+    })
+    .await;
+    let mut conn = redis.connection().await;
+    let kept: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{NS}:events:dead"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 5);
+    // Newest first.
+    let newest: serde_json::Value = serde_json::from_str(&kept[0]).unwrap();
+    assert_eq!(newest["payload"], "{not json 7");
+    assert_eq!(newest["reason"], "malformed_json");
+    l.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
+    let redis = RedisServer::start().await;
+    let (store, _dir, _url) = temp_store().await;
+    let bridge = listener::bridge::Bridge::new(
+        pool(&redis),
+        shared::keys::Keys::new(NS),
+        shared::testing::as_dyn(store),
+        queue(&redis),
+        shared::jobs::RECALC_RETRY,
+        100_000,
+        100,
+        "live".into(),
+        Duration::from_secs(30),
+    );
+    let mut conn = redis.connection().await;
+    bridge.ensure_group(&mut conn).await.unwrap();
+    // A stopped listener that holds nothing, one that still holds an entry.
+    bus(&redis)
+        .publish(&event(serde_json::json!({"kind": "recalculate_all"})))
+        .await
+        .unwrap();
+    for (name, count) in [("gone-empty", 0), ("gone-holding", 1)] {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg("listeners").arg(name);
+        if count > 0 {
+            read.arg("COUNT").arg(count);
+        } else {
+            // Reads nothing new, but joins the group.
+            read.arg("COUNT").arg(1);
+        }
+        let stream_id = if count > 0 { ">" } else { "0" };
+        let _: redis::Value = read
+            .arg("STREAMS")
+            .arg(format!("{NS}:events:stream"))
+            .arg(stream_id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let removed = bridge
+        .prune_consumers(&mut conn, Duration::ZERO)
+        .await
+        .unwrap();
+
+    assert_eq!(removed, 1);
+    let left: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(format!("{NS}:events:stream"))
+        .arg("listeners")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let names: Vec<String> = left
+        .iter()
+        .map(|c| redis::from_redis_value_ref::<String>(&c["name"]).unwrap())
+        .collect();
+    assert_eq!(names, vec!["gone-holding".to_string()]);
 }
