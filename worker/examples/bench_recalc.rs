@@ -1,6 +1,8 @@
 //! Recalculation benchmark: seeds N products into a fresh SQLite catalog,
-//! runs `recalculate_all_prices` through the queue and a worker, and prints
-//! products/s and the time to a warm cache. Run through `scripts/bench-recalc`.
+//! runs `recalculate_all_prices` through the queue and a worker twice (into
+//! an empty cache, then over the cached prices), and prints products/s, the
+//! time to a warm cache and the process's peak RSS during each run. Run
+//! through `scripts/bench-recalc`.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,10 @@ use shared::config::{
 use shared::jobs::RecalculateAllPrices;
 use shared::queue::{JobState, NewJob, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
+
+/// The allocator the worker binary uses, so the figures are the worker's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -69,34 +75,42 @@ async fn main() -> anyhow::Result<()> {
         QueueSettings::default(),
     );
 
-    let t = Instant::now();
-    let id = q.push(NewJob::of(&RecalculateAllPrices {})?).await?.id;
-    let result = loop {
-        if let Some(s) = q.status(&id).await?
-            && matches!(
-                s.record.state,
-                JobState::Succeeded | JobState::Failed | JobState::Skipped
-            )
-        {
-            anyhow::ensure!(
-                s.record.state == JobState::Succeeded,
-                "recalculation ended {:?}: {:?}",
-                s.record.state,
-                s.record.error
-            );
-            break s.result.unwrap_or_default();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let warm = t.elapsed();
-    let job_ms = result["duration_ms"].as_u64().unwrap_or(0);
-    println!(
-        "recalculate_all_prices: {} products in {} ms inside the job ({:.0} products/s); warm cache {:.2} s after the push",
-        result["updated_count"],
-        job_ms,
-        n as f64 / (job_ms.max(1) as f64 / 1000.0),
-        warm.as_secs_f64()
-    );
+    // First into an empty cache (Redis grows its keyspace as it goes), then
+    // again over the cached prices, as every later recalculation runs.
+    for run in ["cold (empty cache)", "warm (prices cached)"] {
+        reset_peak_rss();
+        let rss_before = rss_kib("VmRSS");
+        let t = Instant::now();
+        let id = q.push(NewJob::of(&RecalculateAllPrices {})?).await?.id;
+        let result = loop {
+            if let Some(s) = q.status(&id).await?
+                && matches!(
+                    s.record.state,
+                    JobState::Succeeded | JobState::Failed | JobState::Skipped
+                )
+            {
+                anyhow::ensure!(
+                    s.record.state == JobState::Succeeded,
+                    "recalculation ended {:?}: {:?}",
+                    s.record.state,
+                    s.record.error
+                );
+                break s.result.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let warm = t.elapsed();
+        let job_ms = result["duration_ms"].as_u64().unwrap_or(0);
+        println!(
+            "recalculate_all_prices, {run}: {} products in {} ms inside the job ({:.0} products/s); warm cache {:.2} s after the push; worker RSS {} MiB before, peak {} MiB",
+            result["updated_count"],
+            job_ms,
+            n as f64 / (job_ms.max(1) as f64 / 1000.0),
+            warm.as_secs_f64(),
+            rss_before / 1024,
+            rss_kib("VmHWM") / 1024,
+        );
+    }
     let _ = tx.send(());
     handle.await??;
     Ok(())
@@ -131,18 +145,13 @@ async fn phases(store: &shared::store::sqlite::SqliteStore, url: &str) -> anyhow
         after = Some(last.id.clone());
         n += rows.len();
         let t = Instant::now();
-        let now = chrono::Utc::now();
+        let encoder = shared::cache::CachedPrice::encoder(chrono::Utc::now());
         let entries: Vec<(String, String)> = rows
             .iter()
             .map(|(p, s)| {
                 (
                     cache.keys().price(&p.id),
-                    shared::cache::CachedPrice::new(
-                        &p.id,
-                        shared::pricing::compute_price_cents(p, s),
-                        now,
-                    )
-                    .encode(),
+                    encoder.encode(&p.id, shared::pricing::compute_price_cents(p, s)),
                 )
             })
             .collect();
@@ -158,4 +167,28 @@ async fn phases(store: &shared::store::sqlite::SqliteStore, url: &str) -> anyhow
         write.as_secs_f64()
     );
     Ok(())
+}
+
+/// A field of `/proc/self/status` in KiB (0 where unavailable).
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(field)?
+                    .trim_start_matches(':')
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Resets the peak RSS (`VmHWM`) to the current RSS (Linux `clear_refs` 5),
+/// so the peak measured afterwards is the recalculation's, not the seeding's.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

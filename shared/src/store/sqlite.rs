@@ -12,7 +12,7 @@
 //! Both drivers link the same `libsqlite3-sys`. An in-memory database has no
 //! file a second connection could open, so it keeps the sqlx path.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -192,29 +192,82 @@ fn scan_page(
         return Ok(Vec::new());
     };
     let range = rusqlite::params![first.id, last.id];
-    let by_id = |sql: &str| -> Result<HashMap<String, f64>, rusqlite::Error> {
-        conn.prepare_cached(sql)?
-            .query_map(range, |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?
-            .collect()
-    };
-    let lowest = by_id(
+    let mut lowest = conn.prepare_cached(
         "SELECT product_id, MIN(price) FROM competitor_prices \
-         WHERE product_id >= ?1 AND product_id <= ?2 GROUP BY product_id",
+         WHERE product_id >= ?1 AND product_id <= ?2 GROUP BY product_id ORDER BY product_id",
     )?;
-    let demand = by_id(
+    let mut lowest = SortedSignals::new(lowest.query(range)?);
+    let mut demand = conn.prepare_cached(
         "SELECT product_id, demand_index FROM demand_signals \
-         WHERE product_id >= ?1 AND product_id <= ?2",
+         WHERE product_id >= ?1 AND product_id <= ?2 ORDER BY product_id",
     )?;
-    Ok(products
+    let mut demand = SortedSignals::new(demand.query(range)?);
+    products
         .into_iter()
         .map(|p| {
             let signals = MarketSignals {
-                lowest_competitor_price: lowest.get(&p.id).copied(),
-                demand_index: demand.get(&p.id).copied(),
+                lowest_competitor_price: lowest.value_for(&p.id)?,
+                demand_index: demand.value_for(&p.id)?,
             };
-            (p, signals)
+            Ok((p, signals))
         })
-        .collect())
+        .collect()
+}
+
+/// `(product_id, value)` rows in product order, merged against the page's
+/// products (also in product order) without a map: no hashing, and no
+/// allocation for ids that the comparison can read in place.
+struct SortedSignals<'s> {
+    rows: rusqlite::Rows<'s>,
+    /// The current row's id and value, not yet matched.
+    current: Option<(String, f64)>,
+    done: bool,
+}
+
+impl<'s> SortedSignals<'s> {
+    fn new(rows: rusqlite::Rows<'s>) -> Self {
+        Self {
+            rows,
+            current: None,
+            done: false,
+        }
+    }
+
+    /// The value for `id`; ids must be asked in ascending order.
+    fn value_for(&mut self, id: &str) -> Result<Option<f64>, rusqlite::Error> {
+        loop {
+            if let Some((cur, value)) = &self.current {
+                match cur.as_str().cmp(id) {
+                    std::cmp::Ordering::Less => self.current = None,
+                    std::cmp::Ordering::Equal => {
+                        let v = *value;
+                        self.current = None;
+                        return Ok(Some(v));
+                    }
+                    std::cmp::Ordering::Greater => return Ok(None),
+                }
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.rows.next()? {
+                Some(row) => {
+                    let rid = row.get_ref(0)?.as_str()?;
+                    match rid.cmp(id) {
+                        // A signal of a product not on this page (deleted
+                        // meanwhile): skip it without allocating.
+                        std::cmp::Ordering::Less => continue,
+                        std::cmp::Ordering::Equal => return Ok(Some(row.get(1)?)),
+                        std::cmp::Ordering::Greater => {
+                            self.current = Some((rid.to_owned(), row.get(1)?));
+                            return Ok(None);
+                        }
+                    }
+                }
+                None => self.done = true,
+            }
+        }
+    }
 }
 
 fn priced_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Product, MarketSignals), sqlx::Error> {
@@ -452,5 +505,68 @@ impl CatalogStore for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The bulk reader's merged range scans give every product the same
+    /// signals as the per-product SQL path, across page boundaries, for
+    /// products with several competitor prices, one, or none.
+    #[tokio::test]
+    async fn the_page_scan_matches_the_per_product_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        let store = SqliteStore::connect(&url, 2).await.unwrap();
+        crate::store::seed::seed(&store, 40).await.unwrap();
+        let now = chrono::Utc::now();
+        // Extra signals on a few products only (ids sort as P-1, P-10, …).
+        let extra: Vec<CompetitorPrice> = ["P-1", "P-10", "P-10", "P-25", "P-9"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| CompetitorPrice {
+                product_id: id.to_string(),
+                competitor: format!("rival-{i}"),
+                price: 1.0 + i as f64,
+                observed_at: now,
+            })
+            .collect();
+        store.record_competitor_prices(&extra).await.unwrap();
+        store
+            .record_demand(&[DemandSignal {
+                product_id: "P-33".into(),
+                demand_index: 1.9,
+                observed_at: now,
+            }])
+            .await
+            .unwrap();
+
+        let mut scanned = Vec::new();
+        let mut after = None::<String>;
+        loop {
+            let page = store.priced_page(after.as_deref(), 7).await.unwrap();
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.id.clone());
+            scanned.extend(page);
+        }
+
+        let ids: Vec<String> = scanned.iter().map(|(p, _)| p.id.clone()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "the scan is in id order");
+        assert_eq!(ids.len(), 40);
+        let mut by_query = store.priced_by_ids(&ids).await.unwrap();
+        by_query.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        assert_eq!(scanned, by_query);
+        let signals = |id: &str| &scanned.iter().find(|(p, _)| p.id == id).unwrap().1;
+        assert_eq!(
+            signals("P-10").lowest_competitor_price.map(|p| p <= 2.0),
+            Some(true)
+        );
+        assert_eq!(signals("P-33").demand_index, Some(1.9));
     }
 }

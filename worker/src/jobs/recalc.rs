@@ -55,7 +55,7 @@ pub const PAGE: usize = 5_000;
 pub const READ_AHEAD: usize = 2;
 
 /// Page writes in flight at once, each on a Redis connection of its own.
-pub const WRITERS: usize = 2;
+pub const WRITERS: usize = 3;
 
 /// How often a waiting full recalculation looks at the lock again.
 pub const DEFER_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -105,14 +105,15 @@ pub fn register(registry: &mut Registry, deps: Arc<RecalcDeps>) {
     });
 }
 
+/// The cache keys and entries of a priced page (one timestamp for the page).
 fn entries(cache: &PriceCache, priced: &[(Product, MarketSignals)]) -> Vec<(String, String)> {
-    let now = Utc::now();
+    let encoder = CachedPrice::encoder(Utc::now());
     priced
         .iter()
         .map(|(p, s)| {
             (
                 cache.keys().price(&p.id),
-                CachedPrice::new(&p.id, compute_price_cents(p, s), now).encode(),
+                encoder.encode(&p.id, compute_price_cents(p, s)),
             )
         })
         .collect()

@@ -316,17 +316,21 @@ async fn gated_prices(
 
 #[tokio::test]
 async fn a_running_recalculation_shows_its_progress() {
-    // Arrange: 12,000 products (three pages of 5,000); the feed holds back
-    // the third page, so the job stops there with the first page written.
+    // Arrange: a page more than there are writers, and some. The job
+    // settles its oldest write (and reports progress) once every writer is
+    // busy, so when the feed holds back the page after those, exactly the
+    // first page is known written.
+    use worker::jobs::recalc::{PAGE, WRITERS};
+    let n = (WRITERS + 1) * PAGE + 2_000;
     let redis = RedisServer::start().await;
     let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 12_000)
+    shared::store::seed::seed(store.as_ref(), n as u64)
         .await
         .unwrap();
-    let mut ids: Vec<String> = (1..=12_000).map(|i| format!("P-{i}")).collect();
+    let mut ids: Vec<String> = (1..=n).map(|i| format!("P-{i}")).collect();
     ids.sort(); // the order the catalog is read in
     let feed = GatedFeed {
-        gate_id: ids[2 * worker::jobs::recalc::PAGE].clone(),
+        gate_id: ids[WRITERS * PAGE].clone(),
         open: Arc::default(),
         held: Arc::default(),
     };
@@ -355,7 +359,7 @@ async fn a_running_recalculation_shows_its_progress() {
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
         let st = q.status(&id).await.unwrap().unwrap();
-        if st.result == Some(serde_json::json!({"processed": 5_000, "total": 12_000})) {
+        if st.result == Some(serde_json::json!({"processed": PAGE, "total": n})) {
             assert_eq!(st.record.state, JobState::Running);
             break;
         }
@@ -368,6 +372,6 @@ async fn a_running_recalculation_shows_its_progress() {
     feed.open.notify_one();
     wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
     let result = q.status(&id).await.unwrap().unwrap().result.unwrap();
-    assert_eq!(result["updated_count"], 12_000);
+    assert_eq!(result["updated_count"], n);
     w.stop().await;
 }
