@@ -1,8 +1,10 @@
 //! The server span of every request, in OpenTelemetry's HTTP conventions.
 //!
 //! [`trace_http`] opens a `DEBUG` span named `{method} {route}`
-//! (`otel.kind=server`, `http.request.method`, `http.route`, and
-//! `http.response.status_code` once answered). A W3C `traceparent` (and
+//! (`otel.kind=server`, `http.request.method`, `http.route`, `url.path`,
+//! `url.scheme`, and `http.response.status_code` once answered; a 5xx marks
+//! it as an error). A path no route matches is named by its method alone,
+//! without `http.route`. A W3C `traceparent` (and
 //! `tracestate`) sent by the client makes it a child of the client's span,
 //! and the response carries the server span's own `traceparent`, so a caller
 //! can find its trace. Everything below (the Redis spans, the published
@@ -17,27 +19,43 @@ use tracing::Instrument as _;
 
 /// Middleware: runs the request inside its server span.
 pub async fn trace_http(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
     let span = tracing::debug_span!(
         "http",
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = tracing::field::Empty,
         otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
+        otel.status_code = tracing::field::Empty,
+        http.request.method = req.method().as_str(),
+        http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        url.path = req.uri().path(),
+        url.scheme = "http",
     );
     if !span.is_disabled() {
+        let method = req.method().as_str();
+        // An unmatched path has no route: the span is named by the method
+        // alone and carries no `http.route`, as the conventions ask.
+        match req.extensions().get::<MatchedPath>() {
+            Some(route) => {
+                span.record("http.route", route.as_str());
+                span.record(
+                    "otel.name",
+                    format_args!("{method} {}", route.as_str()).to_string(),
+                );
+            }
+            None => {
+                span.record("otel.name", method);
+            }
+        }
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         shared::telemetry::set_remote_parent(&span, header("traceparent"), header("tracestate"));
     }
     let mut response = next.run(req).instrument(span.clone()).await;
     if !span.is_disabled() {
-        span.record("http.response.status_code", response.status().as_u16());
+        let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
         let context = span.in_scope(shared::telemetry::current_trace_context);
         if let Some((parent, _)) = context
             && let Ok(value) = HeaderValue::from_str(&parent)

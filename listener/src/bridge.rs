@@ -89,6 +89,9 @@ pub const CHANNEL_CLAIM: Duration = Duration::from_secs(2);
 /// they are given up (logged as lost): pub/sub cannot redeliver them.
 pub const INGEST_ATTEMPTS: u32 = 3;
 
+/// Most other events a batch span links to (and gives a `receive` span).
+pub const MAX_BATCH_LINKS: usize = 128;
+
 /// How long an event id is remembered as processed.
 pub const DONE_TTL: Duration = Duration::from_secs(86_400);
 
@@ -645,21 +648,7 @@ impl Bridge {
         let jobs = if valid.is_empty() {
             0
         } else {
-            let first = &valid[0].1;
-            let span = tracing::debug_span!(
-                "market_events process",
-                otel.kind = "consumer",
-                messaging.system = "redis",
-                messaging.destination.name = %self.stream,
-                messaging.operation = "process",
-                messaging.batch.message_count = valid.len(),
-                event.id = %first.event_id,
-            );
-            shared::telemetry::set_remote_parent(
-                &span,
-                first.traceparent.as_deref(),
-                first.tracestate.as_deref(),
-            );
+            let span = self.batch_span(valid.iter().map(|(_, e)| e));
             self.queue_jobs(valid.iter().map(|(_, e)| e))
                 .instrument(span)
                 .await?
@@ -703,6 +692,62 @@ impl Bridge {
         Ok(out)
     }
 
+    /// The consumer span of a batch, in the messaging conventions for batch
+    /// processing: a child of the first event's publish span (so a lone
+    /// event, the common case, is one connected trace down to the worker),
+    /// linked to the publish span of every other event. Each of those others
+    /// also gets a short `receive` span in its own trace, linked back to the
+    /// batch span, so its trace shows that a listener took it.
+    fn batch_span<'a>(&self, events: impl Iterator<Item = &'a MarketEvent>) -> tracing::Span {
+        let events: Vec<&MarketEvent> = events.collect();
+        let span = tracing::debug_span!(
+            "market_events process",
+            otel.name = %format_args!("process {}", self.stream),
+            otel.kind = "consumer",
+            messaging.system = "redis",
+            messaging.destination.name = %self.stream,
+            messaging.operation = "process",
+            "messaging.operation.type" = "process",
+            messaging.batch.message_count = events.len(),
+            messaging.message.id = %events[0].event_id,
+        );
+        if span.is_disabled() {
+            return span;
+        }
+        shared::telemetry::set_remote_parent(
+            &span,
+            events[0].traceparent.as_deref(),
+            events[0].tracestate.as_deref(),
+        );
+        let batch = span.in_scope(shared::telemetry::current_trace_context);
+        for event in events.iter().skip(1).take(MAX_BATCH_LINKS) {
+            shared::telemetry::add_remote_link(
+                &span,
+                event.traceparent.as_deref(),
+                event.tracestate.as_deref(),
+            );
+            let receive = tracing::debug_span!(
+                "market_event receive",
+                otel.name = %format_args!("receive {}", self.stream),
+                otel.kind = "consumer",
+                messaging.system = "redis",
+                messaging.destination.name = %self.stream,
+                messaging.operation = "receive",
+                "messaging.operation.type" = "receive",
+                messaging.message.id = %event.event_id,
+            );
+            shared::telemetry::set_remote_parent(
+                &receive,
+                event.traceparent.as_deref(),
+                event.tracestate.as_deref(),
+            );
+            if let Some((parent, state)) = &batch {
+                shared::telemetry::add_remote_link(&receive, Some(parent), state.as_deref());
+            }
+        }
+        span
+    }
+
     /// Queues the jobs that cover `events`; returns how many.
     async fn queue_jobs<'a>(
         &self,
@@ -727,13 +772,8 @@ impl Bridge {
                 jobs.push(NewJob::of(&job)?.retry(self.recalc_retry));
             }
         }
-        let context = shared::telemetry::current_trace_context();
-        for job in &mut jobs {
-            if let Some((parent, state)) = &context {
-                job.traceparent = Some(parent.clone());
-                job.tracestate = state.clone();
-            }
-        }
+        // The jobs carry the context of the queue's producer span, a child
+        // of this batch's span.
         self.queue.push_bulk(&jobs).await?;
         for job in &jobs {
             metrics::enqueued(&job.name);

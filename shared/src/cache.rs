@@ -186,7 +186,7 @@ impl PriceCache {
         let (mut conn, tracker) = self.pool.get();
         let raw: Option<Vec<u8>> = tracker.track(
             conn.get(self.keys.price(product_id))
-                .instrument(redis_span("GET"))
+                .instrument(redis_span("GET", "GET"))
                 .await,
         )?;
         Ok(Lookup::from_raw(product_id, raw))
@@ -203,7 +203,7 @@ impl PriceCache {
             redis::cmd("MGET")
                 .arg(&keys)
                 .query_async(&mut conn)
-                .instrument(redis_span("MGET"))
+                .instrument(redis_span("MGET", "MGET"))
                 .await,
         )?;
         Ok(product_ids
@@ -219,7 +219,7 @@ impl PriceCache {
         let ttl = self.ttl.as_secs().max(1);
         tracker.track(
             conn.set_ex::<_, _, ()>(self.keys.price(&entry.product_id), entry.encode(), ttl)
-                .instrument(redis_span("SET"))
+                .instrument(redis_span("SETEX", "SETEX"))
                 .await,
         )
     }
@@ -238,7 +238,7 @@ impl PriceCache {
         let (mut conn, tracker) = self.pool.get();
         tracker.track(
             pipe.query_async::<()>(&mut conn)
-                .instrument(redis_span("SET"))
+                .instrument(redis_span("BATCH SETEX", "BATCH SETEX"))
                 .await,
         )
     }

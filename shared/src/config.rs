@@ -256,7 +256,19 @@ impl TelemetrySettings {
                 "must start with http:// or https://",
             ));
         }
-        let disabled: bool = env_or("OTEL_SDK_DISABLED", false)?;
+        // The OpenTelemetry spec reads this one case-insensitively.
+        let disabled = match env_opt("OTEL_SDK_DISABLED") {
+            None => false,
+            Some(v) if v.trim().eq_ignore_ascii_case("true") => true,
+            Some(v) if v.trim().eq_ignore_ascii_case("false") || v.trim().is_empty() => false,
+            Some(v) => {
+                return Err(ConfigError::new(
+                    "OTEL_SDK_DISABLED",
+                    &v,
+                    "expected true or false",
+                ));
+            }
+        };
         Ok(Self {
             service_name: env_or("OTEL_SERVICE_NAME", default_service.to_string())?,
             otlp_endpoint: otlp_endpoint.filter(|_| !disabled),

@@ -555,7 +555,7 @@ impl EventBus {
                 .arg(&self.settings.channel)
                 .arg(&payload)
                 .query_async(&mut conn)
-                .instrument(redis_span("XADD PUBLISH"))
+                .instrument(redis_span("XADD PUBLISH", "BATCH"))
                 .await,
         )?;
         let appended_ms = entry

@@ -159,7 +159,7 @@ impl DistributedLock {
                 .arg(self.ttl.as_millis() as u64)
                 .arg(owner)
                 .invoke_async(&mut conn)
-                .instrument(redis_span("EVALSHA lock acquire"))
+                .instrument(redis_span("lock acquire", "EVALSHA"))
                 .await,
         )?;
         let Some(fence) = fence else {
@@ -214,7 +214,7 @@ impl DistributedLock {
                 .key(&self.key)
                 .arg(token)
                 .invoke_async(&mut conn)
-                .instrument(redis_span("EVALSHA lock release"))
+                .instrument(redis_span("lock release", "EVALSHA"))
                 .await,
         )?;
         Ok(ok == 1)
@@ -335,6 +335,15 @@ impl FencedWriter {
     /// Writes `entries` (key, value) with the TTL. Returns the number of keys
     /// written, or `None` (nothing written) when a newer fence has written.
     pub async fn write(
+        &mut self,
+        entries: &[(String, String)],
+    ) -> redis::RedisResult<Option<usize>> {
+        let span = redis_span("fenced write", "BATCH SET");
+        span.record("db.operation.batch.size", entries.len());
+        self.write_untraced(entries).instrument(span).await
+    }
+
+    async fn write_untraced(
         &mut self,
         entries: &[(String, String)],
     ) -> redis::RedisResult<Option<usize>> {

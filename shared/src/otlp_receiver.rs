@@ -1,12 +1,16 @@
-//! An in-process OTLP/gRPC trace receiver for tests (feature `test-support`).
+//! An in-process OTLP trace receiver for tests (feature `test-support`).
 //!
-//! It speaks the real protocol (`opentelemetry.proto.collector.trace.v1.
-//! TraceService/Export` over gRPC), so services export to it exactly as
-//! they would to Jaeger, and it keeps every span with its resource's
-//! `service.name` for the test to inspect.
+//! It speaks the real protocols, OTLP/gRPC
+//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) or
+//! OTLP/HTTP (`POST /v1/traces` with a protobuf body), so services export
+//! to it exactly as they would to Jaeger. It keeps every span with its
+//! resource's attributes (`service.name`, `service.version`, …) and its
+//! links, and wakes waiters on every export, so a test waits for spans
+//! without polling.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -14,6 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
 /// One received span, flattened.
@@ -21,6 +26,8 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 pub struct ReceivedSpan {
     /// `service.name` of the resource that sent it.
     pub service: String,
+    /// String renderings of its resource's attributes.
+    pub resource: Vec<(String, String)>,
     /// Trace id, hex.
     pub trace_id: String,
     /// Span id, hex.
@@ -33,6 +40,10 @@ pub struct ReceivedSpan {
     pub kind: i32,
     /// String renderings of its attributes.
     pub attributes: Vec<(String, String)>,
+    /// The (trace id, span id) of each span it links to, hex.
+    pub links: Vec<(String, String)>,
+    /// Status code (OTLP enum: 0 unset, 1 ok, 2 error).
+    pub status_code: i32,
 }
 
 impl ReceivedSpan {
@@ -43,10 +54,21 @@ impl ReceivedSpan {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The value of resource attribute `key`, if present.
+    pub fn resource_attr(&self, key: &str) -> Option<&str> {
+        self.resource
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<ReceivedSpan>>>);
+struct Sink {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
 
 fn render(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
     match v.and_then(|v| v.value.as_ref()) {
@@ -63,45 +85,89 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn pairs(attributes: &[KeyValue]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|a| (a.key.clone(), render(a.value.as_ref())))
+        .collect()
+}
+
+impl Sink {
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        let mut out = Vec::new();
+        for rs in request.resource_spans {
+            let resource = rs
+                .resource
+                .as_ref()
+                .map(|r| pairs(&r.attributes))
+                .unwrap_or_default();
+            let service = resource
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    out.push(ReceivedSpan {
+                        service: service.clone(),
+                        resource: resource.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        name: span.name,
+                        kind: span.kind,
+                        attributes: pairs(&span.attributes),
+                        links: span
+                            .links
+                            .iter()
+                            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                            .collect(),
+                        status_code: span.status.as_ref().map_or(0, |s| s.code),
+                    });
+                }
+            }
+        }
+        self.spans
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(out);
+        self.arrived.notify_waiters();
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Sink {
     async fn export(
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut out = Vec::new();
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                .map(|a| render(a.value.as_ref()))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    out.push(ReceivedSpan {
-                        service: service.clone(),
-                        trace_id: hex(&span.trace_id),
-                        span_id: hex(&span.span_id),
-                        parent_span_id: hex(&span.parent_span_id),
-                        name: span.name,
-                        kind: span.kind,
-                        attributes: span
-                            .attributes
-                            .iter()
-                            .map(|a| (a.key.clone(), render(a.value.as_ref())))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend(out);
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
+    }
+}
+
+/// `POST /v1/traces`: an OTLP/HTTP export with a protobuf body.
+async fn export_http(
+    axum::extract::State(sink): axum::extract::State<Sink>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use prost::Message as _;
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => {
+            sink.keep(request);
+            let answer = ExportTraceServiceResponse {
+                partial_success: None,
+            };
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+                answer.encode_to_vec(),
+            )
+                .into_response()
+        }
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
 
@@ -113,12 +179,12 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Starts a receiver on a free loopback port.
+    /// Starts an OTLP/gRPC receiver on a free loopback port.
     pub async fn start() -> Self {
         Self::start_on(0).await.expect("bind the OTLP receiver")
     }
 
-    /// Starts a receiver on `127.0.0.1:port` (0: a free port).
+    /// Starts an OTLP/gRPC receiver on `127.0.0.1:port` (0: a free port).
     pub async fn start_on(port: u16) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
@@ -133,6 +199,22 @@ impl OtlpReceiver {
         Ok(Self { addr, sink, server })
     }
 
+    /// Starts an OTLP/HTTP (protobuf) receiver on a free loopback port.
+    pub async fn start_http() -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the OTLP/HTTP receiver");
+        let addr = listener.local_addr().expect("a bound address");
+        let sink = Sink::default();
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(export_http))
+            .with_state(sink.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, sink, server }
+    }
+
     /// The endpoint to give `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -141,7 +223,7 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.sink
-            .0
+            .spans
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
@@ -153,6 +235,28 @@ impl OtlpReceiver {
             .into_iter()
             .filter(|s| s.trace_id == trace_id)
             .collect()
+    }
+
+    /// Waits until `done` holds for the spans received, checking after
+    /// every export; `Err` with the spans so far if `within` passes first
+    /// (a guard against a hang, not a timing check).
+    pub async fn wait_until(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&[ReceivedSpan]) -> bool,
+    ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before looking, so an export in between is not missed.
+            let arrived = self.sink.arrived.notified();
+            let spans = self.spans();
+            if done(&spans) {
+                return Ok(spans);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(self.spans());
+            }
+        }
     }
 }
 

@@ -12,7 +12,16 @@
 //!
 //! A collector that is down never blocks a request: the batch processor
 //! exports on its own thread and drops what it cannot send, with one warning
-//! a minute.
+//! a minute. OTLP/HTTP uses the blocking reqwest client, which runs on that
+//! thread; the async one needs a Tokio reactor there and panicked on the
+//! first export, so nothing was ever sent.
+//!
+//! Helpers for the spans the services make: [`redis_span`] (a Redis client
+//! span in the database conventions), [`producer_span`] (publishing to the
+//! event channel or the job queue), [`current_trace_context`] and
+//! [`set_remote_parent`] (W3C `traceparent` across Redis and HTTP), and
+//! [`record_remote_client_span`] for an operation timed before its trace was
+//! known (the worker's queue fetch).
 //!
 //! The returned [`TelemetryGuard`] flushes and shuts the exporter down when
 //! dropped, so the last spans of a stopping service are not lost.
@@ -20,6 +29,7 @@
 //! when `TEST_LOG` is set.
 
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -167,6 +177,10 @@ fn build_provider(
 /// Longest one export may take before its batch is dropped.
 pub const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Whether a tracer provider with an exporter is installed (by [`init`]):
+/// spans built directly on the OpenTelemetry API are skipped otherwise.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
 /// Installs the global subscriber for a service. Call once, early in `main`.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     use tracing_subscriber::Layer as _;
@@ -184,6 +198,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .transpose()?;
     let otel_layer = provider.as_ref().map(|p| {
         opentelemetry::global::set_tracer_provider(p.clone());
+        EXPORTING.store(true, Ordering::Relaxed);
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(settings.service_name.clone()))
             // Per-span extras that cost CPU on every poll (busy/idle time)
@@ -206,17 +221,70 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
-/// A client span for one Redis command on a hot path: `db.system=redis` and
-/// the command's name, never its keys or values. `DEBUG`, so it costs
-/// nothing unless spans are exported.
-pub fn redis_span(command: &'static str) -> tracing::Span {
+/// A client span for one Redis round trip on a hot path, in the database
+/// conventions: named by its `summary` (`GET`, `queue push`), with
+/// `db.system=redis` and `db.operation.name` the command sent (`GET`,
+/// `EVALSHA`, or `BATCH …` for a pipeline), never keys or values. `DEBUG`,
+/// so it costs nothing unless spans are exported.
+pub fn redis_span(summary: &'static str, operation: &'static str) -> tracing::Span {
     tracing::debug_span!(
         "redis",
-        otel.name = command,
+        otel.name = summary,
         otel.kind = "client",
         db.system = "redis",
-        db.operation.name = command,
+        db.operation.name = operation,
+        db.query.summary = summary,
+        db.operation.batch.size = tracing::field::Empty,
     )
+}
+
+/// A producer span for publishing to `destination` (the event channel and
+/// stream, or a job queue), in the messaging conventions. What it publishes
+/// should carry [`current_trace_context`] taken inside it, so the consumer's
+/// span is its child. `DEBUG`, like the others.
+pub fn producer_span(destination: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "publish",
+        otel.name = %format_args!("publish {destination}"),
+        otel.kind = "producer",
+        messaging.system = "redis",
+        messaging.destination.name = destination,
+        messaging.operation = "publish",
+        "messaging.operation.type" = "send",
+        messaging.message.id = tracing::field::Empty,
+        messaging.batch.message_count = tracing::field::Empty,
+    )
+}
+
+/// Records a finished client span that started at `start` and ended at
+/// `end`, as a child of the remote span `traceparent`. For an operation
+/// whose trace is known only from its result: the worker's fetch learns
+/// which traces its jobs belong to when the fetch returns. Nothing happens
+/// unless spans are exported or `traceparent` is invalid.
+pub fn record_remote_client_span(
+    name: &'static str,
+    start: std::time::SystemTime,
+    end: std::time::SystemTime,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    attributes: Vec<opentelemetry::KeyValue>,
+) {
+    use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return;
+    }
+    let parent = extract(traceparent, tracestate);
+    if !parent.span().span_context().is_valid() {
+        return;
+    }
+    let tracer = opentelemetry::global::tracer("shared");
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Client)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &parent);
+    span.end_with_timestamp(end);
 }
 
 /// Installs a subscriber for tests, once per test binary. Spans get real
@@ -244,19 +312,60 @@ pub fn init_for_tests() {
     });
 }
 
+/// The W3C propagator, used directly: the global one sits behind a lock
+/// that every request would take twice.
+static PROPAGATOR: std::sync::LazyLock<TraceContextPropagator> =
+    std::sync::LazyLock::new(TraceContextPropagator::new);
+
+/// A `traceparent` / `tracestate` pair, as the propagator reads and writes it.
+#[derive(Default)]
+struct W3c {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl opentelemetry::propagation::Injector for W3c {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.traceparent = Some(value),
+            "tracestate" => self.tracestate = Some(value).filter(|s| !s.is_empty()),
+            _ => {}
+        }
+    }
+}
+
+impl opentelemetry::propagation::Extractor for W3c {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent.as_deref(),
+            "tracestate" => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+fn extract(traceparent: Option<&str>, tracestate: Option<&str>) -> opentelemetry::Context {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    PROPAGATOR.extract(&W3c {
+        traceparent: traceparent.map(str::to_string),
+        tracestate: tracestate.map(str::to_string),
+    })
+}
+
 /// The W3C trace context (`traceparent`, `tracestate`) of the current span,
 /// for carrying it across Redis or HTTP. `None` when the span is not traced
 /// (no OpenTelemetry layer installed, e.g. export off).
 pub fn current_trace_context() -> Option<(String, Option<String>)> {
+    use opentelemetry::propagation::TextMapPropagator as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let cx = tracing::Span::current().context();
-    let mut carrier = std::collections::HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
-    let parent = carrier.remove("traceparent")?;
-    Some((
-        parent,
-        carrier.remove("tracestate").filter(|s| !s.is_empty()),
-    ))
+    let mut carrier = W3c::default();
+    PROPAGATOR.inject_context(&cx, &mut carrier);
+    Some((carrier.traceparent?, carrier.tracestate))
 }
 
 /// Makes `span` a child of the remote span described by `traceparent` (and
@@ -268,16 +377,55 @@ pub fn set_remote_parent(
 ) {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let Some(traceparent) = traceparent else {
+    if traceparent.is_none() {
         return;
-    };
-    let mut carrier = std::collections::HashMap::new();
-    carrier.insert("traceparent".to_string(), traceparent.to_string());
-    if let Some(state) = tracestate {
-        carrier.insert("tracestate".to_string(), state.to_string());
     }
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    let cx = extract(traceparent, tracestate);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
+    }
+}
+
+/// Links `span` to the remote span `traceparent`, for a span that works for
+/// several traces at once (a batch of events) but has only one parent.
+pub fn add_remote_link(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if traceparent.is_none() || span.is_disabled() {
+        return;
+    }
+    let cx = extract(traceparent, tracestate);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_survives_extract_and_inject() {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use opentelemetry::trace::TraceContextExt as _;
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = extract(Some(tp), Some("vendor=x"));
+        assert!(cx.span().span_context().is_valid());
+        assert!(cx.span().span_context().is_remote());
+        let mut out = W3c::default();
+        PROPAGATOR.inject_context(&cx, &mut out);
+        assert_eq!(out.traceparent.as_deref(), Some(tp));
+        assert_eq!(out.tracestate.as_deref(), Some("vendor=x"));
+        for bad in [
+            "",
+            "00-zz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(
+                !extract(Some(bad), None).span().span_context().is_valid(),
+                "{bad}"
+            );
+        }
     }
 }

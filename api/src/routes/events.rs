@@ -74,12 +74,7 @@ pub async fn publish(
         .await
         .map_err(|_| ApiError::PayloadTooLarge(MAX_EVENT_BYTES))?;
     let mut event = shared::events::parse(&bytes)?;
-    // The listener's and the worker's spans continue this request's trace.
-    if let Some((parent, state)) = shared::telemetry::current_trace_context() {
-        event.traceparent = Some(parent);
-        event.tracestate = state;
-    }
-    let published = state.events.publish(&event).await.map_err(|e| {
+    let published = publish_traced(&state, &mut event).await.map_err(|e| {
         tracing::error!(error = %e, "publishing a market event failed");
         ApiError::Unavailable("the event stream (Redis) is unavailable; retry later".into())
     })?;
@@ -93,4 +88,24 @@ pub async fn publish(
             receivers: published.receivers,
         }),
     ))
+}
+
+/// Publishes inside a producer span, whose trace context the event carries:
+/// the listener's span for it is that span's child.
+async fn publish_traced(
+    state: &AppState,
+    event: &mut shared::events::MarketEvent,
+) -> redis::RedisResult<shared::events::Published> {
+    use tracing::Instrument as _;
+    let span = shared::telemetry::producer_span(state.events.channel());
+    span.record("messaging.message.id", event.event_id.as_str());
+    async {
+        if let Some((parent, trace_state)) = shared::telemetry::current_trace_context() {
+            event.traceparent = Some(parent);
+            event.tracestate = trace_state;
+        }
+        state.events.publish(event).await
+    }
+    .instrument(span)
+    .await
 }

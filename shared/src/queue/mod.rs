@@ -573,6 +573,8 @@ pub struct Queue {
     pool: RedisPool,
     keys: QueueKeys,
     settings: QueueSettings,
+    /// The queue's name, the `messaging.destination.name` of its spans.
+    name: std::sync::Arc<str>,
 }
 
 /// The part of a job that never changes, stored as JSON in `jobs`.
@@ -638,6 +640,7 @@ impl Queue {
             pool,
             keys: QueueKeys::new(namespace, queue),
             settings,
+            name: queue.into(),
         }
     }
 
@@ -704,29 +707,42 @@ impl Queue {
         Ok(())
     }
 
-    /// Pushes one job.
+    /// Pushes one job, inside a producer span (`publish {queue}`) whose
+    /// context the job carries unless it brings its own.
     pub async fn push(&self, job: NewJob) -> Result<Pushed, QueueError> {
-        let id = Self::new_id();
-        let mut inv = scripts::PUSH.prepare_invoke();
-        let context = crate::telemetry::current_trace_context();
-        self.push_invocation(&mut inv, &id, &job, context.as_ref())?;
-        let (mut conn, tracker) = self.pool.get();
-        let (queued, id): (i64, String) = tracker.track(
-            inv.invoke_async(&mut conn)
-                .instrument(redis_span("EVALSHA queue push"))
-                .await,
-        )?;
-        Ok(Pushed {
-            id,
-            duplicate: queued == 0,
-        })
+        let span = crate::telemetry::producer_span(&self.name);
+        async {
+            let id = Self::new_id();
+            tracing::Span::current().record("messaging.message.id", id.as_str());
+            let mut inv = scripts::PUSH.prepare_invoke();
+            let context = crate::telemetry::current_trace_context();
+            self.push_invocation(&mut inv, &id, &job, context.as_ref())?;
+            let (mut conn, tracker) = self.pool.get();
+            let (queued, id): (i64, String) = tracker.track(
+                inv.invoke_async(&mut conn)
+                    .instrument(redis_span("queue push", "EVALSHA"))
+                    .await,
+            )?;
+            Ok(Pushed {
+                id,
+                duplicate: queued == 0,
+            })
+        }
+        .instrument(span)
+        .await
     }
 
-    /// Pushes many jobs in one pipelined round trip.
+    /// Pushes many jobs in one pipelined round trip, inside one producer span.
     pub async fn push_bulk(&self, jobs: &[NewJob]) -> Result<Vec<Pushed>, QueueError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let span = crate::telemetry::producer_span(&self.name);
+        span.record("messaging.batch.message_count", jobs.len());
+        self.push_bulk_traced(jobs).instrument(span).await
+    }
+
+    async fn push_bulk_traced(&self, jobs: &[NewJob]) -> Result<Vec<Pushed>, QueueError> {
         let ids: Vec<String> = jobs.iter().map(|_| Self::new_id()).collect();
         let mut invocations = Vec::with_capacity(jobs.len());
         let context = crate::telemetry::current_trace_context();
@@ -743,7 +759,7 @@ impl Queue {
         let (mut conn, tracker) = self.pool.get();
         let out: Vec<(i64, String)> = tracker.track(
             pipe.query_async(&mut conn)
-                .instrument(redis_span("EVALSHA queue push"))
+                .instrument(redis_span("queue push", "BATCH EVALSHA"))
                 .await,
         )?;
         Ok(out
@@ -913,6 +929,7 @@ impl Queue {
         if worker.is_empty() || worker.contains(['\t', '\n', '\r']) {
             return Err(QueueError::Encode(format!("invalid worker id {worker:?}")));
         }
+        let started = std::time::SystemTime::now();
         let (mut conn, tracker) = self.pool.get();
         let flat: Vec<String> = tracker.track(
             scripts::FETCH
@@ -951,7 +968,39 @@ impl Queue {
                 }
             }
         }
+        self.trace_fetch(&out, started);
         Ok(out)
+    }
+
+    /// Gives each fetched job's trace a client span for the fetch that
+    /// leased it: a fetch serves many traces, and which ones is known only
+    /// once it has returned, so the span is recorded afterwards with the
+    /// fetch's own start and end times.
+    fn trace_fetch(&self, fetched: &[Leased], started: std::time::SystemTime) {
+        use opentelemetry::KeyValue;
+        let ended = std::time::SystemTime::now();
+        for job in fetched {
+            if job.record.traceparent.is_none() {
+                continue;
+            }
+            crate::telemetry::record_remote_client_span(
+                "queue fetch",
+                started,
+                ended,
+                job.record.traceparent.as_deref(),
+                job.record.tracestate.as_deref(),
+                vec![
+                    KeyValue::new("db.system", "redis"),
+                    KeyValue::new("db.operation.name", "EVALSHA"),
+                    KeyValue::new("db.query.summary", "queue fetch"),
+                    KeyValue::new("messaging.system", "redis"),
+                    KeyValue::new("messaging.destination.name", self.name.to_string()),
+                    KeyValue::new("messaging.operation", "receive"),
+                    KeyValue::new("messaging.message.id", job.id.clone()),
+                    KeyValue::new("messaging.batch.message_count", fetched.len() as i64),
+                ],
+            );
+        }
     }
 
     /// Blocks (on a dedicated connection) until the wait list is non-empty

@@ -44,6 +44,7 @@ use shared::lock::{DistributedLock, FencedWriter};
 use shared::pricing::compute_price_cents;
 use shared::queue::{JobError, JobOutcome};
 use shared::store::CatalogStore;
+use tracing::Instrument as _;
 
 use crate::jobs::feed::Feed;
 use crate::registry::{JobContext, Registry};
@@ -296,7 +297,8 @@ async fn scan_and_cache(
             continue;
         }
         apply_feed(deps.feed.as_ref(), &mut page).await?;
-        let write = write_page(writer, entries(&deps.cache, &page));
+        // Spawned in the job's span, so the write's Redis span is in its trace.
+        let write = write_page(writer, entries(&deps.cache, &page)).in_current_span();
         in_flight.push_back((page.len(), AbortOnDrop(tokio::spawn(write))));
     }
     Ok(JobOutcome::succeeded(json!({
