@@ -11,6 +11,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = api::cli::Cli::parse();
     let settings = api::config::Settings::from_env()?;
-    let _telemetry = shared::telemetry::init(&settings.telemetry)?;
+    let _telemetry = shared::telemetry::init_head_sampled(&settings.telemetry)?;
     api::cli::run(cli, settings).await
 }

@@ -9,16 +9,33 @@
 //! and the response carries the server span's own `traceparent`, so a caller
 //! can find its trace. Everything below (the Redis spans, the published
 //! event, the queued job) continues this trace. With span export off the
-//! span is never created.
+//! span is never created; with it on, the configured sampler decides first
+//! ([`shared::telemetry::head_decision`]), and a request it drops runs with
+//! no span at all.
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use shared::telemetry::HeadDecision;
 use tracing::Instrument as _;
 
-/// Middleware: runs the request inside its server span.
+/// Middleware: runs the request inside its server span, or, when head
+/// sampling drops it, without any span (its response still carries a
+/// `traceparent`, flagged not sampled, which it also passes on).
 pub async fn trace_http(req: Request, next: Next) -> Response {
+    let decision = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        shared::telemetry::head_decision(header("traceparent"), header("tracestate"))
+    };
+    if let HeadDecision::Untraced(context) = decision {
+        let parent = shared::telemetry::traceparent_of(&context);
+        let mut response = shared::telemetry::run_untraced(context, next.run(req)).await;
+        if let Some(value) = parent.and_then(|p| HeaderValue::try_from(p).ok()) {
+            response.headers_mut().insert("traceparent", value);
+        }
+        return response;
+    }
     let span = tracing::debug_span!(
         "http",
         otel.name = tracing::field::Empty,

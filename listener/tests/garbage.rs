@@ -44,6 +44,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
             service_name: "pricing-listener-test".into(),
             otlp_endpoint: None,
             otlp_protocol: Default::default(),
+            sampler: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },

@@ -700,3 +700,73 @@ async fn events_processed_in_one_batch_link_every_trace_to_the_batch() {
         "{receive:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
+    // Arrange: keep no root traces; a client's sampled decision still wins.
+    let redis = RedisServer::start().await;
+    let (store, _dir, db) = temp_store().await;
+    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let rx = OtlpReceiver::start().await;
+    let services_up = Services::start_with(
+        &redis,
+        &db,
+        &rx.endpoint(),
+        &["api", "worker", "listener"],
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
+    let queue = shared::queue::Queue::new(
+        shared::redis_pool::RedisPool::new(&shared::config::RedisSettings::for_url(
+            redis.url(),
+            NS,
+        ))
+        .unwrap(),
+        NS,
+        shared::queue::DEFAULT_QUEUE,
+        shared::queue::QueueSettings::default(),
+    );
+
+    // Act: an event without a traceparent, all the way to its job.
+    let dropped = reqwest::Client::new()
+        .post(format!("{}/api/v1/publish-market-event", services_up.api))
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"demand_changed","data":{"demand":{"P-5":1.1}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), 202);
+    let tp = dropped.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(tp.ends_with("-00"), "flagged not sampled: {tp}");
+    let dropped_trace = tp.split('-').nth(1).unwrap().to_string();
+    wait("the unsampled event's job finished", || async {
+        queue.depths().await.unwrap().succeeded_total == 1
+    })
+    .await;
+    // Then one from a client that samples its trace.
+    let resp = post(
+        &services_up.api,
+        "/api/v1/publish-market-event",
+        r#"{"kind":"demand_changed","data":{"demand":{"P-6":1.2}}}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let wanted = event_trace_wanted();
+    let wanted: Vec<Wanted<'_>> = wanted.iter().map(|(w, f)| (*w, f.as_ref())).collect();
+    let kept = wait_for_trace(&rx, CLIENT_TRACE, &wanted).await;
+    services_up.stop().await;
+
+    // Assert: the sampled trace is whole; of the dropped one, no service
+    // exported anything, even when flushing at shutdown.
+    assert_connected(&kept);
+    assert_event_trace_links(&kept);
+    let traces: BTreeSet<String> = rx.spans().into_iter().map(|s| s.trace_id).collect();
+    assert!(!traces.contains(&dropped_trace), "{traces:?}");
+    assert_eq!(traces, BTreeSet::from([CLIENT_TRACE.to_string()]));
+}

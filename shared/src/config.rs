@@ -210,10 +210,68 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default) or `http/protobuf`.
     pub otlp_protocol: OtlpProtocol,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which traces are
+    /// kept. Defaults to `parentbased_always_on`.
+    pub sampler: TraceSampler,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
     /// `RUST_LOG`: the env-filter directive. Defaults to `info`.
     pub log_filter: String,
+}
+
+/// Which traces are kept, as OpenTelemetry's `OTEL_TRACES_SAMPLER` names
+/// them; the ratio comes from `OTEL_TRACES_SAMPLER_ARG` (0–1, default 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum TraceSampler {
+    /// `always_on`: every trace, whatever the parent decided.
+    AlwaysOn,
+    /// `always_off`: none.
+    AlwaysOff,
+    /// `traceidratio`: this fraction of trace ids, whatever the parent decided.
+    TraceIdRatio(f64),
+    /// `parentbased_always_on` (the default): the parent's decision; every root.
+    #[default]
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`: the parent's decision; no root.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`: the parent's decision; this fraction of roots.
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl TraceSampler {
+    /// Reads `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let ratio = || -> Result<f64, ConfigError> {
+            let r = env_or("OTEL_TRACES_SAMPLER_ARG", 1.0f64)?;
+            if !(0.0..=1.0).contains(&r) {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    r.to_string(),
+                    "must be a ratio between 0 and 1",
+                ));
+            }
+            Ok(r)
+        };
+        let Some(name) = env_opt("OTEL_TRACES_SAMPLER") else {
+            return Ok(Self::default());
+        };
+        Ok(match name.trim().to_ascii_lowercase().as_str() {
+            "always_on" => Self::AlwaysOn,
+            "always_off" => Self::AlwaysOff,
+            "traceidratio" => Self::TraceIdRatio(ratio()?),
+            "parentbased_always_on" | "" => Self::ParentBasedAlwaysOn,
+            "parentbased_always_off" => Self::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => Self::ParentBasedTraceIdRatio(ratio()?),
+            _ => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_SAMPLER",
+                    &name,
+                    "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off or parentbased_traceidratio",
+                ));
+            }
+        })
+    }
 }
 
 /// How spans travel to the collector.
@@ -273,6 +331,7 @@ impl TelemetrySettings {
             service_name: env_or("OTEL_SERVICE_NAME", default_service.to_string())?,
             otlp_endpoint: otlp_endpoint.filter(|_| !disabled),
             otlp_protocol: env_or("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::Grpc)?,
+            sampler: TraceSampler::from_env()?,
             log_format: env_or("LOG_FORMAT", LogFormat::Pretty)?,
             log_filter,
         })

@@ -68,6 +68,10 @@ impl ReceivedSpan {
 struct Sink {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     arrived: Arc<tokio::sync::Notify>,
+    /// Spans received, kept or not.
+    count: Arc<std::sync::atomic::AtomicU64>,
+    /// Count spans only (a benchmark's sink, as cheap as a receiver can be).
+    count_only: bool,
 }
 
 fn render(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
@@ -94,6 +98,17 @@ fn pairs(attributes: &[KeyValue]) -> Vec<(String, String)> {
 
 impl Sink {
     fn keep(&self, request: ExportTraceServiceRequest) {
+        let n: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if self.count_only {
+            return;
+        }
         let mut out = Vec::new();
         for rs in request.resource_spans {
             let resource = rs
@@ -186,9 +201,23 @@ impl OtlpReceiver {
 
     /// Starts an OTLP/gRPC receiver on `127.0.0.1:port` (0: a free port).
     pub async fn start_on(port: u16) -> std::io::Result<Self> {
+        Self::start_grpc(port, false).await
+    }
+
+    /// An OTLP/gRPC receiver on `127.0.0.1:port` that only counts the spans
+    /// it receives ([`Self::count`]), for benchmarks: it decodes each export
+    /// (the protocol needs that) and keeps nothing.
+    pub async fn start_counting_on(port: u16) -> std::io::Result<Self> {
+        Self::start_grpc(port, true).await
+    }
+
+    async fn start_grpc(port: u16, count_only: bool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
-        let sink = Sink::default();
+        let sink = Sink {
+            count_only,
+            ..Sink::default()
+        };
         let service = TraceServiceServer::new(sink.clone());
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -220,7 +249,12 @@ impl OtlpReceiver {
         format!("http://{}", self.addr)
     }
 
-    /// Every span received so far.
+    /// How many spans have been received.
+    pub fn count(&self) -> u64 {
+        self.sink.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every span received so far (none for a counting receiver).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.sink
             .spans

@@ -41,7 +41,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::config::{LogFormat, OtlpProtocol, TelemetrySettings};
+use crate::config::{LogFormat, OtlpProtocol, TelemetrySettings, TraceSampler};
+use opentelemetry_sdk::trace::Sampler;
 
 /// Keeps the span exporter alive; dropping it flushes pending spans.
 #[must_use = "dropping the guard shuts the span exporter down"]
@@ -72,6 +73,37 @@ impl Drop for TelemetryGuard {
 /// events only at `INFO` and above. The exporter's own stack (tonic, hyper,
 /// h2, opentelemetry) is never traced, which would loop.
 const TRACED_CRATES: &[&str] = &["api", "worker", "listener", "shared"];
+
+/// The OpenTelemetry layer's filter: [`traced`], which depends only on a
+/// callsite's metadata, so each callsite is decided once. (A `filter_fn`
+/// would be asked again on every span and event of every crate, hyper's
+/// and h2's many `trace!` events included, costing every request.)
+struct Traced;
+
+impl<S> tracing_subscriber::layer::Filter<S> for Traced {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        traced(meta)
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if traced(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::DEBUG)
+    }
+}
 
 fn traced(meta: &tracing::Metadata<'_>) -> bool {
     let ours = TRACED_CRATES.iter().any(|c| {
@@ -137,10 +169,25 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
     }
 }
 
+/// The SDK's sampler for a [`TraceSampler`] setting.
+fn sdk_sampler(s: TraceSampler) -> Sampler {
+    match s {
+        TraceSampler::AlwaysOn => Sampler::AlwaysOn,
+        TraceSampler::AlwaysOff => Sampler::AlwaysOff,
+        TraceSampler::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        TraceSampler::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        TraceSampler::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        TraceSampler::ParentBasedTraceIdRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+    }
+}
+
 fn build_provider(
     endpoint: &str,
     protocol: OtlpProtocol,
     service_name: &str,
+    sampler: Sampler,
 ) -> anyhow::Result<SdkTracerProvider> {
     let resource = Resource::builder()
         .with_service_name(service_name.to_string())
@@ -149,7 +196,9 @@ fn build_provider(
             env!("CARGO_PKG_VERSION"),
         ))
         .build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler);
     let builder = match protocol {
         OtlpProtocol::Grpc => builder.with_batch_exporter(QuietExporter {
             inner: opentelemetry_otlp::SpanExporter::builder()
@@ -183,6 +232,20 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber for a service. Call once, early in `main`.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    install(settings, false)
+}
+
+/// [`init`] for a service that decides, as each request arrives, whether
+/// its trace is kept ([`head_decision`]), with the configured sampler. A
+/// request it drops then creates no span at all: with the `tracing` layer,
+/// building a span costs the same whether the sampler keeps it or not, and
+/// most requests are dropped at the usual ratios. The provider itself then
+/// samples every root, since roots reach it only when already chosen.
+pub fn init_head_sampled(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    install(settings, true)
+}
+
+fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<TelemetryGuard> {
     use tracing_subscriber::Layer as _;
     let filter = EnvFilter::try_new(&settings.log_filter)
         .context("RUST_LOG")?
@@ -191,11 +254,27 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .add_directive("opentelemetry_sdk=off".parse()?)
         .add_directive("opentelemetry_otlp=off".parse()?);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let configured = sdk_sampler(settings.sampler);
+    let provider_sampler = if head_sampled {
+        Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+    } else {
+        configured.clone()
+    };
     let provider = settings
         .otlp_endpoint
         .as_deref()
-        .map(|ep| build_provider(ep, settings.otlp_protocol, &settings.service_name))
+        .map(|ep| {
+            build_provider(
+                ep,
+                settings.otlp_protocol,
+                &settings.service_name,
+                provider_sampler,
+            )
+        })
         .transpose()?;
+    if head_sampled && provider.is_some() {
+        let _ = HEAD_SAMPLER.set(configured);
+    }
     let otel_layer = provider.as_ref().map(|p| {
         opentelemetry::global::set_tracer_provider(p.clone());
         EXPORTING.store(true, Ordering::Relaxed);
@@ -208,7 +287,12 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
             .with_threads(false)
             .with_location(false)
             .with_target(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(traced))
+            // Attaching the OpenTelemetry context on every enter (every poll
+            // of an instrumented future) serves other OpenTelemetry
+            // instrumentation, which these services do not use: trace
+            // context is read from the `tracing` span itself.
+            .with_context_activation(false)
+            .with_filter(Traced)
     });
     let registry = tracing_subscriber::registry().with(otel_layer);
     match settings.log_format {
@@ -227,6 +311,9 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
 /// `EVALSHA`, or `BATCH …` for a pipeline), never keys or values. `DEBUG`,
 /// so it costs nothing unless spans are exported.
 pub fn redis_span(summary: &'static str, operation: &'static str) -> tracing::Span {
+    if untraced() {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
         "redis",
         otel.name = summary,
@@ -243,6 +330,9 @@ pub fn redis_span(summary: &'static str, operation: &'static str) -> tracing::Sp
 /// should carry [`current_trace_context`] taken inside it, so the consumer's
 /// span is its child. `DEBUG`, like the others.
 pub fn producer_span(destination: &str) -> tracing::Span {
+    if untraced() {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
         "publish",
         otel.name = %format_args!("publish {destination}"),
@@ -299,7 +389,7 @@ pub fn init_for_tests() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let otel = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("tests"))
-            .with_filter(tracing_subscriber::filter::filter_fn(traced));
+            .with_filter(Traced);
         let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("debug"));
@@ -362,6 +452,12 @@ fn extract(traceparent: Option<&str>, tracestate: Option<&str>) -> opentelemetry
 pub fn current_trace_context() -> Option<(String, Option<String>)> {
     use opentelemetry::propagation::TextMapPropagator as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    // A request dropped by head sampling passes its "not sampled" decision
+    // on, so the listener and the worker drop its trace too.
+    if let Ok(sc) = UNTRACED.try_with(Clone::clone) {
+        let state = sc.trace_state().header();
+        return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
+    }
     let cx = tracing::Span::current().context();
     let mut carrier = W3c::default();
     PROPAGATOR.inject_context(&cx, &mut carrier);
@@ -386,6 +482,89 @@ pub fn set_remote_parent(
     }
 }
 
+/// The configured sampler of a head-sampled service ([`init_head_sampled`]).
+static HEAD_SAMPLER: std::sync::OnceLock<Sampler> = std::sync::OnceLock::new();
+
+tokio::task_local! {
+    /// Set while a request that head sampling dropped runs: its span
+    /// context, not sampled, which [`current_trace_context`] passes on.
+    static UNTRACED: opentelemetry::trace::SpanContext;
+}
+
+fn untraced() -> bool {
+    UNTRACED.try_with(|_| ()).is_ok()
+}
+
+/// What head sampling decided for an incoming request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadDecision {
+    /// Trace it: create its spans as usual (also when head sampling is off).
+    Traced,
+    /// Do not: run it through [`run_untraced`] with this span context
+    /// (its trace id, a span id of its own, not sampled).
+    Untraced(opentelemetry::trace::SpanContext),
+}
+
+/// Decides with the configured sampler whether a request whose client sent
+/// `traceparent` (and `tracestate`), or none, is traced. Always
+/// [`HeadDecision::Traced`] unless the service was set up with
+/// [`init_head_sampled`] and exports spans.
+pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> HeadDecision {
+    use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
+    use opentelemetry_sdk::trace::{
+        IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample as _,
+    };
+    let Some(sampler) = HEAD_SAMPLER.get() else {
+        return HeadDecision::Traced;
+    };
+    // Most requests bring no trace context: nothing to parse then.
+    let parent = match traceparent {
+        Some(_) => extract(traceparent, tracestate),
+        None => opentelemetry::Context::new(),
+    };
+    let ids = RandomIdGenerator::default();
+    let parent_sc = parent.span().span_context().clone();
+    let trace_id = if parent_sc.is_valid() {
+        parent_sc.trace_id()
+    } else {
+        ids.new_trace_id()
+    };
+    let result =
+        sampler.should_sample(Some(&parent), trace_id, "http", &SpanKind::Server, &[], &[]);
+    match result.decision {
+        SamplingDecision::RecordAndSample | SamplingDecision::RecordOnly => HeadDecision::Traced,
+        SamplingDecision::Drop => HeadDecision::Untraced(SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            TraceFlags::default(),
+            false,
+            parent_sc.trace_state().clone(),
+        )),
+    }
+}
+
+/// The W3C `traceparent` of `context` (`00-{trace id}-{span id}-{flags}`),
+/// or `None` for an invalid one.
+pub fn traceparent_of(context: &opentelemetry::trace::SpanContext) -> Option<String> {
+    context.is_valid().then(|| {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Runs `fut` as a request head sampling dropped: the span helpers create
+/// no span inside it, and [`current_trace_context`] gives `context`.
+pub async fn run_untraced<F: std::future::Future>(
+    context: opentelemetry::trace::SpanContext,
+    fut: F,
+) -> F::Output {
+    UNTRACED.scope(context, fut).await
+}
+
 /// Links `span` to the remote span `traceparent`, for a span that works for
 /// several traces at once (a batch of events) but has only one parent.
 pub fn add_remote_link(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
@@ -406,6 +585,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_a_head_sampler_every_request_is_traced() {
+        // No test in this binary installs one (that needs init_head_sampled
+        // with an endpoint, once per process).
+        assert_eq!(head_decision(None, None), HeadDecision::Traced);
+    }
+
+    #[test]
+    fn the_sdk_sampler_follows_the_setting() {
+        use opentelemetry::trace::{SpanKind, TraceId};
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
+        let decide = |s: TraceSampler, parent: Option<&str>| {
+            sdk_sampler(s)
+                .should_sample(
+                    Some(&extract(parent, None)),
+                    TraceId::from(7u128),
+                    "http",
+                    &SpanKind::Server,
+                    &[],
+                    &[],
+                )
+                .decision
+        };
+        let sampled = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let dropped = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let none = TraceSampler::ParentBasedTraceIdRatio(0.0);
+        assert_eq!(decide(none, None), SamplingDecision::Drop);
+        assert_eq!(decide(none, sampled), SamplingDecision::RecordAndSample);
+        let all = TraceSampler::ParentBasedTraceIdRatio(1.0);
+        assert_eq!(decide(all, None), SamplingDecision::RecordAndSample);
+        assert_eq!(decide(all, dropped), SamplingDecision::Drop);
+        assert_eq!(
+            decide(TraceSampler::AlwaysOn, dropped),
+            SamplingDecision::RecordAndSample
+        );
+    }
+
+    #[test]
     fn a_traceparent_survives_extract_and_inject() {
         use opentelemetry::propagation::TextMapPropagator as _;
         use opentelemetry::trace::TraceContextExt as _;
@@ -417,6 +633,22 @@ mod tests {
         PROPAGATOR.inject_context(&cx, &mut out);
         assert_eq!(out.traceparent.as_deref(), Some(tp));
         assert_eq!(out.tracestate.as_deref(), Some("vendor=x"));
+        // The direct formatting agrees with the propagator's.
+        assert_eq!(
+            traceparent_of(cx.span().span_context()).as_deref(),
+            Some(tp)
+        );
+        let unsampled = opentelemetry::trace::SpanContext::new(
+            cx.span().span_context().trace_id(),
+            cx.span().span_context().span_id(),
+            opentelemetry::trace::TraceFlags::default(),
+            false,
+            Default::default(),
+        );
+        assert_eq!(
+            traceparent_of(&unsampled).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+        );
         for bad in [
             "",
             "00-zz-00f067aa0ba902b7-01",

@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
             service_name: "bench".into(),
             otlp_endpoint: None,
             otlp_protocol: Default::default(),
+            sampler: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "warn".into(),
         },

@@ -125,6 +125,9 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("DATABASE_URL", "postgres://x"),
         ("ADMIN_TOKEN", "short"),
         ("RECALC_MAX_RETRIES", "many"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_SDK_DISABLED", "maybe"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_api"))
             .args(["seed", "--products", "1"])

@@ -50,6 +50,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
             service_name: "pricing-api-test".into(),
             otlp_endpoint: None,
             otlp_protocol: Default::default(),
+            sampler: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },

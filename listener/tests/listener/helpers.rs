@@ -20,6 +20,7 @@ pub fn telemetry() -> TelemetrySettings {
         service_name: "pricing-listener-test".into(),
         otlp_endpoint: None,
         otlp_protocol: Default::default(),
+        sampler: Default::default(),
         log_format: LogFormat::Pretty,
         log_filter: "info".into(),
     }

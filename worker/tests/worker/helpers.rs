@@ -25,6 +25,7 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
             service_name: "pricing-worker-test".into(),
             otlp_endpoint: None,
             otlp_protocol: Default::default(),
+            sampler: Default::default(),
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },
