@@ -158,6 +158,17 @@ impl Drop for Services {
     }
 }
 
+/// The services' job queue, to see their jobs finish.
+fn queue(redis: &RedisServer) -> shared::queue::Queue {
+    let settings = shared::config::RedisSettings::for_url(redis.url(), NS);
+    shared::queue::Queue::new(
+        shared::redis_pool::RedisPool::new(&settings).unwrap(),
+        NS,
+        shared::queue::DEFAULT_QUEUE,
+        shared::queue::QueueSettings::default(),
+    )
+}
+
 /// Polls `check` until it holds (bounded by [`LONG`], a hang guard).
 async fn wait<F, Fut>(what: &str, mut check: F)
 where
@@ -507,16 +518,7 @@ async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
         ],
     )
     .await;
-    let queue = shared::queue::Queue::new(
-        shared::redis_pool::RedisPool::new(&shared::config::RedisSettings::for_url(
-            redis.url(),
-            NS,
-        ))
-        .unwrap(),
-        NS,
-        shared::queue::DEFAULT_QUEUE,
-        shared::queue::QueueSettings::default(),
-    );
+    let queue = queue(&redis);
 
     // Act: an event all the way to a finished job, then stop everything.
     let resp = post(
@@ -719,16 +721,7 @@ async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
         ],
     )
     .await;
-    let queue = shared::queue::Queue::new(
-        shared::redis_pool::RedisPool::new(&shared::config::RedisSettings::for_url(
-            redis.url(),
-            NS,
-        ))
-        .unwrap(),
-        NS,
-        shared::queue::DEFAULT_QUEUE,
-        shared::queue::QueueSettings::default(),
-    );
+    let queue = queue(&redis);
 
     // Act: an event without a traceparent, all the way to its job.
     let dropped = reqwest::Client::new()
