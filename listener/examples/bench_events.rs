@@ -1,13 +1,16 @@
 //! Market-event benchmark: a listener in this process over a fresh catalog
 //! and the Redis at `REDIS_URL`. Run through `scripts/bench-events`.
 //!
-//! 1. Latency: `LATENCY_N` events published one at a time (each processed
-//!    alone), publish-to-enqueue p50 and p99 from the listener's histogram,
-//!    and publish-to-job-start (a job's `started_at` minus its event's
-//!    append time, both Redis clock) with a fetcher standing in for a worker.
-//! 2. Throughput: `N` events through the stream (as the api publishes them)
-//!    and `N` raw PUBLISHes, as fast as 32 concurrent publishers go; events/s
-//!    until the listener has processed them all.
+//! Three paths: `EventBus::publish` (the api's code, without HTTP), the api
+//! itself over HTTP (in this process), and a raw `PUBLISH` on the channel.
+//!
+//! 1. Latency: on each path, `LATENCY_N` events published one at a time
+//!    (each processed alone), publish-to-job-start (a job's `started_at`
+//!    minus Redis's clock just before the publish) with a fetcher standing
+//!    in for a worker; then publish-to-enqueue p50 and p99 from the
+//!    listener's histogram.
+//! 2. Throughput: on each path, `N` events as fast as 32 concurrent
+//!    publishers go; events/s until the listener has processed them all.
 
 use std::time::{Duration, Instant};
 
@@ -88,39 +91,74 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // 1. Latency, one event at a time, a fetcher standing in for a worker.
-    let mut job_start = Vec::with_capacity(latency_n);
-    for i in 0..latency_n {
-        let event = shared::events::parse(
-            format!(
+    // The api in this process too, for the HTTP path.
+    let api_settings = api::config::Settings {
+        addr: "127.0.0.1:0".parse()?,
+        redis: RedisSettings::for_url(&url, NS),
+        database: settings.database.clone(),
+        cache: shared::config::CacheSettings {
+            ttl: Duration::from_secs(600),
+        },
+        telemetry: settings.telemetry.clone(),
+        queue: QueueSettings::default(),
+        admin_token: None,
+        recalc_retry: shared::jobs::RECALC_RETRY,
+        events: settings.events.clone(),
+    };
+    let app = api::startup::Application::build(&api_settings).await?;
+    let publish_url = format!(
+        "http://127.0.0.1:{}/api/v1/publish-market-event",
+        app.port()
+    );
+    let (api_tx, api_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_handle = tokio::spawn(app.run_until_stopped(async {
+        let _ = api_rx.await;
+    }));
+    let http = reqwest::Client::new();
+
+    // 1. Latency, one event at a time on each path, a fetcher standing in for
+    //    a worker: from just before the publish to the job's lease, both on
+    //    the Redis clock.
+    for path in [Path::Stream, Path::Api, Path::RawPublish] {
+        let mut job_start = Vec::with_capacity(latency_n);
+        for i in 0..latency_n {
+            let payload = format!(
                 r#"{{"kind":"demand_changed","data":{{"demand":{{"P-{}":1.1}}}}}}"#,
                 1 + i % 1000
-            )
-            .as_bytes(),
-        )?;
-        let appended = bus.publish(&event).await?.appended_ms;
-        // Lease the job as an idle worker would (polling every 200 µs).
-        let leased: Vec<Leased> = loop {
-            let got = queue.fetch("bench", 10).await?;
-            if !got.is_empty() {
-                break got;
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        };
-        for job in &leased {
-            if let Some(started) = job.record.started_at {
-                job_start.push((started - appended) as f64);
-            }
-            queue
-                .complete(
-                    job,
-                    shared::queue::JobState::Succeeded,
-                    &serde_json::json!({}),
-                )
+            );
+            let before = redis_now_ms(&mut conn).await?;
+            path.publish(&payload, &bus, &pool, &http, &publish_url)
                 .await?;
+            // Lease the job as an idle worker would (polling every 200 µs).
+            let leased: Vec<Leased> = loop {
+                let got = queue.fetch("bench", 10).await?;
+                if !got.is_empty() {
+                    break got;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            };
+            for job in &leased {
+                if let Some(started) = job.record.started_at {
+                    job_start.push((started - before) as f64);
+                }
+                queue
+                    .complete(
+                        job,
+                        shared::queue::JobState::Succeeded,
+                        &serde_json::json!({}),
+                    )
+                    .await?;
+            }
+            // Past the coalescing window, so the next event is processed alone.
+            tokio::time::sleep(settings.coalesce_window + Duration::from_millis(5)).await;
         }
-        // Past the coalescing window, so the next event is processed alone.
-        tokio::time::sleep(settings.coalesce_window + Duration::from_millis(5)).await;
+        job_start.sort_by(f64::total_cmp);
+        println!(
+            "{}: publish-to-job-start over {latency_n} lone events (Redis clock, 1 ms resolution): p50 {:.0} ms, p99 {:.0} ms",
+            path.label(),
+            quantile(&job_start, 0.5),
+            quantile(&job_start, 0.99)
+        );
     }
     let body = reqwest::get(format!("http://{metrics}/metrics"))
         .await?
@@ -128,19 +166,13 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let (p50, p99) = histogram_quantiles(&body, "listener_publish_to_enqueue_seconds");
     println!(
-        "latency over {latency_n} lone events: publish-to-enqueue p50 <= {:.2} ms, p99 <= {:.2} ms (histogram bucket bounds)",
+        "all lone events: publish-to-enqueue p50 <= {:.2} ms, p99 <= {:.2} ms (the listener's histogram, bucket bounds; for raw PUBLISH from the ingest)",
         p50 * 1e3,
         p99 * 1e3
     );
-    job_start.sort_by(f64::total_cmp);
-    println!(
-        "publish-to-job-start (the job leased by a worker polling every 200 µs; Redis clock, 1 ms resolution): p50 {:.0} ms, p99 {:.0} ms",
-        quantile(&job_start, 0.5),
-        quantile(&job_start, 0.99)
-    );
 
-    // 2. Throughput.
-    for (label, raw) in [("stream (api path)", false), ("raw PUBLISH", true)] {
+    // 2. Throughput, 32 concurrent publishers on each path.
+    for path in [Path::Stream, Path::Api, Path::RawPublish] {
         let before = received(
             &reqwest::get(format!("http://{metrics}/metrics"))
                 .await?
@@ -150,29 +182,18 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..32 {
-            let (bus, pool) = (bus.clone(), pool.clone());
+            let (bus, pool, http, publish_url) =
+                (bus.clone(), pool.clone(), http.clone(), publish_url.clone());
             tasks.push(tokio::spawn(async move {
                 let mut i = w;
                 while i < n {
-                    let event = shared::events::parse(
-                        format!(
-                            r#"{{"kind":"stock_changed","data":{{"stock":{{"P-{}":{}}}}}}}"#,
-                            1 + i % 1000,
-                            i
-                        )
-                        .as_bytes(),
-                    )
-                    .map_err(|e| anyhow::anyhow!(e))?;
-                    if raw {
-                        let (mut c, _t) = pool.get();
-                        let _: u64 = redis::cmd("PUBLISH")
-                            .arg("market_events")
-                            .arg(event.encode(false))
-                            .query_async(&mut c)
-                            .await?;
-                    } else {
-                        bus.publish(&event).await?;
-                    }
+                    let payload = format!(
+                        r#"{{"kind":"stock_changed","data":{{"stock":{{"P-{}":{}}}}}}}"#,
+                        1 + i % 1000,
+                        i
+                    );
+                    path.publish(&payload, &bus, &pool, &http, &publish_url)
+                        .await?;
                     i += 32;
                 }
                 anyhow::Ok(())
@@ -196,16 +217,81 @@ async fn main() -> anyhow::Result<()> {
         }
         let done = t.elapsed();
         println!(
-            "{label}: {n} events published in {:.2} s ({:.0}/s), all processed after {:.2} s ({:.0} events/s end to end)",
+            "{}: {n} events published in {:.2} s ({:.0}/s), all processed after {:.2} s ({:.0} events/s end to end)",
+            path.label(),
             published.as_secs_f64(),
             n as f64 / published.as_secs_f64(),
             done.as_secs_f64(),
             n as f64 / done.as_secs_f64()
         );
     }
+    let _ = api_tx.send(());
+    api_handle.await??;
     let _ = tx.send(());
     handle.await??;
     Ok(())
+}
+
+/// How a benchmark event is published.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `EventBus::publish` in this process: what the api's handler does.
+    Stream,
+    /// `POST /api/v1/publish-market-event` over HTTP.
+    Api,
+    /// A plain `PUBLISH` on the channel, as a channel-only publisher does.
+    RawPublish,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Path::Stream => "stream (EventBus, the api's code)",
+            Path::Api => "api (HTTP POST)",
+            Path::RawPublish => "raw PUBLISH",
+        }
+    }
+
+    async fn publish(
+        self,
+        payload: &str,
+        bus: &EventBus,
+        pool: &RedisPool,
+        http: &reqwest::Client,
+        url: &str,
+    ) -> anyhow::Result<()> {
+        match self {
+            Path::Stream => {
+                let event =
+                    shared::events::parse(payload.as_bytes()).map_err(|e| anyhow::anyhow!(e))?;
+                bus.publish(&event).await?;
+            }
+            Path::Api => {
+                let resp = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(payload.to_string())
+                    .send()
+                    .await?;
+                anyhow::ensure!(resp.status() == 202, "the api answered {}", resp.status());
+            }
+            Path::RawPublish => {
+                let (mut c, _t) = pool.get();
+                let _: u64 = redis::cmd("PUBLISH")
+                    .arg("market_events")
+                    .arg(payload)
+                    .query_async(&mut c)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Redis's clock, in ms: the clock the queue stamps `started_at` with.
+async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i64> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1_000 + micros / 1_000)
 }
 
 fn received(body: &str) -> f64 {
