@@ -374,7 +374,7 @@ fn event_trace_wanted() -> Vec<WantedOwned> {
             Box::new(|s: &ReceivedSpan| {
                 s.service == "pricing-worker"
                     && s.attr("db.system") == Some("redis")
-                    && s.name == "BATCH SETEX"
+                    && s.name == "BATCH HSET"
             }),
         ),
     ]
@@ -449,6 +449,11 @@ async fn a_recalculate_all_trigger_is_one_trace_from_api_to_worker() {
 
     let resp = post(&services_up.api, "/api/v1/tasks/recalculate-all", "").await;
     assert_eq!(resp.status(), 202);
+    // The page's commands: an HSET and a PEXPIRE per cache hash it fills.
+    let hashes: std::collections::HashSet<u32> = (1..=20)
+        .map(|i| shared::keys::price_bucket_of(&format!("P-{i}")))
+        .collect();
+    let commands = (2 * hashes.len()).to_string();
 
     let spans = wait_for_trace(
         &rx,
@@ -479,7 +484,7 @@ async fn a_recalculate_all_trigger_is_one_trace_from_api_to_worker() {
             ("a fenced page write", &|s| {
                 s.service == "pricing-worker"
                     && s.name == "fenced write"
-                    && s.attr("db.operation.batch.size") == Some("20")
+                    && s.attr("db.operation.batch.size") == Some(commands.as_str())
             }),
             ("the lock release", &|s| {
                 s.service == "pricing-worker" && s.name == "lock release"

@@ -6,6 +6,22 @@
 //! re-validated: JSON that is corrupt, of an old format, or about another
 //! product counts as a miss ([`Lookup::Invalid`]); the caller recomputes and
 //! overwrites it, and it is never passed on to a client.
+//!
+//! **Layout.** Entries live in [`PRICE_BUCKETS`](crate::keys::PRICE_BUCKETS)
+//! hashes, `{ns}:prices:{bucket}`, one field per product (see
+//! [`Keys::price`]), not in a key each. A full recalculation writes a whole
+//! page of prices as one `HSET` per bucket, which costs Redis a half (into
+//! an empty cache) to a third (over cached prices) of the CPU that a
+//! `SET … PX` per product costs it; a million keys with a TTL each are more
+//! than Redis alone can write in five seconds on a 2-core machine.
+//!
+//! **TTL.** Redis 7.0 has no per-field expiry, so the TTL is kept two ways:
+//! each entry is fresh for the cache TTL after its `calculated_at`, and an
+//! older one reads as a miss (the logical TTL, exact); and every write
+//! gives its bucket the TTL (`PEXPIRE`), so a bucket that no one writes to
+//! any more is freed whole (the physical TTL, never shorter than an
+//! entry's). A stale field therefore stays in memory until its product is
+//! priced again or its bucket goes quiet; it is never served.
 
 use tracing::Instrument as _;
 
@@ -16,7 +32,7 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::Keys;
+use crate::keys::{Keys, PRICE_BUCKETS, price_bucket_of};
 use crate::pricing::CURRENCY;
 use crate::redis_pool::RedisPool;
 
@@ -71,7 +87,16 @@ impl CachedPrice {
         }
     }
 
-    /// Decodes and re-validates an entry read from the key of `product_id`.
+    /// Whether the entry is still within `ttl` of its computation at `now`
+    /// (an entry from a clock slightly ahead counts as fresh).
+    pub fn is_fresh(&self, now: DateTime<Utc>, ttl: Duration) -> bool {
+        chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| self.calculated_at.checked_add_signed(ttl))
+            .is_none_or(|expires| now < expires)
+    }
+
+    /// Decodes and re-validates an entry read from the field of `product_id`.
     pub fn decode(product_id: &str, raw: &[u8]) -> Result<Self, InvalidEntry> {
         let entry: CachedPrice =
             serde_json::from_slice(raw).map_err(|e| InvalidEntry(e.to_string()))?;
@@ -141,14 +166,62 @@ pub enum Lookup {
 }
 
 impl Lookup {
-    fn from_raw(product_id: &str, raw: Option<Vec<u8>>) -> Self {
+    /// The lookup of a raw field: an entry computed `ttl` or more before
+    /// `now` has expired and reads as a miss (the logical TTL).
+    fn from_raw(product_id: &str, raw: Option<Vec<u8>>, now: DateTime<Utc>, ttl: Duration) -> Self {
         match raw {
             None => Lookup::Miss,
             Some(bytes) => match CachedPrice::decode(product_id, &bytes) {
-                Ok(entry) => Lookup::Hit(entry),
+                Ok(entry) if entry.is_fresh(now, ttl) => Lookup::Hit(entry),
+                Ok(_) => Lookup::Miss,
                 Err(e) => Lookup::Invalid(e),
             },
         }
+    }
+}
+
+/// Encoded entries grouped by the hash that holds them, ready for one
+/// write: a field (the product id) and its value per entry.
+#[derive(Debug, Default)]
+pub struct PriceBatch {
+    hashes: Vec<HashFields>,
+    len: usize,
+}
+
+/// One hash and the fields to set on it.
+pub type HashFields = (String, Vec<(String, String)>);
+
+impl PriceBatch {
+    /// Groups `(product_id, encoded entry)` pairs by their bucket.
+    pub fn new(keys: &Keys, entries: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut buckets: Vec<Vec<(String, String)>> = vec![Vec::new(); PRICE_BUCKETS as usize];
+        let mut len = 0;
+        for (id, value) in entries {
+            buckets[price_bucket_of(&id) as usize].push((id, value));
+            len += 1;
+        }
+        let hashes = buckets
+            .into_iter()
+            .enumerate()
+            .filter(|(_, fields)| !fields.is_empty())
+            .map(|(bucket, fields)| (keys.price_bucket(bucket as u32), fields))
+            .collect();
+        Self { hashes, len }
+    }
+
+    /// The hashes to write and their fields.
+    pub fn hashes(&self) -> &[HashFields] {
+        &self.hashes
+    }
+
+    /// How many entries the batch holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -181,66 +254,83 @@ impl PriceCache {
         &self.keys
     }
 
-    /// One GET.
+    /// The cache TTL in milliseconds, for `PEXPIRE`.
+    fn ttl_ms(&self) -> u64 {
+        (self.ttl.as_millis() as u64).max(1)
+    }
+
+    /// One `HGET`.
     pub async fn get(&self, product_id: &str) -> redis::RedisResult<Lookup> {
         let (mut conn, tracker) = self.pool.get();
         let raw: Option<Vec<u8>> = tracker.track(
-            conn.get(self.keys.price(product_id))
-                .instrument(redis_span("GET", "GET"))
+            conn.hget(self.keys.price(product_id), product_id)
+                .instrument(redis_span("HGET", "HGET"))
                 .await,
         )?;
-        Ok(Lookup::from_raw(product_id, raw))
+        Ok(Lookup::from_raw(product_id, raw, Utc::now(), self.ttl))
     }
 
-    /// One MGET for many products; the result is in the order of `product_ids`.
+    /// One `HGET` per product in one pipeline round trip; the result is in
+    /// the order of `product_ids`.
     pub async fn get_many(&self, product_ids: &[String]) -> redis::RedisResult<Vec<Lookup>> {
         if product_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = product_ids.iter().map(|id| self.keys.price(id)).collect();
+        let mut pipe = redis::pipe();
+        for id in product_ids {
+            pipe.hget(self.keys.price(id), id);
+        }
         let (mut conn, tracker) = self.pool.get();
         let raws: Vec<Option<Vec<u8>>> = tracker.track(
-            redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .instrument(redis_span("MGET", "MGET"))
+            pipe.query_async(&mut conn)
+                .instrument(redis_span("BATCH HGET", "BATCH HGET"))
                 .await,
         )?;
+        let now = Utc::now();
         Ok(product_ids
             .iter()
             .zip(raws)
-            .map(|(id, raw)| Lookup::from_raw(id, raw))
+            .map(|(id, raw)| Lookup::from_raw(id, raw, now, self.ttl))
             .collect())
     }
 
-    /// One SET with the cache TTL.
+    /// One `HSET` and the bucket's `PEXPIRE`, in one round trip.
     pub async fn put(&self, entry: &CachedPrice) -> redis::RedisResult<()> {
+        let key = self.keys.price(&entry.product_id);
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, &entry.product_id, entry.encode())
+            .ignore()
+            .pexpire(&key, self.ttl_ms() as i64)
+            .ignore();
         let (mut conn, tracker) = self.pool.get();
-        let ttl = self.ttl.as_secs().max(1);
         tracker.track(
-            conn.set_ex::<_, _, ()>(self.keys.price(&entry.product_id), entry.encode(), ttl)
-                .instrument(redis_span("SETEX", "SETEX"))
+            pipe.query_async::<()>(&mut conn)
+                .instrument(redis_span("HSET", "HSET"))
                 .await,
         )
     }
 
-    /// Many SETs with the cache TTL, in one pipeline round trip.
+    /// Many entries in one round trip: one `HSET` and one `PEXPIRE` per
+    /// bucket they fall in.
     pub async fn put_many(&self, entries: &[CachedPrice]) -> redis::RedisResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let ttl = self.ttl.as_secs().max(1);
+        let batch = PriceBatch::new(
+            &self.keys,
+            entries.iter().map(|e| (e.product_id.clone(), e.encode())),
+        );
         let mut pipe = redis::pipe();
-        for entry in entries {
-            pipe.set_ex(self.keys.price(&entry.product_id), entry.encode(), ttl)
+        for (key, fields) in batch.hashes() {
+            pipe.hset_multiple(key, fields)
+                .ignore()
+                .pexpire(key, self.ttl_ms() as i64)
                 .ignore();
         }
         let (mut conn, tracker) = self.pool.get();
-        tracker.track(
-            pipe.query_async::<()>(&mut conn)
-                .instrument(redis_span("BATCH SETEX", "BATCH SETEX"))
-                .await,
-        )
+        let span = redis_span("BATCH HSET", "BATCH HSET");
+        span.record("db.operation.batch.size", batch.hashes().len() * 2);
+        tracker.track(pipe.query_async::<()>(&mut conn).instrument(span).await)
     }
 }
 
@@ -271,6 +361,45 @@ mod tests {
             let fast = CachedPrice::encoder(at).encode(&id, cents);
             proptest::prop_assert_eq!(fast, CachedPrice::new(&id, cents, at).encode());
         }
+    }
+
+    #[test]
+    fn an_entry_expires_its_ttl_after_it_was_computed() {
+        let at = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let entry = CachedPrice::new("P-1", 1250, at);
+        let ttl = Duration::from_secs(60);
+        let raw = || Some(entry.encode().into_bytes());
+        let later = |secs| at + chrono::Duration::seconds(secs);
+        assert!(entry.is_fresh(later(59), ttl));
+        assert!(!entry.is_fresh(later(60), ttl));
+        // A writer's clock slightly ahead of the reader's: still fresh.
+        assert!(entry.is_fresh(later(-5), ttl));
+        assert_eq!(
+            Lookup::from_raw("P-1", raw(), later(59), ttl),
+            Lookup::Hit(entry.clone())
+        );
+        assert_eq!(Lookup::from_raw("P-1", raw(), later(61), ttl), Lookup::Miss);
+        assert_eq!(Lookup::from_raw("P-1", None, later(0), ttl), Lookup::Miss);
+    }
+
+    #[test]
+    fn a_batch_groups_entries_by_their_bucket() {
+        let keys = Keys::new("t");
+        let ids: Vec<String> = (0..1000).map(|i| format!("P-{i}")).collect();
+        let batch = PriceBatch::new(&keys, ids.iter().map(|id| (id.clone(), format!("v{id}"))));
+        assert_eq!(batch.len(), 1000);
+        let mut seen = 0;
+        for (key, fields) in batch.hashes() {
+            for (id, value) in fields {
+                assert_eq!(&keys.price(id), key);
+                assert_eq!(value, &format!("v{id}"));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 1000);
+        let distinct: std::collections::HashSet<_> = batch.hashes().iter().map(|h| &h.0).collect();
+        assert_eq!(distinct.len(), batch.hashes().len(), "one entry per hash");
+        assert!(PriceBatch::new(&keys, std::iter::empty()).is_empty());
     }
 
     #[test]

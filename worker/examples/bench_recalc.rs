@@ -147,18 +147,18 @@ async fn phases(store: &shared::store::sqlite::SqliteStore, url: &str) -> anyhow
         n += rows.len();
         let t = Instant::now();
         let encoder = shared::cache::CachedPrice::encoder(chrono::Utc::now());
-        let entries: Vec<(String, String)> = rows
-            .iter()
-            .map(|(p, s)| {
+        let entries = shared::cache::PriceBatch::new(
+            cache.keys(),
+            rows.iter().map(|(p, s)| {
                 (
-                    cache.keys().price(&p.id),
+                    p.id.clone(),
                     encoder.encode(&p.id, shared::pricing::compute_price_cents(p, s)),
                 )
-            })
-            .collect();
+            }),
+        );
         encode += t.elapsed();
         let t = Instant::now();
-        writer.write(&entries).await?;
+        writer.write(entries.hashes()).await?;
         write += t.elapsed();
     }
     println!(

@@ -165,13 +165,31 @@ impl TestApp {
         .await
     }
 
+    /// The hash that holds a product's cached price (its field: the id).
+    pub fn price_key(&self, product_id: &str) -> String {
+        shared::keys::Keys::new(&self.namespace).price(product_id)
+    }
+
     /// The raw cached value of a product, read straight from Redis.
     pub async fn cached_raw(&self, product_id: &str) -> Option<String> {
         let mut conn = self.redis.connection().await;
-        redis::cmd("GET")
-            .arg(format!("{}:price:{product_id}", self.namespace))
+        redis::cmd("HGET")
+            .arg(self.price_key(product_id))
+            .arg(product_id)
             .query_async(&mut conn)
             .await
-            .expect("GET")
+            .expect("HGET")
+    }
+
+    /// Overwrites a product's raw cached value.
+    pub async fn set_cached_raw(&self, product_id: &str, raw: &str) {
+        let mut conn = self.redis.connection().await;
+        let _: () = redis::cmd("HSET")
+            .arg(self.price_key(product_id))
+            .arg(product_id)
+            .arg(raw)
+            .query_async(&mut conn)
+            .await
+            .expect("HSET");
     }
 }

@@ -67,8 +67,6 @@ async fn the_cache_holds_the_price_before_the_prime_discount() {
 async fn a_corrupt_or_old_format_entry_is_recomputed_and_overwritten() {
     let app = spawn_app().await;
     let (_, good) = app.price("P-5", false).await;
-    let mut conn = app.redis.connection().await;
-    let key = format!("{}:price:P-5", app.namespace);
     let legacy = r#"{"product_id":"P-5","final_price":0.01,"base_price":0.01,"discount_rate":0.0,"source":"cache"}"#;
 
     for corrupt in [
@@ -77,12 +75,7 @@ async fn a_corrupt_or_old_format_entry_is_recomputed_and_overwritten() {
         r#"{"v":1,"product_id":"P-6","price_cents":1,"currency":"USD","calculated_at":"2026-01-01T00:00:00Z"}"#,
     ] {
         // Arrange
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(corrupt)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        app.set_cached_raw("P-5", corrupt).await;
 
         // Act
         let (status, body) = app.price("P-5", false).await;
@@ -102,13 +95,29 @@ async fn a_corrupt_or_old_format_entry_is_recomputed_and_overwritten() {
 async fn cached_prices_expire_after_the_cache_ttl() {
     let app = spawn_app().await;
     app.price("P-2", false).await;
+    // The hash holding the entry expires once no one writes to it...
     let mut conn = app.redis.connection().await;
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}:price:P-2", app.namespace))
+        .arg(app.price_key("P-2"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(ttl > 0 && ttl <= TTL_SECS as i64, "ttl {ttl}");
+
+    // ...and an entry computed a TTL ago reads as a miss even while its
+    // hash lives on: recomputed, and cached again.
+    let computed = chrono::Utc::now() - chrono::Duration::seconds(TTL_SECS as i64 + 1);
+    let expired = shared::cache::CachedPrice::new("P-2", 1, computed).encode();
+    app.set_cached_raw("P-2", &expired).await;
+    let (status, body) = app.price("P-2", false).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["source"], "database");
+    assert_ne!(
+        app.cached_raw("P-2").await.as_deref(),
+        Some(expired.as_str())
+    );
+    let (_, again) = app.price("P-2", false).await;
+    assert_eq!(again["source"], "cache");
 }
 
 #[tokio::test]
@@ -150,8 +159,9 @@ async fn a_market_signal_changes_the_price_after_the_cache_entry_goes() {
         .await
         .unwrap();
     let mut conn = app.redis.connection().await;
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{}:price:P-11", app.namespace))
+    let _: () = redis::cmd("HDEL")
+        .arg(app.price_key("P-11"))
+        .arg("P-11")
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -175,8 +175,9 @@ async fn an_event_through_the_api_ends_in_a_job_that_reprices_the_product() {
     eventually(LONG, "the new price in the cache", || {
         let mut conn = conn.clone();
         async move {
-            let raw: Option<String> = redis::cmd("GET")
-                .arg(format!("{NS}:price:P-3"))
+            let raw: Option<String> = redis::cmd("HGET")
+                .arg(shared::keys::Keys::new(NS).price("P-3"))
+                .arg("P-3")
                 .query_async(&mut conn)
                 .await
                 .unwrap();

@@ -158,7 +158,13 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     assert!(fresh.fence() > stale_fence);
     let fence_key = "lk:fenced:written";
     let ttl = Duration::from_secs(60);
-    let new = vec![("lk:price:P-1".to_string(), "new".to_string())];
+    let one = |value: &str| {
+        vec![(
+            "lk:prices:0".to_string(),
+            vec![("P-1".to_string(), value.to_string())],
+        )]
+    };
+    let new = one("new");
     assert_eq!(
         FencedWriter::connect(&p, fence_key, fresh.fence(), ttl)
             .await
@@ -170,7 +176,7 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     );
 
     // The stale holder wakes up and tries to write and release.
-    let old = vec![("lk:price:P-1".to_string(), "old".to_string())];
+    let old = one("old");
     assert_eq!(
         FencedWriter::connect(&p, fence_key, stale_fence, ttl)
             .await
@@ -183,12 +189,20 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     assert!(!lock.release_token(&stale_token).await.unwrap());
 
     let mut conn = redis.connection().await;
-    let value: String = redis::cmd("GET")
-        .arg("lk:price:P-1")
+    let value: String = redis::cmd("HGET")
+        .arg("lk:prices:0")
+        .arg("P-1")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(value, "new");
+    // The write gave the hash the TTL.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("lk:prices:0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 60_000, "pttl {pttl}");
     assert!(fresh.release().await.unwrap());
 }
 
@@ -197,9 +211,15 @@ async fn a_stale_writer_racing_a_newer_one_never_overwrites_it() {
     let redis = RedisServer::start().await;
     let p = pool(&redis);
     let (fence_key, ttl) = ("lk:race:written", Duration::from_secs(60));
-    let page = |tag: &str, i: usize| -> Vec<(String, String)> {
-        (0..200)
-            .map(|k| (format!("lk:race:{}", i * 200 + k), tag.to_string()))
+    // Page i: 200 fields over two hashes.
+    let page = |tag: &str, i: usize| -> Vec<(String, Vec<(String, String)>)> {
+        (0..2)
+            .map(|h| {
+                let fields = (0..100)
+                    .map(|k| (format!("{}", i * 100 + k), tag.to_string()))
+                    .collect();
+                (format!("lk:race:{h}"), fields)
+            })
             .collect()
     };
     // The stale holder (fence 1) keeps writing every page, over and over,
@@ -225,13 +245,15 @@ async fn a_stale_writer_racing_a_newer_one_never_overwrites_it() {
     }
     stale.await.unwrap();
 
-    // Whatever the interleaving, every key holds the newer holder's value.
+    // Whatever the interleaving, every field holds the newer holder's value.
     let mut conn = redis.connection().await;
-    let keys: Vec<String> = (0..4_000).map(|k| format!("lk:race:{k}")).collect();
-    let values: Vec<String> = redis::cmd("MGET")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(values.iter().all(|v| v == "new"), "a stale write won");
+    for h in 0..2 {
+        let values: Vec<String> = redis::cmd("HVALS")
+            .arg(format!("lk:race:{h}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(values.len(), 2_000);
+        assert!(values.iter().all(|v| v == "new"), "a stale write won");
+    }
 }

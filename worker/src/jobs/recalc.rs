@@ -16,8 +16,9 @@
 //!     and runs once the lock is free. Triggers meanwhile join it, so at most
 //!     one recalculation runs and at most one waits;
 //! - scans the catalog in pages of [`PAGE`] products (memory bounded by the
-//!   page, not the catalog) and writes each page in one fenced script call,
-//!   so a recalculation that lost its lock cannot overwrite newer prices;
+//!   page, not the catalog) and writes each page in one fenced transaction
+//!   (one `HSET` per cache bucket), so a recalculation that lost its lock
+//!   cannot overwrite newer prices;
 //! - reports `{"processed", "total"}` in its status while it runs, and
 //!   finishes with `{"status": "succeeded", "updated_count", "duration_ms"}`.
 //!
@@ -37,7 +38,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::json;
-use shared::cache::{CachedPrice, PriceCache};
+use shared::cache::{CachedPrice, PriceBatch, PriceCache};
 use shared::domain::{MarketSignals, Product};
 use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
 use shared::lock::{DistributedLock, FencedWriter};
@@ -106,18 +107,19 @@ pub fn register(registry: &mut Registry, deps: Arc<RecalcDeps>) {
     });
 }
 
-/// The cache keys and entries of a priced page (one timestamp for the page).
-fn entries(cache: &PriceCache, priced: &[(Product, MarketSignals)]) -> Vec<(String, String)> {
+/// The encoded entries of a priced page (one timestamp for the page),
+/// grouped by the hash they go to.
+fn entries(cache: &PriceCache, priced: &[(Product, MarketSignals)]) -> PriceBatch {
     let encoder = CachedPrice::encoder(Utc::now());
-    priced
-        .iter()
-        .map(|(p, s)| {
+    PriceBatch::new(
+        cache.keys(),
+        priced.iter().map(|(p, s)| {
             (
-                cache.keys().price(&p.id),
+                p.id.clone(),
                 encoder.encode(&p.id, compute_price_cents(p, s)),
             )
-        })
-        .collect()
+        }),
+    )
 }
 
 async fn recalculate_all(deps: &RecalcDeps, ctx: &JobContext) -> Result<JobOutcome, JobError> {
@@ -224,8 +226,11 @@ type WriteDone = (FencedWriter, Result<Option<usize>, JobError>);
 
 /// One write: `Some(n)` written, `None` when a newer holder has written
 /// (our lock expired under us). Gives its writer back.
-async fn write_page(mut writer: FencedWriter, entries: Vec<(String, String)>) -> WriteDone {
-    let res = writer.write(&entries).await.map_err(JobError::retryable);
+async fn write_page(mut writer: FencedWriter, entries: PriceBatch) -> WriteDone {
+    let res = writer
+        .write(entries.hashes())
+        .await
+        .map_err(JobError::retryable);
     (writer, res)
 }
 

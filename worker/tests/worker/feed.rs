@@ -94,8 +94,9 @@ fn all() -> NewJob {
 
 async fn cached_price(redis: &RedisServer, id: &str) -> Option<i64> {
     let mut conn = redis.connection().await;
-    let raw: Option<String> = redis::cmd("GET")
-        .arg(format!("{NS}:price:{id}"))
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(shared::keys::Keys::new(NS).price(id))
+        .arg(id)
         .query_async(&mut conn)
         .await
         .unwrap();

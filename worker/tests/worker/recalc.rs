@@ -16,8 +16,9 @@ const LONG: Duration = Duration::from_secs(60);
 
 async fn cached(redis: &RedisServer, id: &str) -> Option<CachedPrice> {
     let mut conn = redis.connection().await;
-    let raw: Option<String> = redis::cmd("GET")
-        .arg(format!("{NS}:price:{id}"))
+    let raw: Option<String> = redis::cmd("HGET")
+        .arg(shared::keys::Keys::new(NS).price(id))
+        .arg(id)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -66,12 +67,30 @@ async fn a_full_recalculation_caches_every_price() {
         );
     }
     let mut conn = redis.connection().await;
+    // Exactly one entry per product, spread over the cache's hashes, each
+    // with the cache TTL.
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{NS}:price:*"))
+        .arg(shared::keys::Keys::new(NS).price_pattern())
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(keys.len(), 12_000);
+    assert_eq!(keys.len(), shared::keys::PRICE_BUCKETS as usize);
+    let mut entries = 0;
+    for key in &keys {
+        let len: usize = redis::cmd("HLEN")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(pttl > 0, "{key} has no TTL");
+        entries += len;
+    }
+    assert_eq!(entries, 12_000);
     w.stop().await;
 }
 
@@ -279,8 +298,9 @@ async fn a_targeted_recalculation_during_an_older_full_run_writes_at_once_and_ag
     // again and its price is the one left in the cache.
     let mut conn = redis.connection().await;
     let stale = CachedPrice::new("P-3", 1, chrono::Utc::now()).encode();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{NS}:price:P-3"))
+    let _: () = redis::cmd("HSET")
+        .arg(shared::keys::Keys::new(NS).price("P-3"))
+        .arg("P-3")
         .arg(stale)
         .query_async(&mut conn)
         .await
