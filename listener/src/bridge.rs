@@ -587,8 +587,20 @@ impl Bridge {
                 None => {}
             }
         }
-        // 2. Claim the events; skip those done before or held by another consumer.
-        if !valid.is_empty() {
+        // 2. Claim the events (skipping those done before or held by another
+        // consumer) and 3. look up the products they name, at once: the two
+        // round trips are independent, and each costs a few hundred µs when
+        // the machine is busy.
+        let named: Vec<String> = valid
+            .iter()
+            .flat_map(|(_, e)| e.product_ids.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let claim = async {
+            if valid.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut claim = CLAIM_EVENTS.prepare_invoke();
             claim
                 .arg(&self.consumer)
@@ -600,22 +612,18 @@ impl Bridge {
             }
             let (mut conn, tracker) = self.pool.get();
             let ours: Vec<i64> = tracker.track(claim.invoke_async(&mut conn).await)?;
-            let before = valid.len();
-            valid = valid
-                .into_iter()
-                .zip(ours)
-                .filter_map(|(v, ours)| (ours == 1).then_some(v))
-                .collect();
-            out.duplicates += before - valid.len();
-        }
-        // 3. Refuse events about unknown products.
-        let named: Vec<String> = valid
-            .iter()
-            .flat_map(|(_, e)| e.product_ids.iter().cloned())
-            .collect::<BTreeSet<_>>()
+            anyhow::Ok(ours)
+        };
+        let lookup = async { anyhow::Ok(self.store.existing_ids(&named).await?) };
+        let (ours, existing) = tokio::try_join!(claim, lookup)?;
+        let before = valid.len();
+        valid = valid
             .into_iter()
+            .zip(ours)
+            .filter_map(|(v, ours)| (ours == 1).then_some(v))
             .collect();
-        let existing = self.store.existing_ids(&named).await?;
+        out.duplicates += before - valid.len();
+        // Refuse events about unknown products.
         let mut kept = Vec::with_capacity(valid.len());
         for (entry, event) in valid {
             let missing: Vec<&str> = event

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates, StoreError};
@@ -70,6 +72,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A ping before each use is a round trip to the connection's
+            // worker thread, for a local file that cannot go away like a
+            // network peer; a broken connection still fails its query.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -282,7 +288,7 @@ fn priced_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<(Product, MarketSign
 
 /// Inserts or updates competitor prices inside `tx`; returns rows written.
 async fn upsert_competitor_prices(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     rows: &[CompetitorPrice],
 ) -> Result<u64, sqlx::Error> {
     let mut written = 0;
@@ -300,14 +306,14 @@ async fn upsert_competitor_prices(
             " ON CONFLICT (product_id, competitor) DO UPDATE SET price = excluded.price, \
              observed_at = excluded.observed_at",
         );
-        written += qb.build().execute(&mut **tx).await?.rows_affected();
+        written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(written)
 }
 
 /// Inserts or updates demand indexes inside `tx`; returns rows written.
 async fn upsert_demand(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     rows: &[DemandSignal],
 ) -> Result<u64, sqlx::Error> {
     let mut written = 0;
@@ -324,9 +330,36 @@ async fn upsert_demand(
             " ON CONFLICT (product_id) DO UPDATE SET demand_index = excluded.demand_index, \
              observed_at = excluded.observed_at",
         );
-        written += qb.build().execute(&mut **tx).await?.rows_affected();
+        written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(written)
+}
+
+/// The statements of [`CatalogStore::apply_market_updates`], on `conn`.
+async fn write_market_updates(
+    conn: &mut SqliteConnection,
+    u: &MarketUpdates,
+) -> Result<(), sqlx::Error> {
+    upsert_competitor_prices(conn, &u.competitor_prices).await?;
+    upsert_demand(conn, &u.demand).await?;
+    let now = chrono::Utc::now();
+    for (id, stock) in &u.stock {
+        sqlx::query("UPDATE products SET stock = ?, updated_at = ? WHERE id = ?")
+            .bind(stock)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (id, cost) in &u.unit_cost {
+        sqlx::query("UPDATE products SET unit_cost = ?, updated_at = ? WHERE id = ?")
+            .bind(cost)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -450,26 +483,18 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn apply_market_updates(&self, u: &MarketUpdates) -> Result<(), StoreError> {
+        let statements = u.competitor_prices.len().div_ceil(INSERT_CHUNK)
+            + u.demand.len().div_ceil(INSERT_CHUNK)
+            + u.stock.len()
+            + u.unit_cost.len();
+        if statements <= 1 {
+            // One statement is atomic by itself: no BEGIN and COMMIT, each a
+            // round trip to the connection's thread (a lone event's case).
+            let mut conn = self.pool.acquire().await?;
+            return Ok(write_market_updates(&mut conn, u).await?);
+        }
         let mut tx = self.pool.begin().await?;
-        upsert_competitor_prices(&mut tx, &u.competitor_prices).await?;
-        upsert_demand(&mut tx, &u.demand).await?;
-        let now = chrono::Utc::now();
-        for (id, stock) in &u.stock {
-            sqlx::query("UPDATE products SET stock = ?, updated_at = ? WHERE id = ?")
-                .bind(stock)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (id, cost) in &u.unit_cost {
-            sqlx::query("UPDATE products SET unit_cost = ?, updated_at = ? WHERE id = ?")
-                .bind(cost)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        write_market_updates(&mut tx, u).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -513,6 +538,39 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// One statement runs without a transaction; several run in one, so a
+    /// failing one (here a CHECK) leaves none of the others applied.
+    #[tokio::test]
+    async fn market_updates_apply_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        let store = SqliteStore::connect(&url, 2).await.unwrap();
+        crate::store::seed::seed(&store, 5).await.unwrap();
+        let demand = |id: &str, index: f64| DemandSignal {
+            product_id: id.into(),
+            demand_index: index,
+            observed_at: chrono::Utc::now(),
+        };
+        let one = MarketUpdates {
+            demand: vec![demand("P-3", 1.7)],
+            ..Default::default()
+        };
+        store.apply_market_updates(&one).await.unwrap();
+        let signals = store.market_signals("P-3").await.unwrap();
+        assert_eq!(signals.demand_index, Some(1.7));
+
+        let before = store.market_signals("P-1").await.unwrap();
+        let broken = MarketUpdates {
+            demand: vec![demand("P-1", 0.42)],
+            unit_cost: vec![("P-2".into(), -1.0)],
+            ..Default::default()
+        };
+        assert!(store.apply_market_updates(&broken).await.is_err());
+        assert_eq!(store.market_signals("P-1").await.unwrap(), before);
+        let cost = store.product("P-2").await.unwrap().unwrap().unit_cost;
+        assert!(cost > 0.0);
+    }
 
     /// The bulk reader's merged range scans give every product the same
     /// signals as the per-product SQL path, across page boundaries, for
