@@ -10,7 +10,7 @@ use std::time::Duration;
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::events::EventSettings;
 use shared::queue::QueueSettings;
-use shared::testing::{RedisServer, temp_store};
+use shared::testing::{RedisServer, seeded_store};
 
 const NS: &str = "lg";
 const N: usize = 10_000;
@@ -32,8 +32,7 @@ async fn metric_sum(addr: SocketAddr, name: &str, filter: &str) -> f64 {
 async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_healthy() {
     shared::telemetry::init_for_tests();
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 5).await.unwrap();
+    let (_store, _dir, url) = seeded_store(5).await;
     let settings = listener::config::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
         database: DatabaseSettings {
@@ -62,19 +61,10 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
     let handle = tokio::spawn(l.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let mut conn = redis.connection().await;
-    loop {
-        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("market_events")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if n[0].1 > 0 {
-            break;
-        }
+    while redis.subscribers("market_events").await == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut conn = redis.connection().await;
 
     // Three kinds of garbage on the channel (each message distinct), and
     // events about products that do not exist appended to the stream.

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shared::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use shared::testing::{RedisServer, free_port, temp_store};
+use shared::testing::{RedisServer, free_port, seeded_store};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -106,21 +106,10 @@ impl Services {
             .await;
         }
         if names.contains(&"listener") {
-            let mut conn = redis.connection().await;
-            wait("the listener subscribed", || {
-                let mut conn = conn.clone();
-                async move {
-                    let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                        .arg("NUMSUB")
-                        .arg("market_events")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
-                    n[0].1 > 0
-                }
+            wait("the listener subscribed", || async {
+                redis.subscribers("market_events").await > 0
             })
             .await;
-            let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
         }
         services
     }
@@ -407,8 +396,7 @@ fn assert_event_trace_links(spans: &[ReceivedSpan]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_event_is_one_trace_across_api_listener_and_worker() {
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (_store, _dir, db) = seeded_store(20).await;
     let rx = OtlpReceiver::start().await;
     let services_up = Services::start(&redis, &db, &rx.endpoint()).await;
 
@@ -442,8 +430,7 @@ async fn a_published_event_is_one_trace_across_api_listener_and_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recalculate_all_trigger_is_one_trace_from_api_to_worker() {
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (_store, _dir, db) = seeded_store(20).await;
     let rx = OtlpReceiver::start().await;
     let services_up = Services::start(&redis, &db, &rx.endpoint()).await;
 
@@ -509,8 +496,7 @@ async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
     // Arrange: export over OTLP/HTTP, with a batch delay far longer than the
     // test, so spans reach the receiver only through the flush at shutdown.
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (_store, _dir, db) = seeded_store(20).await;
     let rx = OtlpReceiver::start_http().await;
     let services_up = Services::start_with(
         &redis,
@@ -551,8 +537,7 @@ async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otel_service_name_renames_a_service_and_otel_sdk_disabled_exports_nothing() {
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 5).await.unwrap();
+    let (_store, _dir, db) = seeded_store(5).await;
     let rx = OtlpReceiver::start().await;
 
     // OTEL_SERVICE_NAME wins over the default name.
@@ -606,8 +591,7 @@ async fn otel_service_name_renames_a_service_and_otel_sdk_disabled_exports_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_succeed_while_the_collector_is_down_with_one_warning() {
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (_store, _dir, db) = seeded_store(20).await;
     // Nothing listens on this port.
     let closed = format!("http://127.0.0.1:{}", free_port());
     let services_up = Services::start(&redis, &db, &closed).await;
@@ -645,8 +629,7 @@ async fn events_processed_in_one_batch_link_every_trace_to_the_batch() {
     // no listener runs, so one batch takes both.
     const OTHER_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (_store, _dir, db) = seeded_store(20).await;
     let rx = OtlpReceiver::start().await;
     let api = Services::start_with(&redis, &db, &rx.endpoint(), &["api", "worker"], &[]).await;
     for (trace, id) in [(CLIENT_TRACE, "P-3"), (OTHER_TRACE, "P-4")] {
@@ -712,8 +695,7 @@ async fn events_processed_in_one_batch_link_every_trace_to_the_batch() {
 async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
     // Arrange: keep no root traces; a client's sampled decision still wins.
     let redis = RedisServer::start().await;
-    let (store, _dir, db) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (_store, _dir, db) = seeded_store(20).await;
     let rx = OtlpReceiver::start().await;
     let services_up = Services::start_with(
         &redis,

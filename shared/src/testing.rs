@@ -86,6 +86,17 @@ impl RedisServer {
         );
     }
 
+    /// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`).
+    pub async fn subscribers(&self, channel: &str) -> u64 {
+        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut self.connection().await)
+            .await
+            .expect("PUBSUB NUMSUB");
+        n.first().map_or(0, |(_, n)| *n)
+    }
+
     /// A fresh async connection, for assertions.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
@@ -177,6 +188,16 @@ pub async fn temp_store() -> (Arc<SqliteStore>, TempDir, String) {
         .await
         .expect("open temporary SQLite store");
     (Arc::new(store), dir, url)
+}
+
+/// [`temp_store`] holding the synthetic catalog P-1 … P-`products`
+/// ([`crate::store::seed::seed`]).
+pub async fn seeded_store(products: u64) -> (Arc<SqliteStore>, TempDir, String) {
+    let (store, dir, url) = temp_store().await;
+    crate::store::seed::seed(store.as_ref(), products)
+        .await
+        .expect("seed the temporary store");
+    (store, dir, url)
 }
 
 /// Upcasts a concrete store to the trait object handlers use.

@@ -10,9 +10,9 @@ use serde_json::Value;
 use shared::config::{
     CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,
 };
+use shared::store::CatalogStore;
 use shared::store::sqlite::SqliteStore;
-use shared::store::{CatalogStore, seed};
-use shared::testing::{RedisServer, temp_store};
+use shared::testing::{RedisServer, seeded_store};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -69,8 +69,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     shared::telemetry::init_for_tests();
     let redis = RedisServer::start().await;
-    let (store, dir, url) = temp_store().await;
-    seed::seed(store.as_ref(), SEEDED).await.expect("seed");
+    let (store, dir, url) = seeded_store(SEEDED).await;
     let namespace = format!("test-{}", redis.port());
     let mut settings = settings(&redis.url(), &url, &namespace);
     tweak(&mut settings);

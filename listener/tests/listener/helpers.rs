@@ -152,21 +152,10 @@ pub fn redis_cli_publish(redis: &RedisServer, channel: &str, message: &str) -> u
 
 /// Waits until someone subscribes to the channel.
 pub async fn wait_for_subscriber(redis: &RedisServer, channel: &str) {
-    let mut conn = redis.connection().await;
-    eventually(LONG, "a subscriber", || {
-        let mut conn = conn.clone();
-        async move {
-            let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(channel)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            n.first().is_some_and(|(_, c)| *c > 0)
-        }
+    eventually(LONG, "a subscriber", || async {
+        redis.subscribers(channel).await > 0
     })
     .await;
-    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
 
 /// Entries in the event stream.

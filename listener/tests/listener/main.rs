@@ -9,7 +9,9 @@ use std::time::Duration;
 use shared::events::MarketEvent;
 use shared::pricing::compute_price_cents;
 use shared::store::CatalogStore;
-use shared::testing::{RedisOptions, RedisServer, run_until_ready_then_sigterm, temp_store};
+use shared::testing::{
+    RedisOptions, RedisServer, run_until_ready_then_sigterm, seeded_store, temp_store,
+};
 
 use helpers::*;
 
@@ -67,8 +69,7 @@ fn event(json: serde_json::Value) -> MarketEvent {
 async fn an_event_through_the_api_ends_in_a_job_that_reprices_the_product() {
     // Arrange: the api, the listener and a worker over one Redis and one catalog.
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (store, _dir, url) = seeded_store(20).await;
     let l = start_listener(settings(&redis, &url)).await;
     let mut api_settings = api::config::Settings {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -225,8 +226,7 @@ async fn a_raw_redis_cli_publish_of_the_legacy_string_triggers_a_full_recalculat
 #[tokio::test]
 async fn events_published_while_no_listener_runs_are_processed_when_it_starts() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let (store, _dir, url) = seeded_store(10).await;
     let bus = bus(&redis);
     // No listener has ever run: no consumer group exists yet.
     for i in 1..=3 {
@@ -264,24 +264,14 @@ async fn events_published_while_no_listener_runs_are_processed_when_it_starts() 
 #[tokio::test]
 async fn two_listeners_queue_each_event_once() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 301)
-        .await
-        .unwrap();
+    let (store, _dir, url) = seeded_store(301).await;
     let mut s = settings(&redis, &url);
     // No coalescing, so every event gets its own job and duplicates would show.
     s.coalesce_window = Duration::ZERO;
     let a = start_listener(s.clone()).await;
     let b = start_listener(s).await;
     eventually(LONG, "two subscribers", || async {
-        let mut conn = redis.connection().await;
-        let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("market_events")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        n[0].1 == 2
+        redis.subscribers("market_events").await == 2
     })
     .await;
 
@@ -346,10 +336,7 @@ async fn two_listeners_queue_each_event_once() {
 #[tokio::test]
 async fn a_redis_restart_with_aof_loses_no_events() {
     let mut redis = RedisServer::start_with(RedisOptions { aof: true }).await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 100)
-        .await
-        .unwrap();
+    let (store, _dir, url) = seeded_store(100).await;
     let demand = |i: u32| {
         event(
             serde_json::json!({"kind": "demand_changed", "data": {"demand": {format!("P-{i}"): 2.0}}}),
@@ -419,8 +406,7 @@ async fn publish_when_redis_answers(bus: &shared::events::EventBus, e: &MarketEv
 #[tokio::test]
 async fn a_burst_is_coalesced_and_keeps_every_events_data() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let (store, _dir, url) = seeded_store(10).await;
     let mut s = settings(&redis, &url);
     s.coalesce_window = Duration::from_secs(2);
     let l = start_listener(s).await;
@@ -477,8 +463,7 @@ async fn the_same_raw_message_published_again_is_a_new_event() {
     // the third message has the same bytes as the first, and must not be
     // taken for a copy of it.
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 3).await.unwrap();
+    let (store, _dir, url) = seeded_store(3).await;
     let l = start_listener(settings(&redis, &url)).await;
     wait_for_subscriber(&redis, "market_events").await;
 
@@ -506,8 +491,7 @@ async fn entries_a_stopped_listener_left_unacknowledged_are_taken_over() {
     // Arrange: a listener read three events (and claimed them) and died
     // before acknowledging them.
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 5).await.unwrap();
+    let (store, _dir, url) = seeded_store(5).await;
     let bus = bus(&redis);
     let mut conn = redis.connection().await;
     let _: () = redis::cmd("XGROUP")
@@ -572,8 +556,7 @@ async fn entries_a_stopped_listener_left_unacknowledged_are_taken_over() {
 #[tokio::test]
 async fn an_event_claimed_by_another_live_consumer_is_skipped_unless_taken_over() {
     let redis = RedisServer::start().await;
-    let (store, _dir, _url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 5).await.unwrap();
+    let (store, _dir, _url) = seeded_store(5).await;
     let bridge = listener::bridge::Bridge::new(
         pool(&redis),
         shared::keys::Keys::new(NS),

@@ -12,7 +12,7 @@ use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
 use shared::pricing::compute_price_cents;
 use shared::queue::{Backoff, JobState, NewJob, QueueSettings, RetryPolicy};
 use shared::store::CatalogStore;
-use shared::testing::{RedisServer, temp_store};
+use shared::testing::{RedisServer, seeded_store};
 use worker::jobs::feed::FeedSettings;
 
 use crate::helpers::{NS, queue, settings, start, wait_for};
@@ -153,8 +153,7 @@ async fn run_recalc(
     Vec<Option<String>>,
 ) {
     let redis = RedisServer::start().await;
-    let (store, dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 20).await.unwrap();
+    let (store, dir, url) = seeded_store(20).await;
     let (feed_url, stub) = match feed {
         FeedAt::Stub(fail_first, failure) => {
             let (url, stub) = start_stub(fail_first, failure).await;
@@ -324,10 +323,7 @@ async fn a_running_recalculation_shows_its_progress() {
     use worker::jobs::recalc::{PAGE, WRITERS};
     let n = (WRITERS + 1) * PAGE + 2_000;
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), n as u64)
-        .await
-        .unwrap();
+    let (_store, _dir, url) = seeded_store(n as u64).await;
     let mut ids: Vec<String> = (1..=n).map(|i| format!("P-{i}")).collect();
     ids.sort(); // the order the catalog is read in
     let feed = GatedFeed {

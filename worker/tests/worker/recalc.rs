@@ -8,7 +8,7 @@ use shared::lock::DistributedLock;
 use shared::pricing::compute_price_cents;
 use shared::queue::{JobState, NewJob, QueueSettings};
 use shared::store::CatalogStore;
-use shared::testing::{RedisServer, temp_store};
+use shared::testing::{RedisServer, seeded_store};
 
 use crate::helpers::{NS, queue, settings, start, wait_for};
 
@@ -29,10 +29,7 @@ async fn cached(redis: &RedisServer, id: &str) -> Option<CachedPrice> {
 async fn a_full_recalculation_caches_every_price() {
     // Arrange: a catalog of 12,000 products (more than two pages).
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 12_000)
-        .await
-        .unwrap();
+    let (store, _dir, url) = seeded_store(12_000).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     let registry = worker::full_registry(&s).await.unwrap();
@@ -105,8 +102,7 @@ fn recalc_lock(q: &shared::queue::Queue) -> DistributedLock {
 #[tokio::test]
 async fn a_recalculation_is_skipped_when_one_that_started_after_it_holds_the_lock() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let (_store, _dir, url) = seeded_store(10).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     let q = queue(&redis, QueueSettings::default());
@@ -139,8 +135,7 @@ async fn a_recalculation_is_skipped_when_one_that_started_after_it_holds_the_loc
 #[tokio::test]
 async fn a_trigger_while_a_recalculation_runs_waits_for_it_and_further_triggers_join() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let (_store, _dir, url) = seeded_store(10).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     let retry = shared::jobs::RECALC_RETRY;
@@ -202,8 +197,7 @@ async fn a_trigger_while_a_recalculation_runs_waits_for_it_and_further_triggers_
 #[tokio::test]
 async fn a_targeted_recalculation_caches_the_named_products() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 50).await.unwrap();
+    let (_store, _dir, url) = seeded_store(50).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     let registry = worker::full_registry(&s).await.unwrap();
@@ -229,8 +223,7 @@ async fn a_recalculation_whose_earlier_attempt_died_holding_the_lock_runs_once_i
     // Arrange: the job's own first attempt took the lock and its worker died
     // (no release, no more extensions) after the job was queued.
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let (_store, _dir, url) = seeded_store(10).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     let q = queue(&redis, QueueSettings::default());
@@ -262,8 +255,7 @@ async fn a_recalculation_whose_earlier_attempt_died_holding_the_lock_runs_once_i
 #[tokio::test]
 async fn a_targeted_recalculation_during_an_older_full_run_writes_at_once_and_again_after_it() {
     let redis = RedisServer::start().await;
-    let (store, _dir, url) = temp_store().await;
-    shared::store::seed::seed(store.as_ref(), 10).await.unwrap();
+    let (_store, _dir, url) = seeded_store(10).await;
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
     let registry = worker::full_registry(&s).await.unwrap();
