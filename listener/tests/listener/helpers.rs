@@ -72,6 +72,91 @@ pub async fn start_listener(settings: listener::config::Settings) -> Running {
     }
 }
 
+/// The api and a worker, running in this process over one Redis and one
+/// catalog, for tests that follow a request through to its job.
+pub struct ApiAndWorker {
+    /// The api's port on 127.0.0.1.
+    pub port: u16,
+    api_stop: tokio::sync::oneshot::Sender<()>,
+    api: tokio::task::JoinHandle<anyhow::Result<()>>,
+    worker_stop: tokio::sync::oneshot::Sender<()>,
+    worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ApiAndWorker {
+    pub async fn stop(self) {
+        let _ = self.api_stop.send(());
+        let _ = self.worker_stop.send(());
+        self.api.await.unwrap().unwrap();
+        self.worker.await.unwrap().unwrap();
+    }
+}
+
+pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWorker {
+    shared::telemetry::init_for_tests();
+    let database = DatabaseSettings {
+        url: db_url.to_string(),
+        max_connections: 2,
+    };
+    let cache = shared::config::CacheSettings {
+        ttl: Duration::from_secs(600),
+    };
+    let mut api_settings = api::config::Settings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        redis: RedisSettings::for_url(redis.url(), NS),
+        database: database.clone(),
+        cache,
+        telemetry: telemetry(),
+        queue: QueueSettings::default(),
+        admin_token: None,
+        recalc_retry: shared::jobs::RECALC_RETRY,
+        events: EventSettings::default(),
+    };
+    api_settings.telemetry.service_name = "pricing-api-test".into();
+    let app = api::startup::Application::build(&api_settings)
+        .await
+        .unwrap();
+    let port = app.port();
+    let (api_stop, api_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(app.run_until_stopped(async {
+        let _ = api_rx.await;
+    }));
+    let worker_settings = worker::config::Settings {
+        redis: RedisSettings::for_url(redis.url(), NS),
+        database,
+        telemetry: telemetry(),
+        queue: QueueSettings::default(),
+        cache,
+        feed: None,
+        recalc_lock_ttl: Duration::from_secs(30),
+        concurrency: 4,
+        prefetch: 4,
+        shutdown_timeout: Duration::from_secs(5),
+        job_timeout: Duration::from_secs(60),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+    };
+    let registry = worker::full_registry(&worker_settings).await.unwrap();
+    let w = worker::Worker::build(worker_settings, registry)
+        .await
+        .unwrap();
+    let (worker_stop, worker_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(w.run_until_stopped(async {
+        let _ = worker_rx.await;
+    }));
+    ApiAndWorker {
+        port,
+        api_stop,
+        api,
+        worker_stop,
+        worker,
+    }
+}
+
+/// Sends `request` and returns its JSON body.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 pub fn pool(redis: &RedisServer) -> RedisPool {
     RedisPool::new(&RedisSettings::for_url(redis.url(), NS)).unwrap()
 }
