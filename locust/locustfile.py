@@ -252,12 +252,15 @@ class MarketFeed(HttpUser):
         with self.client.post(PUBLISH, json=event, name=PUBLISH, catch_response=True) as response:
             if not _expect_status(response, 202):
                 return
-            if response.content:
-                body = _json(response)
-                if body is None:
-                    return
-                if not isinstance(body, dict):
-                    response.failure(f"expected a JSON object, got {body!r}")
+            body = _json(response)
+            if body is None:
+                return
+            if not isinstance(body, dict) or body.get("status") != "Event published":
+                response.failure(f"expected {{'status': 'Event published', ...}}, got {body!r}")
+                return
+            for field, kind in (("event_id", str), ("channel", str), ("receivers", int)):
+                if not isinstance(body.get(field), kind):
+                    response.failure(f"{field!r} missing or not a {kind.__name__}: {body!r}")
                     return
             response.success()
 

@@ -44,6 +44,10 @@ pub struct ReceivedSpan {
     pub links: Vec<(String, String)>,
     /// Status code (OTLP enum: 0 unset, 1 ok, 2 error).
     pub status_code: i32,
+    /// Start time, in nanoseconds since the Unix epoch.
+    pub start_unix_nano: u64,
+    /// End time, in nanoseconds since the Unix epoch.
+    pub end_unix_nano: u64,
 }
 
 impl ReceivedSpan {
@@ -138,6 +142,8 @@ impl Sink {
                             .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                             .collect(),
                         status_code: span.status.as_ref().map_or(0, |s| s.code),
+                        start_unix_nano: span.start_time_unix_nano,
+                        end_unix_nano: span.end_time_unix_nano,
                     });
                 }
             }
@@ -230,18 +236,27 @@ impl OtlpReceiver {
 
     /// Starts an OTLP/HTTP (protobuf) receiver on a free loopback port.
     pub async fn start_http() -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        Self::start_http_on(0, false)
             .await
-            .expect("bind the OTLP/HTTP receiver");
-        let addr = listener.local_addr().expect("a bound address");
-        let sink = Sink::default();
+            .expect("bind the OTLP/HTTP receiver")
+    }
+
+    /// An OTLP/HTTP (protobuf) receiver on `127.0.0.1:port` (0: a free
+    /// port); `count_only` as for [`Self::start_counting_on`].
+    pub async fn start_http_on(port: u16, count_only: bool) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let sink = Sink {
+            count_only,
+            ..Sink::default()
+        };
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(export_http))
             .with_state(sink.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, sink, server }
+        Ok(Self { addr, sink, server })
     }
 
     /// The endpoint to give `OTEL_EXPORTER_OTLP_ENDPOINT`.
