@@ -46,19 +46,41 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
 }
 
+/// The certificates of a PEM bundle (`MARKET_DATA_CA_FILE`'s content); an
+/// error when there is none or one does not parse.
+pub fn certificates_in(pem: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".to_string());
+    }
+    Ok(certs)
+}
+
 fn feed_from_env() -> Result<Option<crate::jobs::feed::FeedSettings>, ConfigError> {
     let Some(url) = shared::config::env_opt("MARKET_DATA_URL") else {
         return Ok(None);
     };
-    if !url.starts_with("http://") {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(ConfigError::new(
             "MARKET_DATA_URL",
             url,
-            "must be an http:// URL (this build has no TLS)",
+            "must be an http:// or https:// URL",
         ));
     }
+    let extra_roots = match shared::config::env_opt("MARKET_DATA_CA_FILE") {
+        None => Vec::new(),
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| {
+                ConfigError::new("MARKET_DATA_CA_FILE", &path, format!("cannot read it: {e}"))
+            })?;
+            certificates_in(&String::from_utf8_lossy(&pem))
+                .map_err(|reason| ConfigError::new("MARKET_DATA_CA_FILE", &path, reason))?
+        }
+    };
     Ok(Some(crate::jobs::feed::FeedSettings {
         url,
+        extra_roots,
         connect_timeout: Duration::from_millis(env_in_range(
             "MARKET_DATA_CONNECT_TIMEOUT_MS",
             3_000u64,
@@ -110,5 +132,27 @@ impl Settings {
                 SocketAddr::from(([127, 0, 0, 1], 9101)),
             )?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_must_hold_pem_certificates() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["feed.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let two = format!("{}\n{}", cert.pem(), cert.pem());
+        assert_eq!(certificates_in(&two).map(|c| c.len()), Ok(2));
+        assert_eq!(
+            certificates_in("not a certificate").map(|c| c.len()),
+            Err("holds no PEM certificate".to_string())
+        );
+        // The private key alone is no certificate either.
+        assert!(certificates_in(&key.serialize_pem()).is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! The market-data feed: competitor prices fetched over HTTP during a
-//! recalculation, when `MARKET_DATA_URL` is set.
+//! The market-data feed: competitor prices fetched over HTTP or HTTPS during
+//! a recalculation, when `MARKET_DATA_URL` is set.
 //!
 //! `GET {MARKET_DATA_URL}/competitor-prices?ids=P-1,P-2` must answer
 //! `{"prices": [{"product_id": "P-1", "competitor": "acme", "price": 12.5}, …]}`.
@@ -12,11 +12,16 @@
 //! servers commonly accept. Fields the feed adds beyond these are
 //! ignored, so the feed can grow without breaking recalculations.
 //!
+//! HTTPS is verified against the system's root certificates (rustls with
+//! the platform verifier), plus those of `MARKET_DATA_CA_FILE` when it is
+//! set, for a feed behind a private CA.
+//!
 //! Each request carries the `traceparent` (and `tracestate`) of the job's
 //! span. Failure classes, as the job's retry policy needs them: a timeout, a
 //! refused connection, a 5xx, a 408 or a 429 is [`JobError::Retryable`];
-//! any other 4xx, or a body that is not the shape above, is
-//! [`JobError::Permanent`].
+//! any other 4xx, a body that is not the shape above, or a server
+//! certificate the worker refuses (a setting to fix, which a retry would
+//! only repeat) is [`JobError::Permanent`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,8 +44,12 @@ pub const FEED_CONCURRENCY: usize = 4;
 /// How the worker reaches the feed.
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
-    /// `MARKET_DATA_URL`: the feed's base URL (plain HTTP). Unset: no feed.
+    /// `MARKET_DATA_URL`: the feed's base URL, `http://` or `https://`.
+    /// Unset: no feed.
     pub url: String,
+    /// `MARKET_DATA_CA_FILE`: extra root certificates (PEM) to trust for an
+    /// `https://` feed, beside the system's. Unset: the system's only.
+    pub extra_roots: Vec<reqwest::Certificate>,
     /// `MARKET_DATA_CONNECT_TIMEOUT_MS`: connect timeout. Defaults to 3,000.
     pub connect_timeout: Duration,
     /// `MARKET_DATA_TIMEOUT_MS`: total timeout of one request. Defaults to 5,000.
@@ -71,13 +80,16 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// A client with the configured timeouts.
+    /// A client with the configured timeouts and trusted roots.
     pub fn new(settings: &FeedSettings) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout);
+        if !settings.extra_roots.is_empty() {
+            builder = builder.tls_certs_merge(settings.extra_roots.iter().cloned());
+        }
         Ok(Self {
-            client: reqwest::Client::builder()
-                .connect_timeout(settings.connect_timeout)
-                .timeout(settings.timeout)
-                .build()?,
+            client: builder.build()?,
             base: settings.url.trim_end_matches('/').to_string(),
         })
     }
@@ -117,10 +129,16 @@ impl Feed {
                 request = request.header("tracestate", state);
             }
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| JobError::Retryable(format!("market-data feed unreachable: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            if refused_certificate(&e) {
+                JobError::Permanent(format!(
+                    "market-data feed's certificate refused: {}",
+                    error_chain(&e)
+                ))
+            } else {
+                JobError::Retryable(format!("market-data feed unreachable: {}", error_chain(&e)))
+            }
+        })?;
         let status = response.status();
         if status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
@@ -157,6 +175,39 @@ impl Feed {
         }
         Ok(lowest)
     }
+}
+
+/// Whether `e` failed because the server's certificate was refused
+/// (unknown issuer, wrong name, expired, …).
+fn refused_certificate(e: &reqwest::Error) -> bool {
+    let mut next = std::error::Error::source(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        // An io::Error's `source` skips the error it wraps, and the TLS
+        // connector wraps rustls's error in two of them: look inside.
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
+/// `e` and its causes, joined by ": " (reqwest's own message leaves the
+/// cause out, which is the part an operator needs).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        source = err.source();
+    }
+    out
 }
 
 /// Splits `ids` into runs of at most [`FEED_BATCH`] ids and

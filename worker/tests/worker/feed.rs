@@ -1,4 +1,5 @@
-//! Recalculation against a local stub of the market-data feed, over HTTP.
+//! Recalculation against a local stub of the market-data feed, over HTTP
+//! and over HTTPS (a certificate from a private CA made for the test).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,7 +73,7 @@ async fn competitor_prices(
     axum::Json(serde_json::json!({ "prices": prices })).into_response()
 }
 
-async fn start_stub(fail_first: usize, failure: Failure) -> (String, Stub) {
+fn stub_app(fail_first: usize, failure: Failure) -> (axum::Router, Stub) {
     let stub = Stub {
         hits: Arc::new(AtomicUsize::new(0)),
         traceparents: Arc::default(),
@@ -82,10 +83,64 @@ async fn start_stub(fail_first: usize, failure: Failure) -> (String, Stub) {
     let app = axum::Router::new()
         .route("/competitor-prices", axum::routing::get(competitor_prices))
         .with_state(stub.clone());
+    (app, stub)
+}
+
+async fn start_stub(fail_first: usize, failure: Failure) -> (String, Stub) {
+    let (app, stub) = stub_app(fail_first, failure);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, stub)
+}
+
+/// The stub over HTTPS, with a certificate for 127.0.0.1 issued by a CA
+/// made for this test; returns its URL, the stub and the CA's certificate
+/// (PEM), which no system trusts.
+async fn start_tls_stub() -> (String, Stub, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (app, stub) = stub_app(0, Failure::Malformed);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            });
+        }
+    });
+    (url, stub, ca.pem())
 }
 
 fn all() -> NewJob {
@@ -136,6 +191,9 @@ fn quick_retries(max_attempts: u32) -> RetryPolicy {
 enum FeedAt {
     /// The stub, failing its first requests as told.
     Stub(usize, Failure),
+    /// The stub over HTTPS, answering every request; the worker trusts its
+    /// CA (`MARKET_DATA_CA_FILE`) or only the system's roots.
+    Tls { trust_its_ca: bool },
     /// A loopback port nothing listens on.
     Closed,
 }
@@ -154,9 +212,17 @@ async fn run_recalc(
 ) {
     let redis = RedisServer::start().await;
     let (store, dir, url) = seeded_store(20).await;
+    let mut extra_roots = Vec::new();
     let (feed_url, stub) = match feed {
         FeedAt::Stub(fail_first, failure) => {
             let (url, stub) = start_stub(fail_first, failure).await;
+            (url, Some(stub))
+        }
+        FeedAt::Tls { trust_its_ca } => {
+            let (url, stub, ca_pem) = start_tls_stub().await;
+            if trust_its_ca {
+                extra_roots = worker::config::certificates_in(&ca_pem).unwrap();
+            }
             (url, Some(stub))
         }
         FeedAt::Closed => (
@@ -168,6 +234,7 @@ async fn run_recalc(
     s.database.url = url;
     s.feed = Some(FeedSettings {
         url: feed_url,
+        extra_roots,
         connect_timeout: Duration::from_secs(3),
         timeout: FEED_TIMEOUT,
     });
@@ -249,6 +316,39 @@ async fn a_malformed_feed_body_is_permanent() {
     let error = rec.error.unwrap();
     assert!(error.starts_with("permanent:"), "{error}");
     assert!(error.contains("malformed"), "{error}");
+    assert!(cached_price(&redis, "P-1").await.is_none());
+}
+
+#[tokio::test]
+async fn an_https_feed_behind_a_private_ca_is_used_once_its_ca_is_trusted() {
+    let (redis, store, rec, hits, _dir, traceparents) =
+        run_recalc(FeedAt::Tls { trust_its_ca: true }, all(), 3).await;
+    assert_eq!(rec.state, JobState::Succeeded, "{:?}", rec.error);
+    assert_eq!((rec.attempts, hits), (1, 1));
+    assert!(
+        traceparents[0].is_some(),
+        "the trace context crosses TLS too"
+    );
+    assert_fed(&redis, store.as_ref(), "P-1").await;
+}
+
+#[tokio::test]
+async fn an_https_feed_whose_certificate_is_not_trusted_fails_permanently() {
+    // The system's roots do not include the test's CA: the handshake fails
+    // before any request reaches the stub, and retrying would only repeat it.
+    let (redis, _store, rec, hits, _dir, _) = run_recalc(
+        FeedAt::Tls {
+            trust_its_ca: false,
+        },
+        all(),
+        5,
+    )
+    .await;
+    assert_eq!(rec.state, JobState::Failed);
+    assert_eq!((rec.attempts, hits), (1, 0), "{:?}", rec.error);
+    let error = rec.error.unwrap();
+    assert!(error.starts_with("permanent:"), "{error}");
+    assert!(error.contains("certificate"), "{error}");
     assert!(cached_price(&redis, "P-1").await.is_none());
 }
 
@@ -341,6 +441,7 @@ async fn a_running_recalculation_shows_its_progress() {
     s.database.url = url;
     s.feed = Some(FeedSettings {
         url: feed_url,
+        extra_roots: Vec::new(),
         connect_timeout: Duration::from_secs(3),
         timeout: Duration::from_secs(600),
     });
