@@ -21,7 +21,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Logging and trace export.
     pub telemetry: TelemetrySettings,
-    /// `LISTENER_METRICS_ADDR`: where `/metrics` and `/health` are served.
+    /// `LISTENER_METRICS_ADDR`: where `/metrics`, `/health` and `/ready` are served.
     /// Defaults to `127.0.0.1:9102`; port 0 picks a free port.
     pub metrics_addr: SocketAddr,
     /// The channel and the stream (`MARKET_EVENTS_CHANNEL`, `MARKET_EVENTS_STREAM_MAXLEN`).

@@ -12,17 +12,19 @@
 //! 100 ms, doubling up to
 //! [`MAX_RECONNECT_DELAY`](shared::redis_pool::MAX_RECONNECT_DELAY), 5 s),
 //! subscribes again and resumes the stream where its group left off. It
-//! starts without any fixed sleep, and serves `/metrics` and `/health` on
-//! `LISTENER_METRICS_ADDR`.
+//! starts without any fixed sleep, and serves `/metrics`, `/health` and
+//! `/ready` ([`health`]) on `LISTENER_METRICS_ADDR`.
 //!
 //! # Layout
 //! - [`config`]: [`config::Settings`] from the environment.
 //! - [`bridge`]: the stream consumer, the channel ingester, batch processing.
+//! - [`health`]: what `/health` and `/ready` report.
 //! - [`metrics`]: the listener's Prometheus series.
 //! - [`Listener`]: build, then run until a shutdown future resolves.
 
 pub mod bridge;
 pub mod config;
+pub mod health;
 pub mod metrics;
 
 use std::future::Future;
@@ -31,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Json;
 use axum::routing::get;
 use futures::StreamExt as _;
 use shared::keys::Keys;
@@ -42,18 +43,17 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bridge::{Bridge, Entry, READ_BLOCK};
-use crate::config::{SERVICE_NAME, Settings};
+use crate::config::Settings;
 
-fn router() -> axum::Router {
+fn router(state: health::HealthState) -> axum::Router {
     shared::metrics::recorder();
     metrics::describe();
     metrics::register_zeroes();
     axum::Router::new()
         .route("/metrics", get(|| async { shared::metrics::exposition() }))
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "ok", "service": SERVICE_NAME})) }),
-        )
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .with_state(state)
 }
 
 /// A unique consumer name: host, pid and a random suffix.
@@ -75,6 +75,7 @@ pub struct Listener {
     store: Arc<dyn CatalogStore>,
     bridge: Bridge,
     pool: RedisPool,
+    health: health::Health,
     metrics_addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
@@ -104,7 +105,12 @@ impl Listener {
             consumer_name(),
             settings.claim_idle,
         );
-        let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router())
+        let health = health::Health::default();
+        let state = health::HealthState {
+            health: health.clone(),
+            consumer: bridge.consumer().into(),
+        };
+        let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router(state))
             .await
             .with_context(|| format!("binding LISTENER_METRICS_ADDR {}", settings.metrics_addr))?;
         let server = tokio::spawn(async move {
@@ -115,12 +121,13 @@ impl Listener {
             store,
             bridge,
             pool,
+            health,
             metrics_addr,
             server,
         })
     }
 
-    /// Where `/metrics` and `/health` are served.
+    /// Where `/metrics`, `/health` and `/ready` are served.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
     }
@@ -138,11 +145,13 @@ impl Listener {
             self.pool.clone(),
             self.settings.events.channel.clone(),
             self.bridge.clone(),
+            self.health.clone(),
             stop_rx.clone(),
         ));
         let consume = consume(
             self.pool.clone(),
             self.bridge.clone(),
+            self.health.clone(),
             self.settings.coalesce_window,
             self.settings.claim_idle,
             stop_rx,
@@ -200,10 +209,12 @@ async fn subscribe(
     pool: RedisPool,
     channel: String,
     bridge: Bridge,
+    health: health::Health,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut delay = INITIAL_RECONNECT_DELAY;
     while !*stop.borrow() {
+        health.set_subscribed(false);
         let mut pubsub = match pool.pubsub().await {
             Ok(p) => p,
             Err(e) => {
@@ -218,6 +229,7 @@ async fn subscribe(
             continue;
         }
         tracing::info!(%channel, "subscribed");
+        health.set_subscribed(true);
         delay = INITIAL_RECONNECT_DELAY;
         // Whatever has arrived, up to CHANNEL_BATCH messages, is handled together.
         let mut messages = pubsub.on_message().ready_chunks(CHANNEL_BATCH);
@@ -231,6 +243,7 @@ async fn subscribe(
                     }
                     None => {
                         tracing::warn!(retry_in = ?delay, "subscription lost; subscribing again");
+                        health.set_subscribed(false);
                         break;
                     }
                 },
@@ -246,6 +259,7 @@ async fn subscribe(
 async fn consume(
     pool: RedisPool,
     bridge: Bridge,
+    health: health::Health,
     window: Duration,
     claim_idle: Duration,
     mut stop: watch::Receiver<bool>,
@@ -255,6 +269,7 @@ async fn consume(
     let mut pending: Vec<Entry> = Vec::new();
     let mut last_flush: Option<Instant> = None;
     'connect: loop {
+        health.stream_lost();
         if *stop.borrow() {
             break;
         }
@@ -324,6 +339,7 @@ async fn consume(
                 .await
             {
                 Ok(entries) => {
+                    health.stream_read();
                     // Redis answers again: the next outage backs off from the start.
                     delay = INITIAL_RECONNECT_DELAY;
                     pending.extend(entries);

@@ -46,6 +46,7 @@ pub fn settings(redis: &RedisServer, db_url: &str) -> listener::config::Settings
 
 pub struct Running {
     pub metrics: SocketAddr,
+    pub consumer: String,
     stop: tokio::sync::oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -61,12 +62,14 @@ pub async fn start_listener(settings: listener::config::Settings) -> Running {
     shared::telemetry::init_for_tests();
     let l = listener::Listener::build(settings).await.unwrap();
     let metrics = l.metrics_addr();
+    let consumer = l.consumer().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(l.run_until_stopped(async {
         let _ = rx.await;
     }));
     Running {
         metrics,
+        consumer,
         stop: tx,
         handle,
     }

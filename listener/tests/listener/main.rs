@@ -61,6 +61,54 @@ async fn serves_health_and_metrics_on_its_own_address() {
     l.stop().await;
 }
 
+#[tokio::test]
+async fn ready_follows_redis_going_away_and_coming_back() {
+    // Arrange: a listener over a Redis it will lose.
+    let mut redis = RedisServer::start().await;
+    let (_store, _dir, url) = temp_store().await;
+    let l = start_listener(settings(&redis, &url)).await;
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client, addr: std::net::SocketAddr| async move {
+        let r = client
+            .get(format!("http://{addr}/ready"))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    eventually(LONG, "ready once subscribed and reading", || async {
+        ready(client.clone(), l.metrics).await.0 == 200
+    })
+    .await;
+    let (_, body) = ready(client.clone(), l.metrics).await;
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["subscribed"], true);
+    assert_eq!(body["stream"]["connected"], true);
+    assert_eq!(body["consumer"], l.consumer.as_str());
+
+    // Act: Redis goes away.
+    redis.stop();
+
+    // Assert: not ready, while /health still answers (the process lives) and
+    // says why.
+    eventually(LONG, "not ready without Redis", || async {
+        ready(client.clone(), l.metrics).await.0 == 503
+    })
+    .await;
+    let health = json_of(client.get(format!("http://{}/health", l.metrics))).await;
+    assert_eq!(health["status"], "degraded");
+    // And ready again once Redis is back: subscribed again, reading again.
+    redis.restart().await;
+    eventually(LONG, "ready again after Redis restarts", || async {
+        ready(client.clone(), l.metrics).await.0 == 200
+    })
+    .await;
+    l.stop().await;
+}
+
 fn event(json: serde_json::Value) -> MarketEvent {
     shared::events::parse(json.to_string().as_bytes()).unwrap()
 }
