@@ -65,7 +65,7 @@ use shared::jobs::{RecalculatePrices, recalculate_all_job};
 use shared::keys::Keys;
 use shared::queue::{NewJob, Queue, RetryPolicy};
 use shared::redis_pool::RedisPool;
-use shared::store::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates};
+use shared::store::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates, Observed};
 use tracing::Instrument as _;
 
 use crate::metrics;
@@ -790,8 +790,9 @@ impl Bridge {
     }
 }
 
-/// The store writes a batch of events asks for, in stream order (later
-/// values for the same product win).
+/// The store writes a batch of events asks for, in stream order, each value
+/// with its event's `occurred_at`: the store keeps the latest observation,
+/// and of two at the same time the later in the batch.
 fn market_updates<'a>(events: impl Iterator<Item = &'a MarketEvent>) -> MarketUpdates {
     let mut u = MarketUpdates::default();
     for e in events {
@@ -810,8 +811,16 @@ fn market_updates<'a>(events: impl Iterator<Item = &'a MarketEvent>) -> MarketUp
                 demand_index: *d,
                 observed_at: e.occurred_at,
             })),
-            EventData::Stock(m) => u.stock.extend(m.iter().map(|(id, s)| (id.clone(), *s))),
-            EventData::UnitCost(m) => u.unit_cost.extend(m.iter().map(|(id, c)| (id.clone(), *c))),
+            EventData::Stock(m) => u.stock.extend(m.iter().map(|(id, s)| Observed {
+                product_id: id.clone(),
+                value: *s,
+                observed_at: e.occurred_at,
+            })),
+            EventData::UnitCost(m) => u.unit_cost.extend(m.iter().map(|(id, c)| Observed {
+                product_id: id.clone(),
+                value: *c,
+                observed_at: e.occurred_at,
+            })),
             EventData::RecalculateAll => {}
         }
     }
@@ -841,10 +850,15 @@ mod tests {
             .unwrap();
         let b = shared::events::parse(br#"{"kind":"stock_changed","data":{"stock":{"P-1":7}}}"#)
             .unwrap();
-        let u = market_updates([a, b].iter());
+        let u = market_updates([a.clone(), b.clone()].iter());
+        let stock: Vec<(&str, i64, _)> = u
+            .stock
+            .iter()
+            .map(|o| (o.product_id.as_str(), o.value, o.observed_at))
+            .collect();
         assert_eq!(
-            u.stock,
-            vec![("P-1".to_string(), 5), ("P-1".to_string(), 7)]
+            stock,
+            vec![("P-1", 5, a.occurred_at), ("P-1", 7, b.occurred_at)]
         );
     }
 }

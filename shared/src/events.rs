@@ -413,16 +413,34 @@ fn validate(wire: Wire) -> Result<MarketEvent, EventError> {
             ));
         }
     }
+    let now = Utc::now();
+    if let Some(t) = wire.occurred_at
+        && t > now + MAX_CLOCK_AHEAD
+    {
+        // The catalog keeps the latest observation of each signal: one
+        // stamped far ahead would shut out every real update until then.
+        return Err(EventError::invalid(
+            "occurred_at",
+            format!(
+                "is more than {} s ahead of this server's clock",
+                MAX_CLOCK_AHEAD.num_seconds()
+            ),
+        ));
+    }
     Ok(MarketEvent {
         event_id,
         kind: wire.kind,
         product_ids: keys,
         data,
-        occurred_at: wire.occurred_at.unwrap_or_else(Utc::now),
+        occurred_at: wire.occurred_at.unwrap_or(now),
         traceparent: wire.traceparent,
         tracestate: wire.tracestate.filter(|s| !s.is_empty()),
     })
 }
+
+/// How far ahead of the receiving server's clock an event's `occurred_at`
+/// may be (clock skew between hosts); further is refused.
+pub const MAX_CLOCK_AHEAD: chrono::Duration = chrono::Duration::minutes(5);
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
 fn valid_traceparent(tp: &str) -> bool {
@@ -591,6 +609,29 @@ mod tests {
             assert_eq!(e.kind, EventKind::RecalculateAll, "{p}");
             assert_eq!(e.event_id.len(), 26);
         }
+    }
+
+    #[test]
+    fn an_occurred_at_far_ahead_of_the_clock_is_refused() {
+        let at = |t: DateTime<Utc>| {
+            format!(
+                r#"{{"kind":"stock_changed","data":{{"stock":{{"P-1":5}}}},"occurred_at":"{}"}}"#,
+                t.to_rfc3339()
+            )
+        };
+        let ahead = err(&at(Utc::now()
+            + MAX_CLOCK_AHEAD
+            + chrono::Duration::minutes(1)));
+        assert_eq!(ahead.field, "occurred_at");
+        // Within the allowed skew, and in the past, it is kept as sent.
+        let soon = Utc::now() + chrono::Duration::minutes(1);
+        let e = parse(at(soon).as_bytes()).unwrap();
+        assert_eq!(e.occurred_at.timestamp(), soon.timestamp());
+        let past = Utc::now() - chrono::Duration::days(3);
+        assert_eq!(
+            parse(at(past).as_bytes()).unwrap().occurred_at.timestamp(),
+            past.timestamp()
+        );
     }
 
     #[test]

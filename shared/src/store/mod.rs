@@ -79,18 +79,36 @@ pub struct DemandSignal {
     pub observed_at: DateTime<Utc>,
 }
 
+/// A new value of one product field (stock, unit cost), and when the event
+/// that carries it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed<T> {
+    /// The product.
+    pub product_id: String,
+    /// The new value.
+    pub value: T,
+    /// When it was observed (the event's `occurred_at`).
+    pub observed_at: DateTime<Utc>,
+}
+
 /// Market changes to record together (one transaction), as the listener
 /// gathers them from a batch of events.
+///
+/// Every signal is kept by the time it was observed: a value observed
+/// before the one stored is ignored (an equal time replaces it, so within a
+/// batch the later event wins). Events applied out of order, by two
+/// listener replicas or after a taken-over entry, therefore cannot bring an
+/// older value back.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MarketUpdates {
     /// Latest price per product and competitor.
     pub competitor_prices: Vec<CompetitorPrice>,
     /// Latest demand index per product.
     pub demand: Vec<DemandSignal>,
-    /// New stock levels: (product, units).
-    pub stock: Vec<(String, i64)>,
-    /// New unit costs: (product, cost).
-    pub unit_cost: Vec<(String, f64)>,
+    /// New stock levels, in units.
+    pub stock: Vec<Observed<i64>>,
+    /// New unit costs.
+    pub unit_cost: Vec<Observed<f64>>,
 }
 
 impl MarketUpdates {

@@ -304,7 +304,8 @@ async fn upsert_competitor_prices(
         });
         qb.push(
             " ON CONFLICT (product_id, competitor) DO UPDATE SET price = excluded.price, \
-             observed_at = excluded.observed_at",
+             observed_at = excluded.observed_at \
+             WHERE excluded.observed_at >= competitor_prices.observed_at",
         );
         written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
@@ -328,11 +329,45 @@ async fn upsert_demand(
         });
         qb.push(
             " ON CONFLICT (product_id) DO UPDATE SET demand_index = excluded.demand_index, \
-             observed_at = excluded.observed_at",
+             observed_at = excluded.observed_at \
+             WHERE excluded.observed_at >= demand_signals.observed_at",
         );
         written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(written)
+}
+
+/// Sets the stock from an update observed no earlier than the stock stored.
+/// Times are compared as the RFC 3339 text they are stored as: always UTC
+/// and written by this code, so text order is time order.
+const UPDATE_STOCK: &str = "UPDATE products SET stock = ?, stock_observed_at = ?, updated_at = ? \
+     WHERE id = ? AND (stock_observed_at IS NULL OR stock_observed_at <= ?)";
+
+/// [`UPDATE_STOCK`] for the unit cost.
+const UPDATE_UNIT_COST: &str = "UPDATE products SET unit_cost = ?, unit_cost_observed_at = ?, \
+     updated_at = ? WHERE id = ? AND (unit_cost_observed_at IS NULL OR unit_cost_observed_at <= ?)";
+
+/// Runs `sql` ([`UPDATE_STOCK`] or [`UPDATE_UNIT_COST`]) for each update.
+async fn update_observed<T>(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    updates: &[super::Observed<T>],
+) -> Result<(), sqlx::Error>
+where
+    T: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Copy + Send + Sync,
+{
+    let now = chrono::Utc::now();
+    for o in updates {
+        sqlx::query(sql)
+            .bind(o.value)
+            .bind(o.observed_at)
+            .bind(now)
+            .bind(&o.product_id)
+            .bind(o.observed_at)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The statements of [`CatalogStore::apply_market_updates`], on `conn`.
@@ -342,23 +377,8 @@ async fn write_market_updates(
 ) -> Result<(), sqlx::Error> {
     upsert_competitor_prices(conn, &u.competitor_prices).await?;
     upsert_demand(conn, &u.demand).await?;
-    let now = chrono::Utc::now();
-    for (id, stock) in &u.stock {
-        sqlx::query("UPDATE products SET stock = ?, updated_at = ? WHERE id = ?")
-            .bind(stock)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    for (id, cost) in &u.unit_cost {
-        sqlx::query("UPDATE products SET unit_cost = ?, updated_at = ? WHERE id = ?")
-            .bind(cost)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-    }
+    update_observed(conn, UPDATE_STOCK, &u.stock).await?;
+    update_observed(conn, UPDATE_UNIT_COST, &u.unit_cost).await?;
     Ok(())
 }
 
@@ -563,13 +583,90 @@ mod tests {
         let before = store.market_signals("P-1").await.unwrap();
         let broken = MarketUpdates {
             demand: vec![demand("P-1", 0.42)],
-            unit_cost: vec![("P-2".into(), -1.0)],
+            unit_cost: vec![crate::store::Observed {
+                product_id: "P-2".into(),
+                value: -1.0,
+                observed_at: chrono::Utc::now(),
+            }],
             ..Default::default()
         };
         assert!(store.apply_market_updates(&broken).await.is_err());
         assert_eq!(store.market_signals("P-1").await.unwrap(), before);
         let cost = store.product("P-2").await.unwrap().unwrap().unit_cost;
         assert!(cost > 0.0);
+    }
+
+    /// Each signal keeps the latest observation: one observed earlier than
+    /// the stored value, as when two listener replicas apply their events
+    /// out of order, changes nothing; a later one, or one at the same time,
+    /// replaces it.
+    #[tokio::test]
+    async fn an_older_observation_never_replaces_a_newer_one() {
+        use crate::store::Observed;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        let store = SqliteStore::connect(&url, 2).await.unwrap();
+        crate::store::seed::seed(&store, 3).await.unwrap();
+        let t1 = chrono::Utc::now();
+        let t0 = t1 - chrono::Duration::milliseconds(5);
+        let t2 = t1 + chrono::Duration::seconds(1);
+        let at = |t, stock: i64, cost: f64, price: f64, demand: f64| MarketUpdates {
+            competitor_prices: vec![CompetitorPrice {
+                product_id: "P-1".into(),
+                competitor: "acme".into(),
+                price,
+                observed_at: t,
+            }],
+            demand: vec![DemandSignal {
+                product_id: "P-1".into(),
+                demand_index: demand,
+                observed_at: t,
+            }],
+            stock: vec![Observed {
+                product_id: "P-1".into(),
+                value: stock,
+                observed_at: t,
+            }],
+            unit_cost: vec![Observed {
+                product_id: "P-1".into(),
+                value: cost,
+                observed_at: t,
+            }],
+        };
+        let state = || async {
+            let p = store.product("P-1").await.unwrap().unwrap();
+            let s = store.market_signals("P-1").await.unwrap();
+            (
+                p.stock,
+                p.unit_cost,
+                s.lowest_competitor_price,
+                s.demand_index,
+            )
+        };
+
+        store
+            .apply_market_updates(&at(t1, 30, 4.0, 9.0, 1.2))
+            .await
+            .unwrap();
+        assert_eq!(state().await, (30, 4.0, Some(9.0), Some(1.2)));
+        // Older: ignored, every signal.
+        store
+            .apply_market_updates(&at(t0, 99, 7.0, 5.0, 0.5))
+            .await
+            .unwrap();
+        assert_eq!(state().await, (30, 4.0, Some(9.0), Some(1.2)));
+        // The same time: replaces (within a batch, the later event wins).
+        store
+            .apply_market_updates(&at(t1, 31, 4.5, 9.5, 1.3))
+            .await
+            .unwrap();
+        assert_eq!(state().await, (31, 4.5, Some(9.5), Some(1.3)));
+        // Newer: replaces.
+        store
+            .apply_market_updates(&at(t2, 12, 3.0, 8.0, 1.8))
+            .await
+            .unwrap();
+        assert_eq!(state().await, (12, 3.0, Some(8.0), Some(1.8)));
     }
 
     /// The bulk reader's merged range scans give every product the same
