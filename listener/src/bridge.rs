@@ -568,7 +568,18 @@ impl Bridge {
         // 1. Parse; refuse bad entries; drop in-batch duplicates.
         let mut parsed = Vec::with_capacity(entries.len());
         for entry in entries.iter() {
-            match shared::events::parse(&entry.payload) {
+            // As of the later of the entry's append time (its id: Redis's
+            // clock, close to the publisher's) and this host's clock, so a
+            // listener whose clock runs behind the api's does not refuse an
+            // event the api accepted (see `parse_as_of`).
+            let appended = entry
+                .id
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse().ok())
+                .and_then(chrono::DateTime::from_timestamp_millis);
+            let now = appended.map_or_else(Utc::now, |t| t.max(Utc::now()));
+            match shared::events::parse_as_of(&entry.payload, now) {
                 Ok(event) => parsed.push(Some(event)),
                 Err(e) => {
                     self.reject(entry, e.label, &e.to_string()).await?;

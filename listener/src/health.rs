@@ -33,12 +33,16 @@ pub struct Health(Arc<Parts>);
 struct Parts {
     subscribed: AtomicBool,
     stream_connected: AtomicBool,
-    /// Unix milliseconds of the last stream read that returned; 0: none yet.
+    /// [`now_ms`] of the last stream read that returned; 0: none yet.
     last_read_ms: AtomicU64,
 }
 
+/// Milliseconds on a monotonic clock since the process first asked, plus
+/// one (0 stays "never"); a wall-clock step cannot make a read look stale.
 fn now_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64 + 1
 }
 
 impl Health {
@@ -60,11 +64,16 @@ impl Health {
 
     /// Whether both paths take events now.
     pub fn ready(&self) -> bool {
+        self.ready_at(now_ms())
+    }
+
+    /// [`Self::ready`] at time `now` (in [`now_ms`]'s milliseconds).
+    fn ready_at(&self, now: u64) -> bool {
         let last = self.0.last_read_ms.load(Ordering::Relaxed);
         self.0.subscribed.load(Ordering::Relaxed)
             && self.0.stream_connected.load(Ordering::Relaxed)
             && last > 0
-            && now_ms().saturating_sub(last) <= STALE_AFTER.as_millis() as u64
+            && now.saturating_sub(last) <= STALE_AFTER.as_millis() as u64
     }
 
     fn body(&self, consumer: &str) -> serde_json::Value {
@@ -123,11 +132,12 @@ mod tests {
         assert!(!h.ready());
         h.set_subscribed(true);
         // A stream side that stopped returning long ago is stuck.
-        h.0.last_read_ms.store(
-            now_ms() - STALE_AFTER.as_millis() as u64 - 1,
-            Ordering::Relaxed,
-        );
-        assert!(!h.ready());
+        h.stream_read();
+        let read_at = h.0.last_read_ms.load(Ordering::Relaxed);
+        assert!(h.ready_at(read_at + STALE_AFTER.as_millis() as u64));
+        assert!(!h.ready_at(read_at + STALE_AFTER.as_millis() as u64 + 1));
+        assert_eq!(h.body("c")["status"], "ok");
+        h.set_subscribed(false);
         assert_eq!(h.body("c")["status"], "degraded");
     }
 }

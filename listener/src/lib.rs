@@ -247,7 +247,10 @@ async fn subscribe(
                         break;
                     }
                 },
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    health.set_subscribed(false);
+                    return;
+                }
             }
         }
         delay = back_off(delay, &mut stop).await;
@@ -277,12 +280,14 @@ async fn consume(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to read the event stream");
+                health.stream_lost();
                 delay = back_off(delay, &mut stop).await;
                 continue;
             }
         };
         if let Err(e) = bridge.ensure_group(&mut conn).await {
             tracing::warn!(error = %e, retry_in = ?delay, "cannot create the consumer group");
+            health.stream_lost();
             delay = back_off(delay, &mut stop).await;
             continue;
         }
@@ -300,6 +305,7 @@ async fn consume(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the event stream failed; reconnecting");
+                        health.stream_lost();
                         delay = back_off(delay, &mut stop).await;
                         continue 'connect;
                     }
@@ -314,6 +320,7 @@ async fn consume(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, events = pending.len(), retry_in = ?delay, "processing events failed; will retry them");
+                        health.stream_lost();
                         delay = back_off(delay, &mut stop).await;
                         if *stop.borrow() {
                             // Left unacknowledged: another listener (or the
@@ -346,10 +353,13 @@ async fn consume(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "reading the event stream failed; reconnecting");
+                    health.stream_lost();
                     delay = back_off(delay, &mut stop).await;
                     continue 'connect;
                 }
             }
         }
     }
+    // Stopping: no longer reading.
+    health.stream_lost();
 }

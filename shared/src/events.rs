@@ -197,12 +197,26 @@ pub struct Received {
 /// legacy string mean `recalculate_all`. Missing `event_id` and
 /// `occurred_at` are assigned.
 pub fn parse(payload: &[u8]) -> Result<MarketEvent, EventError> {
-    parse_received(payload).map(|r| r.event)
+    parse_as_of(payload, Utc::now())
+}
+
+/// [`parse`] as of `now`: a missing `occurred_at` becomes `now`, and one
+/// more than [`MAX_CLOCK_AHEAD`] after `now` is refused. The listener parses
+/// a stream entry as of the later of its append time (the entry id's,
+/// Redis's clock) and its own clock, so an event the api accepted is not
+/// refused later by a listener whose clock runs behind the api's.
+pub fn parse_as_of(payload: &[u8], now: DateTime<Utc>) -> Result<MarketEvent, EventError> {
+    parse_received_as_of(payload, now).map(|r| r.event)
 }
 
 /// [`parse`], also telling whether the envelope is marked `durable` and
 /// whether it carried its own `event_id`.
 pub fn parse_received(payload: &[u8]) -> Result<Received, EventError> {
+    parse_received_as_of(payload, Utc::now())
+}
+
+/// [`parse_received`] as of `now` (see [`parse_as_of`]).
+pub fn parse_received_as_of(payload: &[u8], now: DateTime<Utc>) -> Result<Received, EventError> {
     if payload.len() > MAX_EVENT_BYTES {
         return Err(EventError::new(
             "too_large",
@@ -245,7 +259,7 @@ pub fn parse_received(payload: &[u8]) -> Result<Received, EventError> {
     })?;
     let (durable, id_given) = (wire.durable, wire.event_id.is_some());
     Ok(Received {
-        event: validate(wire)?,
+        event: validate(wire, now)?,
         durable,
         id_given,
     })
@@ -288,7 +302,7 @@ fn check_numbers<T: Copy>(
     Ok(())
 }
 
-fn validate(wire: Wire) -> Result<MarketEvent, EventError> {
+fn validate(wire: Wire, now: DateTime<Utc>) -> Result<MarketEvent, EventError> {
     let event_id = match wire.event_id {
         Some(id) => {
             if id.is_empty()
@@ -413,7 +427,6 @@ fn validate(wire: Wire) -> Result<MarketEvent, EventError> {
             ));
         }
     }
-    let now = Utc::now();
     if let Some(t) = wire.occurred_at
         && t > now + MAX_CLOCK_AHEAD
     {

@@ -61,11 +61,14 @@ fn feed_from_env() -> Result<Option<crate::jobs::feed::FeedSettings>, ConfigErro
     let Some(url) = shared::config::env_opt("MARKET_DATA_URL") else {
         return Ok(None);
     };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    let valid = reqwest::Url::parse(&url).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if !valid {
         return Err(ConfigError::new(
             "MARKET_DATA_URL",
             url,
-            "must be an http:// or https:// URL",
+            "must be an http:// or https:// URL with a host",
         ));
     }
     let extra_roots = match shared::config::env_opt("MARKET_DATA_CA_FILE") {

@@ -100,12 +100,19 @@ async fn ready_follows_redis_going_away_and_coming_back() {
     .await;
     let health = json_of(client.get(format!("http://{}/health", l.metrics))).await;
     assert_eq!(health["status"], "degraded");
+    // Both sides notice: the subscription and the stream connection.
+    eventually(LONG, "both sides report the loss", || async {
+        let (_, body) = ready(client.clone(), l.metrics).await;
+        body["subscribed"] == false && body["stream"]["connected"] == false
+    })
+    .await;
     // And ready again once Redis is back: subscribed again, reading again.
     redis.restart().await;
     eventually(LONG, "ready again after Redis restarts", || async {
         ready(client.clone(), l.metrics).await.0 == 200
     })
     .await;
+    assert_eq!(redis.subscribers("market_events").await, 1);
     l.stop().await;
 }
 

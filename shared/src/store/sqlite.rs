@@ -459,7 +459,8 @@ impl CatalogStore for SqliteStore {
         for chunk in products.chunks(INSERT_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO products (id, name, category, unit_cost, base_price, stock, \
-                 target_stock, elasticity, min_margin, max_margin, updated_at) ",
+                 target_stock, elasticity, min_margin, max_margin, updated_at, \
+                 stock_observed_at, unit_cost_observed_at) ",
             );
             qb.push_values(chunk, |mut b, p| {
                 b.push_bind(p.id.clone())
@@ -472,6 +473,10 @@ impl CatalogStore for SqliteStore {
                     .push_bind(p.elasticity)
                     .push_bind(p.min_margin)
                     .push_bind(p.max_margin)
+                    .push_bind(p.updated_at)
+                    // The stock and cost stated as of `updated_at`: a market
+                    // event observed before it does not replace them.
+                    .push_bind(p.updated_at)
                     .push_bind(p.updated_at);
             });
             qb.push(
@@ -480,7 +485,9 @@ impl CatalogStore for SqliteStore {
                  base_price = excluded.base_price, stock = excluded.stock, \
                  target_stock = excluded.target_stock, elasticity = excluded.elasticity, \
                  min_margin = excluded.min_margin, max_margin = excluded.max_margin, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, \
+                 stock_observed_at = excluded.stock_observed_at, \
+                 unit_cost_observed_at = excluded.unit_cost_observed_at",
             );
             written += qb.build().execute(&mut *tx).await?.rows_affected();
         }
@@ -667,6 +674,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(state().await, (12, 3.0, Some(8.0), Some(1.8)));
+        // An import states stock and cost as of its updated_at: an event
+        // observed before that leaves them as imported.
+        let t3 = t2 + chrono::Duration::seconds(1);
+        let mut imported = store.product("P-1").await.unwrap().unwrap();
+        (imported.stock, imported.unit_cost, imported.updated_at) = (50, 2.5, t3);
+        store.upsert_products(&[imported]).await.unwrap();
+        let late = t3 - chrono::Duration::milliseconds(1);
+        store
+            .apply_market_updates(&at(late, 7, 6.0, 8.0, 1.8))
+            .await
+            .unwrap();
+        assert_eq!(state().await, (50, 2.5, Some(8.0), Some(1.8)));
     }
 
     /// The bulk reader's merged range scans give every product the same

@@ -152,3 +152,38 @@ async fn the_worker_serves_metrics_and_health() {
     }
     w.stop().await;
 }
+
+#[test]
+fn a_bad_feed_setting_stops_startup_and_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let cases = [
+        ("MARKET_DATA_URL", "ftp://feed.example".to_string(), None),
+        ("MARKET_DATA_URL", "https://".to_string(), None),
+        (
+            "MARKET_DATA_CA_FILE",
+            dir.path().join("missing.pem").display().to_string(),
+            Some("https://feed.example"),
+        ),
+        (
+            "MARKET_DATA_CA_FILE",
+            not_pem.display().to_string(),
+            Some("https://feed.example"),
+        ),
+    ];
+    for (var, value, url) in cases {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        cmd.env_remove("MARKET_DATA_URL")
+            .env_remove("MARKET_DATA_CA_FILE")
+            .env("WORKER_METRICS_ADDR", "127.0.0.1:0")
+            .env(var, &value);
+        if let Some(url) = url {
+            cmd.env("MARKET_DATA_URL", url);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} started");
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}
