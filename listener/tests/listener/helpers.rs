@@ -58,15 +58,33 @@ impl Running {
     }
 }
 
+/// A shutdown future that resolves when its sender is used or dropped.
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Spawns `run(shutdown)`; the sender stops it.
+fn spawn_stoppable<F>(
+    run: impl FnOnce(Shutdown) -> F,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<F::Output>,
+)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(run(Box::pin(async {
+        let _ = rx.await;
+    })));
+    (tx, handle)
+}
+
 pub async fn start_listener(settings: listener::config::Settings) -> Running {
     shared::telemetry::init_for_tests();
     let l = listener::Listener::build(settings).await.unwrap();
     let metrics = l.metrics_addr();
     let consumer = l.consumer().to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(l.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let (tx, handle) = spawn_stoppable(|stop| l.run_until_stopped(stop));
     Running {
         metrics,
         consumer,
@@ -120,10 +138,7 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
         .await
         .unwrap();
     let port = app.port();
-    let (api_stop, api_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(app.run_until_stopped(async {
-        let _ = api_rx.await;
-    }));
+    let (api_stop, api) = spawn_stoppable(|stop| app.run_until_stopped(stop));
     let worker_settings = worker::config::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
         database,
@@ -142,10 +157,7 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
     let w = worker::Worker::build(worker_settings, registry)
         .await
         .unwrap();
-    let (worker_stop, worker_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(w.run_until_stopped(async {
-        let _ = worker_rx.await;
-    }));
+    let (worker_stop, worker) = spawn_stoppable(|stop| w.run_until_stopped(stop));
     ApiAndWorker {
         port,
         api_stop,

@@ -651,29 +651,19 @@ mod tests {
             )
         };
 
-        store
-            .apply_market_updates(&at(t1, 30, 4.0, 9.0, 1.2))
-            .await
-            .unwrap();
-        assert_eq!(state().await, (30, 4.0, Some(9.0), Some(1.2)));
+        // Applies one observation of every signal, then checks what is stored.
+        let (store_ref, state_ref) = (&store, &state);
+        let apply = |updates: MarketUpdates, expected: (i64, f64, Option<f64>, Option<f64>)| async move {
+            store_ref.apply_market_updates(&updates).await.unwrap();
+            assert_eq!(state_ref().await, expected);
+        };
+        apply(at(t1, 30, 4.0, 9.0, 1.2), (30, 4.0, Some(9.0), Some(1.2))).await;
         // Older: ignored, every signal.
-        store
-            .apply_market_updates(&at(t0, 99, 7.0, 5.0, 0.5))
-            .await
-            .unwrap();
-        assert_eq!(state().await, (30, 4.0, Some(9.0), Some(1.2)));
+        apply(at(t0, 99, 7.0, 5.0, 0.5), (30, 4.0, Some(9.0), Some(1.2))).await;
         // The same time: replaces (within a batch, the later event wins).
-        store
-            .apply_market_updates(&at(t1, 31, 4.5, 9.5, 1.3))
-            .await
-            .unwrap();
-        assert_eq!(state().await, (31, 4.5, Some(9.5), Some(1.3)));
+        apply(at(t1, 31, 4.5, 9.5, 1.3), (31, 4.5, Some(9.5), Some(1.3))).await;
         // Newer: replaces.
-        store
-            .apply_market_updates(&at(t2, 12, 3.0, 8.0, 1.8))
-            .await
-            .unwrap();
-        assert_eq!(state().await, (12, 3.0, Some(8.0), Some(1.8)));
+        apply(at(t2, 12, 3.0, 8.0, 1.8), (12, 3.0, Some(8.0), Some(1.8))).await;
         // An import states stock and cost as of its updated_at: an event
         // observed before that leaves them as imported.
         let t3 = t2 + chrono::Duration::seconds(1);
@@ -681,11 +671,7 @@ mod tests {
         (imported.stock, imported.unit_cost, imported.updated_at) = (50, 2.5, t3);
         store.upsert_products(&[imported]).await.unwrap();
         let late = t3 - chrono::Duration::milliseconds(1);
-        store
-            .apply_market_updates(&at(late, 7, 6.0, 8.0, 1.8))
-            .await
-            .unwrap();
-        assert_eq!(state().await, (50, 2.5, Some(8.0), Some(1.8)));
+        apply(at(late, 7, 6.0, 8.0, 1.8), (50, 2.5, Some(8.0), Some(1.8))).await;
     }
 
     /// The bulk reader's merged range scans give every product the same
