@@ -21,6 +21,18 @@ ensure_cmd() {
   fi
 }
 
+# Makes sure PostgreSQL's server binaries are here (Debian keeps them off
+# PATH, in /usr/lib/postgresql/<version>/bin): the tests start their own
+# servers with initdb and postgres, as the `postgres` user the package
+# creates when they run as root. Nothing is started here.
+ensure_postgres() {
+  if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null 2>&1; then
+    echo "==> installing postgresql (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+}
+
 # Makes sure a Rust toolchain with rustfmt and clippy is on PATH.
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -29,9 +29,8 @@ pub struct Application {
 impl Application {
     /// Opens the store named by the settings, then builds the app over it.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let store = store::open(&settings.database)
-            .await
-            .with_context(|| format!("opening the catalog store at {}", settings.database.url))?;
+        // The error names DATABASE_URL (password hidden) and the cause in one line.
+        let store = store::open(&settings.database).await?;
         Self::build_with_store(settings, store).await
     }
 

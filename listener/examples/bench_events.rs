@@ -47,10 +47,7 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = listener::config::Settings {
         redis: RedisSettings::for_url(&url, NS),
-        database: DatabaseSettings {
-            url: db,
-            max_connections: 4,
-        },
+        database: DatabaseSettings::for_url(db, 4),
         telemetry: TelemetrySettings {
             service_name: "bench".into(),
             otlp_endpoint: None,

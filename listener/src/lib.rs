@@ -83,9 +83,8 @@ pub struct Listener {
 impl Listener {
     /// Opens the store, binds the metrics address. Redis is not needed yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = shared::store::open(&settings.database)
-            .await
-            .context("opening the catalog store")?;
+        // The error names DATABASE_URL (password hidden) and the cause in one line.
+        let store = shared::store::open(&settings.database).await?;
         let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
         let keys = Keys::new(&settings.redis.namespace);
         let queue = Queue::new(

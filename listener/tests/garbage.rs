@@ -35,10 +35,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
     let (_store, _dir, url) = seeded_store(5).await;
     let settings = listener::config::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
-        database: DatabaseSettings {
-            url,
-            max_connections: 2,
-        },
+        database: DatabaseSettings::for_url(url, 2),
         telemetry: TelemetrySettings {
             service_name: "pricing-listener-test".into(),
             otlp_endpoint: None,

@@ -135,31 +135,113 @@ fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Where the catalog store is.
+/// Which implementation of the catalog store a `DATABASE_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    /// `sqlite:`: one file on this machine, the embedded default.
+    Sqlite,
+    /// `postgres://` or `postgresql://`: one catalog shared by every
+    /// service on every machine.
+    Postgres,
+}
+
+impl DatabaseBackend {
+    /// The backend a URL's scheme names, or `None` for any other scheme.
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase())?;
+        match scheme.as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+}
+
+/// Where the catalog store is and how the services talk to it.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// `DATABASE_URL`: the catalog store. Defaults to `sqlite://data/pricing.db`;
-    /// the file and its folder are created if missing.
+    /// `DATABASE_URL`: the catalog store, by scheme: `sqlite://path` (the
+    /// file and its folder are created if missing) or `postgres://…` /
+    /// `postgresql://…`. Defaults to `sqlite://data/pricing.db`.
     pub url: String,
+    /// The store that [`Self::url`]'s scheme names.
+    pub backend: DatabaseBackend,
     /// `DATABASE_MAX_CONNECTIONS`: size of the store's connection pool (1–256). Defaults to 8.
     pub max_connections: u32,
+    /// `DATABASE_CONNECT_TIMEOUT_MS`: how long opening a connection, or
+    /// waiting for a free pooled one, may take before the call fails (a
+    /// price read then answers 503). Defaults to 3000.
+    pub connect_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: PostgreSQL's `statement_timeout`
+    /// for every statement the services send; 0 turns it off. SQLite has no
+    /// such limit (its writers wait at most 5 s for a lock). Defaults to 10000.
+    pub statement_timeout: Duration,
 }
 
 impl DatabaseSettings {
-    /// Reads `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+    /// Reads `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`,
+    /// `DATABASE_CONNECT_TIMEOUT_MS` and `DATABASE_STATEMENT_TIMEOUT_MS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = env_or("DATABASE_URL", "sqlite://data/pricing.db".to_string())?;
-        if !url.starts_with("sqlite:") {
-            return Err(ConfigError::new(
+        let backend = DatabaseBackend::of_url(&url).ok_or_else(|| {
+            ConfigError::new(
                 "DATABASE_URL",
-                url,
-                "only sqlite: URLs are supported by this build",
-            ));
-        }
+                redact_url_password(&url),
+                "expected a sqlite://, postgres:// or postgresql:// URL",
+            )
+        })?;
         Ok(Self {
             url,
+            backend,
             max_connections: env_in_range("DATABASE_MAX_CONNECTIONS", 8, 1, 256)?,
+            connect_timeout: Duration::from_millis(env_in_range(
+                "DATABASE_CONNECT_TIMEOUT_MS",
+                3_000,
+                10,
+                600_000,
+            )?),
+            statement_timeout: Duration::from_millis(env_in_range(
+                "DATABASE_STATEMENT_TIMEOUT_MS",
+                10_000,
+                0,
+                3_600_000,
+            )?),
         })
+    }
+
+    /// Settings for `url` with the other defaults; used by tests and tools.
+    /// An unknown scheme is taken as SQLite, whose driver then refuses it.
+    pub fn for_url(url: impl Into<String>, max_connections: u32) -> Self {
+        let url = url.into();
+        Self {
+            backend: DatabaseBackend::of_url(&url).unwrap_or(DatabaseBackend::Sqlite),
+            url,
+            max_connections,
+            connect_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// [`Self::url`] with any password replaced by `***`, for messages and logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url_password(&self.url)
+    }
+}
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`)
+/// replaced by `***`; other URLs are returned as they are.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -355,6 +437,32 @@ mod tests {
         assert!(validate_namespace("test:run-1").is_ok());
         assert!(validate_namespace("").is_err());
         assert!(validate_namespace("has space").is_err());
+    }
+
+    #[test]
+    fn database_urls_pick_their_backend_and_hide_passwords() {
+        use DatabaseBackend::*;
+        assert_eq!(DatabaseBackend::of_url("sqlite://data/x.db"), Some(Sqlite));
+        assert_eq!(DatabaseBackend::of_url("sqlite::memory:"), Some(Sqlite));
+        assert_eq!(DatabaseBackend::of_url("postgres://u@h/db"), Some(Postgres));
+        assert_eq!(
+            DatabaseBackend::of_url("PostgreSQL://u@h/db"),
+            Some(Postgres)
+        );
+        assert_eq!(DatabaseBackend::of_url("mysql://u@h/db"), None);
+        assert_eq!(DatabaseBackend::of_url("data/x.db"), None);
+        assert_eq!(
+            redact_url_password("postgres://pricing:s3cr@t@10.0.0.5:5432/pricing?sslmode=require"),
+            "postgres://pricing:***@10.0.0.5:5432/pricing?sslmode=require"
+        );
+        assert_eq!(
+            redact_url_password("postgres://pricing@h/db"),
+            "postgres://pricing@h/db"
+        );
+        assert_eq!(
+            redact_url_password("sqlite://data/x.db"),
+            "sqlite://data/x.db"
+        );
     }
 
     #[test]

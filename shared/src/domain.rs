@@ -100,6 +100,14 @@ impl Product {
         if let Err(e) = validate_product_id(&self.id) {
             return err("id", &e.to_string());
         }
+        // PostgreSQL's text cannot hold NUL; refused here, with its field,
+        // before any store sees it.
+        if self.name.contains('\0') {
+            return err("name", "must not contain a NUL character");
+        }
+        if self.category.contains('\0') {
+            return err("category", "must not contain a NUL character");
+        }
         if !(self.unit_cost.is_finite() && self.unit_cost > 0.0) {
             return err("unit_cost", "must be a positive number");
         }

@@ -335,11 +335,13 @@ fn validate(wire: Wire, now: DateTime<Utc>) -> Result<MarketEvent, EventError> {
             let competitor = data_json
                 .get("competitor")
                 .and_then(|c| c.as_str())
-                .filter(|c| !c.trim().is_empty() && c.len() <= 128)
+                .filter(|c| {
+                    !c.trim().is_empty() && c.len() <= 128 && !c.chars().any(char::is_control)
+                })
                 .ok_or_else(|| {
                     EventError::invalid(
                         "data.competitor",
-                        "a non-empty string of up to 128 characters",
+                        "a non-empty string of up to 128 characters, none a control character",
                     )
                 })?
                 .to_string();

@@ -128,10 +128,7 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = worker::config::Settings {
         redis: RedisSettings::for_url(&url, ns),
-        database: DatabaseSettings {
-            url: "sqlite::memory:".into(),
-            max_connections: 1,
-        },
+        database: DatabaseSettings::for_url("sqlite::memory:", 1),
         telemetry: TelemetrySettings {
             service_name: "bench".into(),
             otlp_endpoint: None,

@@ -1,8 +1,11 @@
-//! Recalculation benchmark: seeds N products into a fresh SQLite catalog,
-//! runs `recalculate_all_prices` through the queue and a worker twice (into
-//! an empty cache, then over the cached prices), and prints products/s, the
-//! time to a warm cache and the process's peak RSS during each run. Run
-//! through `scripts/bench-recalc`.
+//! Recalculation benchmark: seeds N products into a fresh catalog, runs
+//! `recalculate_all_prices` through the queue and a worker twice (into an
+//! empty cache, then over the cached prices), and prints the seeding time,
+//! products/s, the time to a warm cache and the process's peak RSS during
+//! each run. With `DATABASE_URL` set it runs on that store (seeding P-1 …
+//! P-N into it); without, on both stores in one run, a SQLite file and a
+//! PostgreSQL server started here on a free loopback port, and prints them
+//! side by side. Run through `scripts/bench-recalc`.
 
 use std::time::{Duration, Instant};
 
@@ -12,10 +15,19 @@ use shared::config::{
 use shared::jobs::RecalculateAllPrices;
 use shared::queue::{JobState, NewJob, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
+use shared::store::CatalogStore;
 
 /// The allocator the worker binary uses, so the figures are the worker's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What one store's run measured.
+struct Figures {
+    store: String,
+    seed_s: f64,
+    /// `(ms inside the job, peak RSS in MiB)`, cold then warm.
+    runs: Vec<(u64, u64)>,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,25 +36,53 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let dir = tempfile::tempdir()?;
-    let db = format!("sqlite://{}/catalog.db", dir.path().display());
+    let mut figures = Vec::new();
+    if let Ok(db) = std::env::var("DATABASE_URL") {
+        figures.push(bench(&url, &db, "DATABASE_URL", n).await?);
+    } else {
+        let dir = tempfile::tempdir()?;
+        let sqlite = format!("sqlite://{}/catalog.db", dir.path().display());
+        figures.push(bench(&url, &sqlite, "SQLite", n).await?);
+        drop(dir);
+        let pg = shared::testing::PostgresServer::start().await;
+        figures.push(bench(&url, &pg.url(), "PostgreSQL", n).await?);
+    }
+    println!("\nside by side, {n} products:");
+    println!("| store | seed | cold run | warm run | peak RSS (cold / warm) |");
+    println!("|---|---|---|---|---|");
+    for f in &figures {
+        let run = |i: usize| f.runs.get(i).copied().unwrap_or_default();
+        println!(
+            "| {} | {:.1} s | {:.2} s | {:.2} s | {} / {} MiB |",
+            f.store,
+            f.seed_s,
+            run(0).0 as f64 / 1000.0,
+            run(1).0 as f64 / 1000.0,
+            run(0).1,
+            run(1).1,
+        );
+    }
+    Ok(())
+}
 
-    let store = shared::store::sqlite::SqliteStore::connect(&db, 4).await?;
+/// Seeds the store at `db`, then runs the recalculation cold and warm.
+async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figures> {
+    println!("==> {label}: {}", shared::config::redact_url_password(db));
+    let database = DatabaseSettings::for_url(db, 4);
+    let store = shared::store::open(&database).await?;
     let t = Instant::now();
-    shared::store::seed::seed(&store, n).await?;
-    println!("seeded {n} products in {:.1} s", t.elapsed().as_secs_f64());
+    shared::store::seed::seed(store.as_ref(), n).await?;
+    let seed_s = t.elapsed().as_secs_f64();
+    println!("seeded {n} products in {seed_s:.1} s");
 
     if std::env::var("PHASES").is_ok_and(|v| v == "1") {
-        phases(&store, &url).await?;
+        phases(&store, db, url).await?;
     }
 
-    let ns = "bench-recalc";
+    let ns = format!("bench-recalc-{}", label.to_ascii_lowercase());
     let settings = worker::config::Settings {
-        redis: RedisSettings::for_url(&url, ns),
-        database: DatabaseSettings {
-            url: db,
-            max_connections: 4,
-        },
+        redis: RedisSettings::for_url(url, &ns),
+        database,
         telemetry: TelemetrySettings {
             service_name: "bench".into(),
             otlp_endpoint: None,
@@ -70,14 +110,15 @@ async fn main() -> anyhow::Result<()> {
         let _ = rx.await;
     }));
     let q = Queue::new(
-        RedisPool::new(&RedisSettings::for_url(&url, ns))?,
-        ns,
+        RedisPool::new(&RedisSettings::for_url(url, &ns))?,
+        &ns,
         shared::queue::DEFAULT_QUEUE,
         QueueSettings::default(),
     );
 
     // First into an empty cache (Redis grows its keyspace as it goes), then
     // again over the cached prices, as every later recalculation runs.
+    let mut runs = Vec::new();
     for run in ["cold (empty cache)", "warm (prices cached)"] {
         reset_peak_rss();
         let rss_before = rss_kib("VmRSS");
@@ -102,6 +143,12 @@ async fn main() -> anyhow::Result<()> {
         };
         let warm = t.elapsed();
         let job_ms = result["duration_ms"].as_u64().unwrap_or(0);
+        let peak = rss_kib("VmHWM") / 1024;
+        anyhow::ensure!(
+            result["updated_count"].as_u64() == Some(n),
+            "the job priced {} products of {n}",
+            result["updated_count"]
+        );
         println!(
             "recalculate_all_prices, {run}: {} products in {} ms inside the job ({:.0} products/s); warm cache {:.2} s after the push; worker RSS {} MiB before, peak {} MiB",
             result["updated_count"],
@@ -109,20 +156,47 @@ async fn main() -> anyhow::Result<()> {
             n as f64 / (job_ms.max(1) as f64 / 1000.0),
             warm.as_secs_f64(),
             rss_before / 1024,
-            rss_kib("VmHWM") / 1024,
+            peak,
         );
+        runs.push((job_ms, peak));
     }
     let _ = tx.send(());
     handle.await??;
-    Ok(())
+    store.close().await;
+    Ok(Figures {
+        store: label.to_string(),
+        seed_s,
+        runs,
+    })
 }
 
 /// Times each stage of a recalculation on its own, one after the other:
-/// reading the catalog's pages, pricing and encoding, and the fenced writes
-/// (one writer, so without the overlap the job has).
-async fn phases(store: &shared::store::sqlite::SqliteStore, url: &str) -> anyhow::Result<()> {
-    use shared::store::CatalogStore;
+/// reading the catalog's pages ([`CatalogStore::scan`], and for SQLite also
+/// through sqlx instead of the bulk reader), pricing and encoding, and the
+/// fenced writes (one writer, so without the overlap the job has).
+async fn phases(
+    store: &std::sync::Arc<dyn CatalogStore>,
+    db: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
     let page = worker::jobs::recalc::PAGE;
+    if db.starts_with("sqlite:") {
+        let sqlite = shared::store::sqlite::SqliteStore::connect(db, 1).await?;
+        let (t, mut after, mut n) = (Instant::now(), None::<String>, 0usize);
+        loop {
+            let rows = sqlite
+                .priced_page_through_sqlx(after.as_deref(), page)
+                .await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.id.clone());
+            n += rows.len();
+        }
+        println!(
+            "phases: read pages through sqlx's SQLite driver instead of the bulk reader: {n} products in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let (mut read, mut encode, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let pool = RedisPool::new(&RedisSettings::for_url(url, "bench-phases"))?;
     let cache = shared::cache::PriceCache::new(
@@ -137,13 +211,16 @@ async fn phases(store: &shared::store::sqlite::SqliteStore, url: &str) -> anyhow
         Duration::from_secs(60),
     )
     .await?;
-    let (mut after, mut n) = (None::<String>, 0usize);
+    let mut pages = store.clone().scan(page);
+    let mut n = 0usize;
     loop {
         let t = Instant::now();
-        let rows = store.priced_page(after.as_deref(), page).await?;
+        let Some(rows) = pages.next().await else {
+            read += t.elapsed();
+            break;
+        };
+        let rows = rows?;
         read += t.elapsed();
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.id.clone());
         n += rows.len();
         let t = Instant::now();
         let encoder = shared::cache::CachedPrice::encoder(chrono::Utc::now());

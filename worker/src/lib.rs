@@ -359,9 +359,8 @@ async fn maintenance(queue: Queue, mut stop: watch::Receiver<bool>) {
 /// Every job this service runs: the built-ins and the recalculations over
 /// the catalog store and the price cache.
 pub async fn full_registry(settings: &Settings) -> anyhow::Result<Registry> {
-    let store = shared::store::open(&settings.database)
-        .await
-        .context("opening the catalog store")?;
+    // The error names DATABASE_URL (password hidden) and the cause in one line.
+    let store = shared::store::open(&settings.database).await?;
     let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
     let keys = shared::keys::Keys::new(&settings.redis.namespace);
     let feed = settings

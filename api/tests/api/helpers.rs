@@ -39,10 +39,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
     Settings {
         addr: "127.0.0.1:0".parse().expect("addr"),
         redis,
-        database: DatabaseSettings {
-            url: database_url.to_string(),
-            max_connections: 4,
-        },
+        database: DatabaseSettings::for_url(database_url, 4),
         cache: CacheSettings {
             ttl: Duration::from_secs(TTL_SECS),
         },

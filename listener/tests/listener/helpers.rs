@@ -29,10 +29,7 @@ pub fn telemetry() -> TelemetrySettings {
 pub fn settings(redis: &RedisServer, db_url: &str) -> listener::config::Settings {
     listener::config::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
-        database: DatabaseSettings {
-            url: db_url.to_string(),
-            max_connections: 2,
-        },
+        database: DatabaseSettings::for_url(db_url, 2),
         telemetry: telemetry(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         events: EventSettings::default(),
@@ -115,10 +112,7 @@ impl ApiAndWorker {
 
 pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWorker {
     shared::telemetry::init_for_tests();
-    let database = DatabaseSettings {
-        url: db_url.to_string(),
-        max_connections: 2,
-    };
+    let database = DatabaseSettings::for_url(db_url, 2);
     let cache = shared::config::CacheSettings {
         ttl: Duration::from_secs(600),
     };

@@ -114,6 +114,21 @@ pub fn synthetic(i: u64) -> SeedRow {
     }
 }
 
+impl SeedRow {
+    /// The market signals the seed gives the product: the lowest of its
+    /// competitor prices and its demand index.
+    pub fn signals(&self) -> crate::domain::MarketSignals {
+        crate::domain::MarketSignals {
+            lowest_competitor_price: self
+                .competitor_prices
+                .iter()
+                .map(|c| c.price)
+                .reduce(f64::min),
+            demand_index: self.demand.as_ref().map(|d| d.demand_index),
+        }
+    }
+}
+
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -176,15 +191,7 @@ mod tests {
         let prices: Vec<i64> = (1..=5)
             .map(|i| {
                 let row = synthetic(i);
-                let signals = crate::domain::MarketSignals {
-                    lowest_competitor_price: row
-                        .competitor_prices
-                        .iter()
-                        .map(|c| c.price)
-                        .reduce(f64::min),
-                    demand_index: row.demand.map(|d| d.demand_index),
-                };
-                crate::pricing::compute_price_cents(&row.product, &signals)
+                crate::pricing::compute_price_cents(&row.product, &row.signals())
             })
             .collect();
         assert_eq!(prices, PINNED_PRICES);

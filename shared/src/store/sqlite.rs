@@ -1,7 +1,7 @@
 //! The embedded default: the catalog in one SQLite file, through `sqlx`.
 //!
 //! The file (and its folder) is created if missing and the migrations in
-//! `shared/migrations` run on connect. WAL mode lets readers (the api) and a
+//! `shared/migrations/sqlite` run on connect. WAL mode lets readers (the api) and a
 //! writer (seed, import, the listener) work at once.
 //!
 //! The full-catalog scan ([`CatalogStore::priced_page`]) goes through
@@ -36,6 +36,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a request waits for a free pooled connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The product columns plus its lowest competitor price and demand index.
+macro_rules! priced_select {
+    () => {
+        "SELECT p.id, p.name, p.category, p.unit_cost, p.base_price, p.stock, \
+     p.target_stock, p.elasticity, p.min_margin, p.max_margin, p.updated_at, \
+     (SELECT MIN(c.price) FROM competitor_prices c WHERE c.product_id = p.id) AS lowest, \
+     (SELECT d.demand_index FROM demand_signals d WHERE d.product_id = p.id) AS demand \
+     FROM products p"
+    };
+}
 
 /// A catalog in SQLite.
 #[derive(Clone)]
@@ -78,13 +89,32 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool, scan })
     }
 
     /// The underlying pool, for tests and tools that need raw SQL.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// [`CatalogStore::priced_page`] through sqlx instead of the bulk
+    /// reader: what an in-memory database does, and what
+    /// `scripts/bench-recalc` (`PHASES=1`) times against the bulk reader.
+    pub async fn priced_page_through_sqlx(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Product, MarketSignals)>, StoreError> {
+        let rows = sqlx::query(concat!(
+            priced_select!(),
+            " WHERE p.id > ? ORDER BY p.id LIMIT ?"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit.max(1) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(priced_from_row).collect::<Result<_, _>>()?)
     }
 }
 
@@ -102,17 +132,6 @@ fn product_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Product, sqlx::Erro
         max_margin: row.try_get("max_margin")?,
         updated_at: row.try_get("updated_at")?,
     })
-}
-
-/// The product columns plus its lowest competitor price and demand index.
-macro_rules! priced_select {
-    () => {
-        "SELECT p.id, p.name, p.category, p.unit_cost, p.base_price, p.stock, \
-     p.target_stock, p.elasticity, p.min_margin, p.max_margin, p.updated_at, \
-     (SELECT MIN(c.price) FROM competitor_prices c WHERE c.product_id = p.id) AS lowest, \
-     (SELECT d.demand_index FROM demand_signals d WHERE d.product_id = p.id) AS demand \
-     FROM products p"
-    };
 }
 
 /// A lazily opened read-only `rusqlite` connection for catalog scans.
@@ -396,15 +415,7 @@ impl CatalogStore for SqliteStore {
                 .map_err(|e| StoreError::Scan(e.to_string()))?
                 .map_err(|e| StoreError::Scan(e.to_string()));
         }
-        let rows = sqlx::query(concat!(
-            priced_select!(),
-            " WHERE p.id > ? ORDER BY p.id LIMIT ?"
-        ))
-        .bind(after.unwrap_or(""))
-        .bind(limit.max(1) as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(priced_from_row).collect::<Result<_, _>>()?)
+        self.priced_page_through_sqlx(after, limit).await
     }
 
     async fn priced_by_ids(
@@ -454,6 +465,7 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn upsert_products(&self, products: &[Product]) -> Result<u64, StoreError> {
+        super::refuse_nul_in_products(products)?;
         let mut tx = self.pool.begin().await?;
         let mut written = 0;
         for chunk in products.chunks(INSERT_CHUNK) {
@@ -496,6 +508,12 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn record_competitor_prices(&self, rows: &[CompetitorPrice]) -> Result<u64, StoreError> {
+        super::refuse_nul(rows.iter().flat_map(|r| {
+            [
+                ("product_id", r.product_id.as_str()),
+                ("competitor", r.competitor.as_str()),
+            ]
+        }))?;
         let mut tx = self.pool.begin().await?;
         let written = upsert_competitor_prices(&mut tx, rows).await?;
         tx.commit().await?;
@@ -503,6 +521,7 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn record_demand(&self, rows: &[DemandSignal]) -> Result<u64, StoreError> {
+        super::refuse_nul(rows.iter().map(|r| ("product_id", r.product_id.as_str())))?;
         let mut tx = self.pool.begin().await?;
         let written = upsert_demand(&mut tx, rows).await?;
         tx.commit().await?;
@@ -510,6 +529,7 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn apply_market_updates(&self, u: &MarketUpdates) -> Result<(), StoreError> {
+        super::refuse_nul_in_updates(u)?;
         let statements = u.competitor_prices.len().div_ceil(INSERT_CHUNK)
             + u.demand.len().div_ceil(INSERT_CHUNK)
             + u.stock.len()
@@ -557,176 +577,5 @@ impl CatalogStore for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    /// One statement runs without a transaction; several run in one, so a
-    /// failing one (here a CHECK) leaves none of the others applied.
-    #[tokio::test]
-    async fn market_updates_apply_whole_or_not_at_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/catalog.db", dir.path().display());
-        let store = SqliteStore::connect(&url, 2).await.unwrap();
-        crate::store::seed::seed(&store, 5).await.unwrap();
-        let demand = |id: &str, index: f64| DemandSignal {
-            product_id: id.into(),
-            demand_index: index,
-            observed_at: chrono::Utc::now(),
-        };
-        let one = MarketUpdates {
-            demand: vec![demand("P-3", 1.7)],
-            ..Default::default()
-        };
-        store.apply_market_updates(&one).await.unwrap();
-        let signals = store.market_signals("P-3").await.unwrap();
-        assert_eq!(signals.demand_index, Some(1.7));
-
-        let before = store.market_signals("P-1").await.unwrap();
-        let broken = MarketUpdates {
-            demand: vec![demand("P-1", 0.42)],
-            unit_cost: vec![crate::store::Observed {
-                product_id: "P-2".into(),
-                value: -1.0,
-                observed_at: chrono::Utc::now(),
-            }],
-            ..Default::default()
-        };
-        assert!(store.apply_market_updates(&broken).await.is_err());
-        assert_eq!(store.market_signals("P-1").await.unwrap(), before);
-        let cost = store.product("P-2").await.unwrap().unwrap().unit_cost;
-        assert!(cost > 0.0);
-    }
-
-    /// Each signal keeps the latest observation: one observed earlier than
-    /// the stored value, as when two listener replicas apply their events
-    /// out of order, changes nothing; a later one, or one at the same time,
-    /// replaces it.
-    #[tokio::test]
-    async fn an_older_observation_never_replaces_a_newer_one() {
-        use crate::store::Observed;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/catalog.db", dir.path().display());
-        let store = SqliteStore::connect(&url, 2).await.unwrap();
-        crate::store::seed::seed(&store, 3).await.unwrap();
-        let t1 = chrono::Utc::now();
-        let t0 = t1 - chrono::Duration::milliseconds(5);
-        let t2 = t1 + chrono::Duration::seconds(1);
-        let at = |t, stock: i64, cost: f64, price: f64, demand: f64| MarketUpdates {
-            competitor_prices: vec![CompetitorPrice {
-                product_id: "P-1".into(),
-                competitor: "acme".into(),
-                price,
-                observed_at: t,
-            }],
-            demand: vec![DemandSignal {
-                product_id: "P-1".into(),
-                demand_index: demand,
-                observed_at: t,
-            }],
-            stock: vec![Observed {
-                product_id: "P-1".into(),
-                value: stock,
-                observed_at: t,
-            }],
-            unit_cost: vec![Observed {
-                product_id: "P-1".into(),
-                value: cost,
-                observed_at: t,
-            }],
-        };
-        let state = || async {
-            let p = store.product("P-1").await.unwrap().unwrap();
-            let s = store.market_signals("P-1").await.unwrap();
-            (
-                p.stock,
-                p.unit_cost,
-                s.lowest_competitor_price,
-                s.demand_index,
-            )
-        };
-
-        // Applies one observation of every signal, then checks what is stored.
-        let (store_ref, state_ref) = (&store, &state);
-        let apply = |updates: MarketUpdates, expected: (i64, f64, Option<f64>, Option<f64>)| async move {
-            store_ref.apply_market_updates(&updates).await.unwrap();
-            assert_eq!(state_ref().await, expected);
-        };
-        apply(at(t1, 30, 4.0, 9.0, 1.2), (30, 4.0, Some(9.0), Some(1.2))).await;
-        // Older: ignored, every signal.
-        apply(at(t0, 99, 7.0, 5.0, 0.5), (30, 4.0, Some(9.0), Some(1.2))).await;
-        // The same time: replaces (within a batch, the later event wins).
-        apply(at(t1, 31, 4.5, 9.5, 1.3), (31, 4.5, Some(9.5), Some(1.3))).await;
-        // Newer: replaces.
-        apply(at(t2, 12, 3.0, 8.0, 1.8), (12, 3.0, Some(8.0), Some(1.8))).await;
-        // An import states stock and cost as of its updated_at: an event
-        // observed before that leaves them as imported.
-        let t3 = t2 + chrono::Duration::seconds(1);
-        let mut imported = store.product("P-1").await.unwrap().unwrap();
-        (imported.stock, imported.unit_cost, imported.updated_at) = (50, 2.5, t3);
-        store.upsert_products(&[imported]).await.unwrap();
-        let late = t3 - chrono::Duration::milliseconds(1);
-        apply(at(late, 7, 6.0, 8.0, 1.8), (50, 2.5, Some(8.0), Some(1.8))).await;
-    }
-
-    /// The bulk reader's merged range scans give every product the same
-    /// signals as the per-product SQL path, across page boundaries, for
-    /// products with several competitor prices, one, or none.
-    #[tokio::test]
-    async fn the_page_scan_matches_the_per_product_query() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/catalog.db", dir.path().display());
-        let store = SqliteStore::connect(&url, 2).await.unwrap();
-        crate::store::seed::seed(&store, 40).await.unwrap();
-        let now = chrono::Utc::now();
-        // Extra signals on a few products only (ids sort as P-1, P-10, …).
-        let extra: Vec<CompetitorPrice> = ["P-1", "P-10", "P-10", "P-25", "P-9"]
-            .iter()
-            .enumerate()
-            .map(|(i, id)| CompetitorPrice {
-                product_id: id.to_string(),
-                competitor: format!("rival-{i}"),
-                price: 1.0 + i as f64,
-                observed_at: now,
-            })
-            .collect();
-        store.record_competitor_prices(&extra).await.unwrap();
-        store
-            .record_demand(&[DemandSignal {
-                product_id: "P-33".into(),
-                demand_index: 1.9,
-                observed_at: now,
-            }])
-            .await
-            .unwrap();
-
-        let mut scanned = Vec::new();
-        let mut after = None::<String>;
-        loop {
-            let page = store.priced_page(after.as_deref(), 7).await.unwrap();
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.id.clone());
-            scanned.extend(page);
-        }
-
-        let ids: Vec<String> = scanned.iter().map(|(p, _)| p.id.clone()).collect();
-        let mut sorted = ids.clone();
-        sorted.sort();
-        assert_eq!(ids, sorted, "the scan is in id order");
-        assert_eq!(ids.len(), 40);
-        let mut by_query = store.priced_by_ids(&ids).await.unwrap();
-        by_query.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        assert_eq!(scanned, by_query);
-        let signals = |id: &str| &scanned.iter().find(|(p, _)| p.id == id).unwrap().1;
-        assert_eq!(
-            signals("P-10").lowest_competitor_price.map(|p| p <= 2.0),
-            Some(true)
-        );
-        assert_eq!(signals("P-33").demand_index, Some(1.9));
     }
 }

@@ -170,28 +170,22 @@ impl<T> Drop for AbortOnDrop<T> {
 
 type Page = Vec<(Product, MarketSignals)>;
 
-/// Reads the catalog page by page into `tx`, [`READ_AHEAD`] pages ahead of
-/// the writer; an empty page marks the end.
+/// Reads the catalog page by page ([`CatalogStore::scan`]) into `tx`,
+/// [`READ_AHEAD`] pages ahead of the writer; an empty page marks the end.
 async fn read_pages(
     store: Arc<dyn CatalogStore>,
     tx: tokio::sync::mpsc::Sender<Result<Page, JobError>>,
 ) {
-    let mut after = None::<String>;
+    use futures::StreamExt as _;
+    let mut pages = store.scan(PAGE);
     loop {
-        let page = store
-            .priced_page(after.as_deref(), PAGE)
-            .await
-            .map_err(JobError::retryable);
-        let next = match &page {
-            Ok(rows) => rows.last().map(|(p, _)| p.id.clone()),
-            Err(_) => None,
+        let (page, last) = match pages.next().await {
+            Some(Ok(page)) => (Ok(page), false),
+            Some(Err(e)) => (Err(JobError::retryable(e)), true),
+            None => (Ok(Vec::new()), true),
         };
-        if tx.send(page).await.is_err() {
+        if tx.send(page).await.is_err() || last {
             return;
-        }
-        match next {
-            Some(id) => after = Some(id),
-            None => return,
         }
     }
 }

@@ -17,10 +17,7 @@ pub const NS: &str = "wt";
 pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
     Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
-        database: DatabaseSettings {
-            url: "sqlite::memory:".into(),
-            max_connections: 1,
-        },
+        database: DatabaseSettings::for_url("sqlite::memory:", 1),
         telemetry: TelemetrySettings {
             service_name: "pricing-worker-test".into(),
             otlp_endpoint: None,

@@ -4,8 +4,9 @@
 //! or `REDIS_SERVER_BIN`) on a free 127.0.0.1 port with its own temporary
 //! data folder, waits until it answers PING, and kills it when dropped. It
 //! can be stopped and restarted on the same port, which is how tests take
-//! Redis away from a running service. [`temp_store`] opens a fresh SQLite
-//! catalog in a temporary folder. Nothing here needs Docker.
+//! Redis away from a running service. [`PostgresServer`] does the same for
+//! PostgreSQL ([`postgres`]). [`temp_store`] opens a fresh SQLite catalog in
+//! a temporary folder. Nothing here needs Docker.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -14,6 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+pub mod postgres;
+pub use postgres::PostgresServer;
 
 use crate::store::CatalogStore;
 use crate::store::sqlite::SqliteStore;
