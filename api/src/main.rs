@@ -8,9 +8,14 @@ use clap::Parser as _;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = api::cli::Cli::parse();
-    let settings = api::config::Settings::from_env()?;
-    let _telemetry = shared::telemetry::init_head_sampled(&settings.telemetry)?;
-    api::cli::run(cli, settings).await
+    shared::shutdown::exit_code(
+        async {
+            let settings = api::config::Settings::from_env()?;
+            let _telemetry = shared::telemetry::init_head_sampled(&settings.telemetry)?;
+            api::cli::run(cli, settings).await
+        }
+        .await,
+    )
 }

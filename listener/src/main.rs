@@ -1,8 +1,13 @@
 //! `listener`: see the library docs for what it does.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = listener::config::Settings::from_env()?;
-    let _telemetry = shared::telemetry::init(&settings.telemetry)?;
-    listener::run(settings, shared::shutdown::signal()).await
+async fn main() -> std::process::ExitCode {
+    shared::shutdown::exit_code(
+        async {
+            let settings = listener::config::Settings::from_env()?;
+            let _telemetry = shared::telemetry::init(&settings.telemetry)?;
+            listener::run(settings, shared::shutdown::signal()).await
+        }
+        .await,
+    )
 }

@@ -4,9 +4,24 @@
 //! and on Ctrl-C (SIGINT). [`signal`] installs both handlers at once, when it
 //! is called, not when its future is first polled: a SIGTERM that arrives
 //! right after a service reports ready must still be a graceful stop, not
-//! the default "terminate now".
+//! the default "terminate now". [`exit_code`] is how a binary ends when it
+//! cannot start or run: one line on stderr, whatever `RUST_BACKTRACE` says.
 
 use std::future::Future;
+use std::process::ExitCode;
+
+/// The process's exit code for `result`; an error is printed first as one
+/// line, `Error: outer: cause: …` (the whole chain, no backtrace), so an
+/// operator reads what to fix (the error names its setting) in one place.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Installs the SIGTERM and SIGINT handlers and returns a future that
 /// resolves on the first of them. Call it inside the tokio runtime.

@@ -6,8 +6,13 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = worker::config::Settings::from_env()?;
-    let _telemetry = shared::telemetry::init(&settings.telemetry)?;
-    worker::run(settings, shared::shutdown::signal()).await
+async fn main() -> std::process::ExitCode {
+    shared::shutdown::exit_code(
+        async {
+            let settings = worker::config::Settings::from_env()?;
+            let _telemetry = shared::telemetry::init(&settings.telemetry)?;
+            worker::run(settings, shared::shutdown::signal()).await
+        }
+        .await,
+    )
 }

@@ -122,7 +122,7 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("REDIS_URL", "http://wrong"),
         ("LOG_FORMAT", "yaml"),
         ("REDIS_POOL_SIZE", "0"),
-        ("DATABASE_URL", "postgres://x"),
+        ("DATABASE_URL", "mysql://x"),
         ("ADMIN_TOKEN", "short"),
         ("RECALC_MAX_RETRIES", "many"),
         ("OTEL_TRACES_SAMPLER", "sometimes"),

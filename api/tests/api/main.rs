@@ -1,5 +1,6 @@
 //! Integration tests of the api, against a real redis-server and a real
-//! SQLite catalog. Each test starts its own redis-server on a free port.
+//! SQLite catalog (a real PostgreSQL in `postgres`). Each test starts its
+//! own servers on free ports.
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
@@ -7,6 +8,7 @@ mod cli;
 mod events;
 mod helpers;
 mod ops;
+mod postgres;
 mod price;
 mod tasks;
 mod validation;
