@@ -25,29 +25,16 @@ const NS: &str = "shared-catalog";
 const PRODUCTS: u64 = 300;
 
 fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_listener")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
+    shared::testing::sibling_bin(env!("CARGO_BIN_EXE_listener"), name)
 }
 
 /// Polls `check` until it holds (bounded by [`LONG`], a hang guard).
-async fn wait<F, Fut>(what: &str, mut check: F)
+async fn wait<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shared::testing::eventually(LONG, what, check).await
 }
 
 /// Service processes, stopped by PID.
@@ -267,33 +254,24 @@ async fn two_apis_two_workers_and_two_listeners_agree_on_every_price_after_marke
         .await
         .unwrap();
     assert!(!hashes.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&hashes)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let (p, source) = price(&client, &api_b, "P-1").await;
-    assert_eq!((p, source.as_str()), (expected["P-1"], "database"));
-    let _: () = redis::cmd("DEL")
-        .arg(&hashes)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        api_prices(&client, &api_b).await,
-        expected,
-        "B from the catalog"
-    );
-    let _: () = redis::cmd("DEL")
-        .arg(&hashes)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        api_prices(&client, &api_a).await,
-        expected,
-        "A from the catalog"
-    );
+    for (name, base) in [("B", &api_b), ("A", &api_a)] {
+        let _: () = redis::cmd("DEL")
+            .arg(&hashes)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (p, source) = price(&client, base, "P-1").await;
+        assert_eq!(
+            (p, source.as_str()),
+            (expected["P-1"], "database"),
+            "{name}"
+        );
+        assert_eq!(
+            api_prices(&client, base).await,
+            expected,
+            "{name} from the catalog"
+        );
+    }
 
     procs.stop();
 }

@@ -23,13 +23,7 @@ const LONG: Duration = Duration::from_secs(60);
 const NS: &str = "tr";
 
 fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_listener")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
+    shared::testing::sibling_bin(env!("CARGO_BIN_EXE_listener"), name)
 }
 
 struct Services {
@@ -159,19 +153,12 @@ fn queue(redis: &RedisServer) -> shared::queue::Queue {
 }
 
 /// Polls `check` until it holds (bounded by [`LONG`], a hang guard).
-async fn wait<F, Fut>(what: &str, mut check: F)
+async fn wait<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    shared::testing::eventually(LONG, what, check).await
 }
 
 /// A description and a predicate a span of the trace must satisfy.

@@ -19,17 +19,13 @@ const LONG: Duration = Duration::from_secs(60);
 const PRODUCTS: u64 = 60;
 const CACHED: u64 = 10;
 
-/// Polls `check` every 50 ms until it holds; panics after [`LONG`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds (bounded by [`LONG`], a hang guard).
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shared::testing::eventually(LONG, what, check).await
 }
 
 async fn price(client: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {

@@ -216,18 +216,7 @@ pub async fn product_mentions(redis: &RedisServer) -> HashMap<String, usize> {
     out
 }
 
-/// Polls `check` every 50 ms until it holds, for at most `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use shared::testing::eventually;
 
 /// Publishes on the channel with the real `redis-cli`, as the original
 /// service's publishers do; returns the receiver count it printed.

@@ -175,6 +175,33 @@ async fn ping(url: &str) -> bool {
         .is_ok()
 }
 
+/// Polls `check` every 50 ms until it holds; panics naming `what` after
+/// `within`, a bound against a hang, never a timing check.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Another binary of the workspace, next to `own` (a test's
+/// `env!("CARGO_BIN_EXE_…")`): `cargo test --workspace` builds them all
+/// into one folder.
+pub fn sibling_bin(own: &str, name: &str) -> std::path::PathBuf {
+    let path = Path::new(own).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
