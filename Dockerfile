@@ -48,8 +48,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 # A fixed uid, so a volume's owner is the same in every container of the
-# image. /data is where the SQLite catalog lives; a named volume mounted there
-# starts as a copy of this folder, so it is writable by this user.
+# image. /data is where the SQLite catalog lives under the image's default
+# DATABASE_URL (a single `docker run`; docker compose points every service at
+# its postgres service instead); a named volume mounted there starts as a
+# copy of this folder, so it is writable by this user.
 ARG APP_UID=10001
 RUN groupadd --system --gid "${APP_UID}" pricing \
  && useradd --system --uid "${APP_UID}" --gid pricing --home-dir /app --shell /usr/sbin/nologin pricing \

@@ -363,15 +363,18 @@ def check_compose(args) -> int:
         port = port_of(env.get(addr_var, ""))
         r.check(env.get(addr_var, "").startswith("0.0.0.0:"), f"{name}: {addr_var} must listen on 0.0.0.0 in a container")
         r.check(env.get("REDIS_URL") == "redis://redis:6379", f"{name}: REDIS_URL should be redis://redis:6379")
-        r.check(env.get("DATABASE_URL") == "sqlite:///data/pricing.db", f"{name}: DATABASE_URL should be sqlite:///data/pricing.db")
+        r.check(str(env.get("DATABASE_URL", "")).startswith("postgres://") and "@postgres:5432/" in str(env.get("DATABASE_URL")),
+                f"{name}: DATABASE_URL should name the postgres service (postgres://…@postgres:5432/…), is {env.get('DATABASE_URL')!r}")
         r.check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://jaeger:4317", f"{name}: OTLP should point at http://jaeger:4317")
-        r.check("catalog:/data" in (svc.get("volumes") or []), f"{name}: the catalog volume must be mounted at /data")
+        r.check(not any(str(v).startswith("catalog:") for v in svc.get("volumes") or []),
+                f"{name}: the catalog is the postgres service, not a volume")
         r.check(svc.get("restart") in ("unless-stopped", "always", "on-failure"), f"{name}: needs a restart policy")
         test = " ".join(map(str, (svc.get("healthcheck") or {}).get("test") or []))
         r.check(f":{port}/health" in test, f"{name}: healthcheck should GET /health on port {port}, is {test!r}")
         deps = depends(svc)
         r.check(deps.get("redis") == "service_healthy", f"{name}: should wait for a healthy redis")
         r.check(deps.get("seed") == "service_completed_successfully", f"{name}: should wait for the seed to complete")
+        r.check(deps.get("postgres") == "service_healthy", f"{name}: should wait for a healthy postgres")
     if "worker" in services:
         r.check(not services["worker"].get("ports"), "worker must publish no host port (so --scale worker=N works)")
         grace = seconds(services["worker"].get("stop_grace_period", "10s"))
@@ -383,7 +386,18 @@ def check_compose(args) -> int:
     if "seed" in services:
         cmd = services["seed"].get("command") or []
         r.check("seed" in cmd and "--if-empty" in cmd, "seed should run `api seed ... --if-empty`")
-        r.check("catalog:/data" in (services["seed"].get("volumes") or []), "seed must write into the catalog volume")
+        seed_url = str(env_map(services["seed"]).get("DATABASE_URL", ""))
+        r.check(seed_url.startswith("postgres://") and "@postgres:5432/" in seed_url, "seed must write into the postgres catalog")
+        r.check(depends(services["seed"]).get("postgres") == "service_healthy", "seed should wait for a healthy postgres")
+    if "postgres" in services:
+        pg = services["postgres"]
+        r.check(str(pg.get("image", "")).startswith("postgres:16"), f"postgres should run the official postgres:16 image, runs {pg.get('image')!r}")
+        r.check(any(str(v).startswith("pgdata:/var/lib/postgresql/data") for v in pg.get("volumes") or []),
+                "postgres should keep its data in the named volume pgdata")
+        r.check("pg_isready" in " ".join(map(str, (pg.get("healthcheck") or {}).get("test") or [])), "postgres healthcheck should use pg_isready")
+        r.check(not pg.get("ports"), "postgres should publish no host port")
+    else:
+        r.check(False, "there is no postgres service for the shared catalog")
     if "redis" in services:
         cmd = " ".join(services["redis"].get("command") or [])
         r.check("--appendonly yes" in cmd, "redis should run with --appendonly yes")

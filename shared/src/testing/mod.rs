@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod postgres;
-pub use postgres::PostgresServer;
+pub mod tls;
+pub use postgres::{PostgresOptions, PostgresServer};
+pub use tls::TestCa;
 
 use crate::store::CatalogStore;
 use crate::store::sqlite::SqliteStore;

@@ -39,6 +39,14 @@ struct RunAs {
     gid: u32,
 }
 
+/// Options for a test PostgreSQL.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// Serve TLS with this certificate and private key (PEM), besides
+    /// plain connections (`ssl=on`; `pg_hba` allows both).
+    pub tls: Option<(String, String)>,
+}
+
 /// A real PostgreSQL server on a free loopback port, killed when dropped.
 pub struct PostgresServer {
     child: Option<Child>,
@@ -46,11 +54,17 @@ pub struct PostgresServer {
     dir: TempDir,
     bin: PathBuf,
     run_as: Option<RunAs>,
+    tls: bool,
 }
 
 impl PostgresServer {
     /// Initialises a fresh cluster and starts it, with a `pricing` database.
     pub async fn start() -> Self {
+        Self::start_with(PostgresOptions::default()).await
+    }
+
+    /// [`Self::start`] with `options`.
+    pub async fn start_with(options: PostgresOptions) -> Self {
         let bin = bin_dir();
         let run_as = run_as();
         let dir = tempfile::tempdir().expect("temporary folder for postgres");
@@ -68,12 +82,27 @@ impl PostgresServer {
             .status()
             .expect("run initdb (apt-get install postgresql)");
         assert!(status.success(), "initdb failed: {status}");
+        if let Some((cert, key)) = &options.tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write the server's TLS files");
+                // PostgreSQL refuses a key others can read.
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the TLS files");
+                if let Some(r) = &run_as {
+                    std::os::unix::fs::chown(&path, Some(r.uid), Some(r.gid))
+                        .expect("hand the TLS files to the postgres user");
+                }
+            }
+        }
         let mut server = Self {
             child: None,
             port: 0,
             dir,
             bin,
             run_as,
+            tls: options.tls.is_some(),
         };
         for _ in 0..20 {
             server.port = free_port();
@@ -108,8 +137,7 @@ impl PostgresServer {
             name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "database names here are plain identifiers"
         );
-        let admin = self
-            .url_of("postgres")
+        let admin = format!("{}?sslmode=disable", self.url_of("postgres"))
             .parse::<sqlx::postgres::PgConnectOptions>()
             .expect("admin url");
         let mut conn = admin.connect().await.expect("connect to the test server");
@@ -184,6 +212,11 @@ impl PostgresServer {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
+            .args(if self.tls {
+                &["-c", "ssl=on"][..]
+            } else {
+                &[][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -195,7 +228,9 @@ impl PostgresServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return None;
             }
-            if let Ok(conn) = sqlx::PgConnection::connect(&admin).await {
+            // Plain TCP even with TLS on: readiness, not the client's path.
+            if let Ok(conn) = sqlx::PgConnection::connect(&format!("{admin}?sslmode=disable")).await
+            {
                 let _ = conn.close().await;
                 return Some(child);
             }

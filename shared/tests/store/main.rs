@@ -9,6 +9,7 @@
 mod contract;
 mod helpers;
 mod races;
+mod tls;
 
 /// Generates `mod name { sqlite(), postgres() }` for each contract test.
 #[macro_export]

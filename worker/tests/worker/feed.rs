@@ -98,20 +98,13 @@ async fn start_stub(fail_first: usize, failure: Failure) -> (String, Stub) {
 /// made for this test; returns its URL, the stub and the CA's certificate
 /// (PEM), which no system trusts.
 async fn start_tls_stub() -> (String, Stub, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
+    let ca = shared::testing::TestCa::new();
+    let leaf = ca.issue(&["127.0.0.1"]);
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            vec![leaf.cert_der.into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf.key_der.into()),
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -140,7 +133,7 @@ async fn start_tls_stub() -> (String, Stub, String) {
             });
         }
     });
-    (url, stub, ca.pem())
+    (url, stub, ca.cert_pem())
 }
 
 fn all() -> NewJob {
