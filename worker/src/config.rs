@@ -144,18 +144,15 @@ mod tests {
 
     #[test]
     fn a_ca_file_must_hold_pem_certificates() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["feed.example".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let two = format!("{}\n{}", cert.pem(), cert.pem());
+        let ca = shared::testing::TestCa::new();
+        let leaf = ca.issue(&["feed.example"]);
+        let two = format!("{}\n{}", ca.cert_pem(), leaf.cert_pem);
         assert_eq!(certificates_in(&two).map(|c| c.len()), Ok(2));
         assert_eq!(
             certificates_in("not a certificate").map(|c| c.len()),
             Err("holds no PEM certificate".to_string())
         );
         // The private key alone is no certificate either.
-        assert!(certificates_in(&key.serialize_pem()).is_err());
+        assert!(certificates_in(&leaf.key_pem).is_err());
     }
 }
