@@ -19,9 +19,10 @@
 //! - [`queue`]: the job queue: job contracts, settings, and every Redis operation on it.
 //! - [`redis_pool`]: a small pool of multiplexed, self-reconnecting Redis connections.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future every binary stops on.
-//! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its SQLite implementation,
-//!   plus the deterministic seed generator and the CSV importer.
-//! - `testing` (feature `test-support`): starts a real `redis-server` on a free port for tests.
+//! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its two implementations,
+//!   SQLite and PostgreSQL, plus the deterministic seed generator and the CSV importer.
+//! - `testing` (feature `test-support`): starts a real `redis-server` and a real PostgreSQL on
+//!   free ports for tests, and a test CA for servers with TLS.
 //! - `otlp_receiver` (feature `test-support`): an in-process OTLP/gRPC trace receiver for tests.
 
 pub mod cache;
