@@ -78,8 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let queue = Queue::new(pool.clone(), NS, "default", QueueSettings::default());
     // The worker's own way to wait: a blocking BLMOVE on a connection of
     // its own, woken by the push.
-    let mut blocking =
-        redis::aio::ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
+    let mut blocking = pool.blocking(Duration::from_secs(5))?;
     let mut conn = redis::Client::open(url.as_str())?
         .get_multiplexed_async_connection()
         .await?;

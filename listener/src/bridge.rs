@@ -58,12 +58,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use shared::events::{EventData, EventError, EventKind, MAX_PRODUCTS_PER_EVENT, MarketEvent};
 use shared::jobs::{RecalculatePrices, recalculate_all_job};
 use shared::keys::Keys;
 use shared::queue::{NewJob, Queue, RetryPolicy};
+use shared::redis_pool::Conn;
 use shared::redis_pool::RedisPool;
 use shared::store::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates, Observed};
 use tracing::Instrument as _;
@@ -277,7 +277,7 @@ impl Bridge {
     /// Creates the consumer group (and the stream) if missing. A new group
     /// starts at the stream's beginning, so events published before any
     /// listener ever ran are processed too.
-    pub async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    pub async fn ensure_group(&self, conn: &mut Conn) -> redis::RedisResult<()> {
         let res: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -293,11 +293,7 @@ impl Bridge {
     }
 
     /// Reads new entries for this consumer, waiting up to `block`.
-    pub async fn read(
-        &self,
-        conn: &mut MultiplexedConnection,
-        block: Duration,
-    ) -> redis::RedisResult<Vec<Entry>> {
+    pub async fn read(&self, conn: &mut Conn, block: Duration) -> redis::RedisResult<Vec<Entry>> {
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
@@ -322,7 +318,7 @@ impl Bridge {
     /// Takes over entries another consumer left unacknowledged for `idle`.
     pub async fn claim_stale(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         idle: Duration,
     ) -> redis::RedisResult<Vec<Entry>> {
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -356,7 +352,7 @@ impl Bridge {
     /// listeners would otherwise pile up in the group. Returns how many.
     pub async fn prune_consumers(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         idle: Duration,
     ) -> redis::RedisResult<usize> {
         let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")

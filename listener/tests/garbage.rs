@@ -75,7 +75,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
         };
         if i % 4 == 3 {
             pipe.cmd("XADD")
-                .arg(format!("{NS}:events:stream"))
+                .arg(shared::keys::Keys::new(NS).event_stream())
                 .arg("*")
                 .arg("event")
                 .arg(format!(
@@ -115,7 +115,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
         assert_eq!(got as usize, n, "{reason}");
     }
     let dead: u64 = redis::cmd("LLEN")
-        .arg(format!("{NS}:events:dead"))
+        .arg(shared::keys::Keys::new(NS).event_dead_letters())
         .query_async(&mut conn)
         .await
         .unwrap();

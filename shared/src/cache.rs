@@ -270,28 +270,37 @@ impl PriceCache {
         Ok(Lookup::from_raw(product_id, raw, Utc::now(), self.ttl))
     }
 
-    /// One `HGET` per product in one pipeline round trip; the result is in
-    /// the order of `product_ids`.
+    /// One `HGET` per product in one pipeline round trip (on a cluster, one
+    /// per hash slot, at once); the result is in the order of `product_ids`.
     pub async fn get_many(&self, product_ids: &[String]) -> redis::RedisResult<Vec<Lookup>> {
         if product_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in product_ids {
-            pipe.hget(self.keys.price(id), id);
-        }
+        let cmds = product_ids
+            .iter()
+            .map(|id| {
+                let key = self.keys.price(id);
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(&key).arg(id);
+                (key, cmd)
+            })
+            .collect();
         let (mut conn, tracker) = self.pool.get();
-        let raws: Vec<Option<Vec<u8>>> = tracker.track(
-            pipe.query_async(&mut conn)
+        let raws = tracker.track(
+            self.pool
+                .query_keyed(&mut conn, cmds)
                 .instrument(redis_span("BATCH HGET", "BATCH HGET"))
                 .await,
         )?;
         let now = Utc::now();
-        Ok(product_ids
+        product_ids
             .iter()
             .zip(raws)
-            .map(|(id, raw)| Lookup::from_raw(id, raw, now, self.ttl))
-            .collect())
+            .map(|(id, raw)| {
+                let raw: Option<Vec<u8>> = redis::from_redis_value(raw)?;
+                Ok(Lookup::from_raw(id, raw, now, self.ttl))
+            })
+            .collect()
     }
 
     /// One `HSET` and the bucket's `PEXPIRE`, in one round trip.
@@ -310,8 +319,8 @@ impl PriceCache {
         )
     }
 
-    /// Many entries in one round trip: one `HSET` and one `PEXPIRE` per
-    /// bucket they fall in.
+    /// Many entries in one round trip (on a cluster, one per hash slot, at
+    /// once): one `HSET` and one `PEXPIRE` per bucket they fall in.
     pub async fn put_many(&self, entries: &[CachedPrice]) -> redis::RedisResult<()> {
         if entries.is_empty() {
             return Ok(());
@@ -320,17 +329,29 @@ impl PriceCache {
             &self.keys,
             entries.iter().map(|e| (e.product_id.clone(), e.encode())),
         );
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(batch.hashes().len() * 2);
         for (key, fields) in batch.hashes() {
-            pipe.hset_multiple(key, fields)
-                .ignore()
-                .pexpire(key, self.ttl_ms() as i64)
-                .ignore();
+            let mut hset = redis::cmd("HSET");
+            hset.arg(key);
+            for (field, value) in fields {
+                hset.arg(field).arg(value);
+            }
+            let mut pexpire = redis::cmd("PEXPIRE");
+            pexpire.arg(key).arg(self.ttl_ms());
+            cmds.push((key.clone(), hset));
+            cmds.push((key.clone(), pexpire));
         }
         let (mut conn, tracker) = self.pool.get();
         let span = redis_span("BATCH HSET", "BATCH HSET");
-        span.record("db.operation.batch.size", batch.hashes().len() * 2);
-        tracker.track(pipe.query_async::<()>(&mut conn).instrument(span).await)
+        span.record("db.operation.batch.size", cmds.len());
+        tracker
+            .track(
+                self.pool
+                    .query_keyed(&mut conn, cmds)
+                    .instrument(span)
+                    .await,
+            )
+            .map(|_| ())
     }
 }
 

@@ -78,8 +78,17 @@ where
 /// Where Redis is and how the services talk to it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `REDIS_URL`: the Redis server. Defaults to `redis://127.0.0.1:6379`.
+    /// `REDIS_URL`: the Redis server (`redis://` or, with TLS, `rediss://`),
+    /// or with [`Self::cluster`] a comma-separated list of seed nodes of a
+    /// Redis Cluster. Defaults to `redis://127.0.0.1:6379`.
     pub url: String,
+    /// `REDIS_CLUSTER`: speak Redis Cluster (`true`) or to one server
+    /// (`false`, the default).
+    pub cluster: bool,
+    /// `REDIS_CA_FILE`: a PEM file of extra root certificates to trust for a
+    /// `rediss://` URL (a private CA), beside the system's. Read and checked
+    /// at startup; unset: the system's roots only.
+    pub ca_file: Option<std::path::PathBuf>,
     /// `REDIS_NAMESPACE`: prefix of every key, so that several deployments or
     /// test runs can share one Redis. Defaults to `pricing`.
     pub namespace: String,
@@ -90,31 +99,141 @@ pub struct RedisSettings {
     /// `REDIS_TIMEOUT_MS`: connect and response timeout. A read path that
     /// cannot reach Redis within it falls back to the store. Defaults to 500.
     pub timeout: Duration,
+    /// `REDIS_WAIT_REPLICAS`: after a write that must survive a failover (a
+    /// queued job, an appended market event, a lock acquisition), wait until
+    /// this many replicas acknowledge it (`WAIT`). 0 (the default) waits for
+    /// none. Redis replication stays asynchronous: this narrows the window
+    /// in which a failover loses such a write, it does not close it.
+    pub wait_replicas: u32,
+    /// `REDIS_WAIT_TIMEOUT_MS`: the longest such a `WAIT` blocks; past it the
+    /// write stands on the primary alone (logged and counted). Defaults to 100.
+    pub wait_timeout: Duration,
 }
 
 impl RedisSettings {
-    /// Reads `REDIS_URL`, `REDIS_NAMESPACE`, `REDIS_POOL_SIZE` and `REDIS_TIMEOUT_MS`.
+    /// Reads `REDIS_URL`, `REDIS_CLUSTER`, `REDIS_CA_FILE`, `REDIS_NAMESPACE`,
+    /// `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS`, `REDIS_WAIT_REPLICAS` and
+    /// `REDIS_WAIT_TIMEOUT_MS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = env_or("REDIS_URL", "redis://127.0.0.1:6379".to_string())?;
-        redis::Client::open(url.as_str()).map_err(|e| ConfigError::new("REDIS_URL", &url, e))?;
-        let namespace = env_or("REDIS_NAMESPACE", "pricing".to_string())?;
-        validate_namespace(&namespace)?;
-        Ok(Self {
+        let cluster = env_bool("REDIS_CLUSTER", false)?;
+        let ca_file = env_opt("REDIS_CA_FILE").map(std::path::PathBuf::from);
+        let settings = Self {
             url,
-            namespace,
+            cluster,
+            ca_file,
+            namespace: env_or("REDIS_NAMESPACE", "pricing".to_string())?,
             pool_size: env_in_range("REDIS_POOL_SIZE", 2, 1, 64)?,
             timeout: Duration::from_millis(env_in_range("REDIS_TIMEOUT_MS", 500, 10, 60_000)?),
-        })
+            wait_replicas: env_in_range("REDIS_WAIT_REPLICAS", 0, 0, 16)?,
+            wait_timeout: Duration::from_millis(env_in_range(
+                "REDIS_WAIT_TIMEOUT_MS",
+                100,
+                1,
+                60_000,
+            )?),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what [`Self::from_env`] read: every URL parses, one scheme
+    /// for all, several only with `REDIS_CLUSTER`, and a CA file only for
+    /// `rediss://`, holding PEM certificates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let urls = self.urls();
+        if urls.is_empty() {
+            return Err(ConfigError::new("REDIS_URL", &self.url, "names no server"));
+        }
+        for url in &urls {
+            redis::Client::open(*url).map_err(|e| ConfigError::new("REDIS_URL", &self.url, e))?;
+        }
+        if urls.len() > 1 && !self.cluster {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                &self.url,
+                "several servers need REDIS_CLUSTER=true",
+            ));
+        }
+        if urls
+            .iter()
+            .any(|u| self.is_tls() != u.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                &self.url,
+                "mixes redis:// and rediss:// nodes",
+            ));
+        }
+        validate_namespace(&self.namespace)?;
+        if let Some(path) = &self.ca_file {
+            let shown = path.display().to_string();
+            if !self.is_tls() {
+                return Err(ConfigError::new(
+                    "REDIS_CA_FILE",
+                    shown,
+                    "is only used with rediss:// URLs, and REDIS_URL is not one",
+                ));
+            }
+            let pem =
+                std::fs::read(path).map_err(|e| ConfigError::new("REDIS_CA_FILE", &shown, e))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::new(
+                    "REDIS_CA_FILE",
+                    shown,
+                    "holds no PEM certificate",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The URLs in [`Self::url`]: one server, or the cluster's seed nodes.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// Whether the connections use TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.url.trim_start().starts_with("rediss://")
     }
 
     /// Settings for a given server and namespace with the other defaults; used by tests and tools.
     pub fn for_url(url: impl Into<String>, namespace: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
+            ca_file: None,
             namespace: namespace.into(),
             pool_size: 2,
             timeout: Duration::from_millis(500),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
         }
+    }
+
+    /// [`Self::for_url`] for a Redis Cluster with these seed nodes.
+    pub fn for_cluster(seeds: &[String], namespace: impl Into<String>) -> Self {
+        Self {
+            cluster: true,
+            ..Self::for_url(seeds.join(","), namespace)
+        }
+    }
+}
+
+/// Reads a boolean `var` (`true`/`false`, `1`/`0`, `yes`/`no`, any case).
+pub fn env_bool(var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match env_opt(var) {
+        None => Ok(default),
+        Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(ConfigError::new(var, raw, "expected true or false")),
+        },
     }
 }
 

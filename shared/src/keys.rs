@@ -4,6 +4,14 @@
 //! (`REDIS_NAMESPACE`, default `pricing`). Two deployments, or two test runs,
 //! can therefore share one Redis without seeing each other's data, and no
 //! service can spell a key differently from another.
+//!
+//! **Redis Cluster.** Keys that one script or one pipeline touches together
+//! share a hash tag (the part in `{…}`), so they live in one slot: a queue's
+//! keys (`{ns:queue}:…`, see `queue`), the event keys (`{ns:events}:…`),
+//! the recalculation lock with its fence, time and owner
+//! (`{ns:lock:recalculate_all_prices}…`). The 256 price hashes have no tag,
+//! so they spread over the cluster's slots; every write to one is a
+//! single-key command or script. [`hash_slot`] computes a key's slot.
 
 /// How many hashes the price cache is spread over; see [`Keys::price`].
 ///
@@ -23,6 +31,29 @@ pub fn price_bucket_of(product_id: &str) -> u32 {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     hash % PRICE_BUCKETS
+}
+
+/// The Redis Cluster hash slot (`0..16384`) of `key`: CRC16 (XMODEM) of the
+/// key, or of the part between the first `{` and the next `}` when that is
+/// not empty (a hash tag), modulo 16384, as every cluster node computes it.
+/// Keys that must meet in one script or transaction share a hash tag.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &key[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for &byte in tagged.unwrap_or(key) {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
 }
 
 /// Builds the namespaced Redis keys of one deployment.
@@ -66,37 +97,33 @@ impl Keys {
         key
     }
 
-    /// The newest lock fence that has written prices: writes with an older
-    /// fence are refused (see [`crate::lock::FencedWriter`]).
-    pub fn price_fence(&self) -> String {
-        format!("{}:price-fence", self.namespace)
-    }
-
-    /// The lock that lets one full recalculation run at a time.
+    /// The lock that lets one full recalculation run at a time, in a hash
+    /// tag of its own: its fence counter, time and owner are this key plus
+    /// a suffix (see [`crate::lock::DistributedLock`]), in the same slot.
     pub fn recalc_lock(&self) -> String {
-        format!("{}:lock:recalculate_all_prices", self.namespace)
+        format!("{{{}:lock:recalculate_all_prices}}", self.namespace)
     }
 
     /// The stream every api-published (and listener-ingested) market event
     /// is appended to; the listeners' consumer group reads it.
     pub fn event_stream(&self) -> String {
-        format!("{}:events:stream", self.namespace)
+        format!("{{{}:events}}:stream", self.namespace)
     }
 
     /// Set once an event's jobs are queued, so a redelivered or duplicate
     /// event is not processed twice.
     pub fn event_done(&self, event_id: &str) -> String {
-        format!("{}:events:done:{event_id}", self.namespace)
+        format!("{{{}:events}}:done:{event_id}", self.namespace)
     }
 
     /// Claimed by the listener replica that ingests a channel-only message.
     pub fn event_ingest_claim(&self, key: &str) -> String {
-        format!("{}:events:claim:{key}", self.namespace)
+        format!("{{{}:events}}:claim:{key}", self.namespace)
     }
 
     /// The capped list of rejected event messages, newest first.
     pub fn event_dead_letters(&self) -> String {
-        format!("{}:events:dead", self.namespace)
+        format!("{{{}:events}}:dead", self.namespace)
     }
 
     /// A pattern matching every price-cache hash of this namespace, for SCAN.
@@ -128,6 +155,47 @@ mod tests {
             keys.price("P-1"),
             format!("pricing:prices:{}", 0x829e_bc95_u32 % PRICE_BUCKETS)
         );
+    }
+
+    #[test]
+    fn keys_used_together_share_a_slot() {
+        let keys = Keys::new("pricing");
+        let events = hash_slot(keys.event_stream().as_bytes());
+        for key in [
+            keys.event_done("01J"),
+            keys.event_ingest_claim("id:01J"),
+            keys.event_dead_letters(),
+        ] {
+            assert_eq!(hash_slot(key.as_bytes()), events, "{key}");
+        }
+        let lock = keys.recalc_lock();
+        for suffix in [":fence", ":since", ":owner"] {
+            assert_eq!(
+                hash_slot(format!("{lock}{suffix}").as_bytes()),
+                hash_slot(lock.as_bytes())
+            );
+        }
+        // The price hashes spread over many slots.
+        let slots: std::collections::HashSet<u16> = (0..PRICE_BUCKETS)
+            .map(|b| hash_slot(keys.price_bucket(b).as_bytes()))
+            .collect();
+        assert!(slots.len() > 200, "{}", slots.len());
+    }
+
+    #[test]
+    fn hash_slots_follow_the_cluster_spec() {
+        // The examples of the Redis Cluster specification and redis-cli's
+        // CLUSTER KEYSLOT.
+        assert_eq!(hash_slot(b"123456789"), 0x31c3);
+        assert_eq!(hash_slot(b"foo"), 12_182);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(
+            hash_slot(b"{user1000}.followers"),
+            hash_slot(b"{user1000}.following")
+        );
+        // An empty tag is no tag: the whole key counts.
+        assert_ne!(hash_slot(b"foo{}{bar}"), hash_slot(b"bar"));
+        assert_eq!(hash_slot(b"foo{{bar}}zap"), hash_slot(b"{bar"));
     }
 
     #[test]

@@ -1,15 +1,28 @@
-//! A small pool of multiplexed, self-reconnecting Redis connections.
+//! A small pool of multiplexed, self-reconnecting Redis connections, to
+//! one server or to a Redis Cluster, in plain TCP or TLS.
 //!
 //! One multiplexed connection already pipelines every concurrent request onto
 //! one socket, so a "pool" here is not a checkout queue: it is a handful of
-//! [`ConnectionManager`]s handed out round-robin, which spreads the parsing
-//! work of a busy process over a few sockets. Handing one out is an `Arc`
-//! clone; no request ever opens a connection of its own.
+//! connections handed out round-robin, which spreads the parsing work of a
+//! busy process over a few sockets. Handing one out is an `Arc` clone; no
+//! request ever opens a connection of its own. Each is a [`Conn`]: a
+//! `ConnectionManager` to one server, or a cluster connection (`REDIS_CLUSTER`)
+//! that follows `MOVED`/`ASK` redirects, refreshes its slot map after a
+//! failover and retries, so callers never see the cluster's topology.
 //!
 //! The connections are created lazily, so a service starts even while Redis
-//! is down (its `/ready` says so). Each manager reconnects by itself after an
-//! I/O error, and every command is bounded by the configured timeout, so a
-//! dead or hung Redis costs a request at most that long.
+//! is down (its `/ready` says so). Each reconnects by itself after an I/O
+//! error, and every command is bounded by the configured timeout, so a dead
+//! or hung Redis costs a request at most that long.
+//!
+//! **TLS**: `rediss://` URLs verify the server against the system's roots,
+//! plus those in `REDIS_CA_FILE` when it is set. [`RedisPool::check_tls`]
+//! tells at startup whether a server's certificate is refused, so a wrong
+//! CA is one clear error instead of a service that never connects.
+//!
+//! **Cluster pub/sub**: a message published on any node reaches the
+//! subscribers of every node, so [`RedisPool::pubsub`] subscribes through
+//! one seed node, the next one each time it is asked again.
 //!
 //! The pool keeps counters that `/metrics` reports as the pool state: its
 //! size, how many connections answered their last command, and how many
@@ -17,8 +30,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisFuture, Value};
 
 use crate::config::RedisSettings;
 
@@ -27,9 +44,96 @@ use crate::config::RedisSettings;
 /// of queueing them behind retries; the next command tries again anyway.
 const RECONNECT_RETRIES: usize = 1;
 
+/// Retries of a command on a cluster connection: redirects (`MOVED`, `ASK`)
+/// and the refresh of the slot map after a failover, within the timeout.
+const CLUSTER_RETRIES: u32 = 4;
+
 /// Response timeout of a [`RedisPool::dedicated`] connection: a pipelined
 /// write of thousands of keys may take longer than one command.
-pub const BULK_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const BULK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection of the pool, or a dedicated one: commands sent through
+/// it go to the one server, or to the cluster node that owns their keys.
+#[derive(Clone)]
+pub enum Conn {
+    /// To one server, reconnecting by itself.
+    Managed(ConnectionManager),
+    /// To one server, for one task (fails once the server is gone).
+    Multiplexed(redis::aio::MultiplexedConnection),
+    /// To a Redis Cluster, connected on first use.
+    Cluster(LazyCluster),
+}
+
+/// A cluster connection opened on its first command, so a pool can be
+/// built without Redis, and opened again if that first attempt failed.
+#[derive(Clone)]
+pub struct LazyCluster {
+    inner: Arc<LazyInner>,
+}
+
+struct LazyInner {
+    client: ClusterClient,
+    config: ClusterConfig,
+    cell: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl LazyCluster {
+    fn new(client: ClusterClient, config: ClusterConfig) -> Self {
+        Self {
+            inner: Arc::new(LazyInner {
+                client,
+                config,
+                cell: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        let inner = &self.inner;
+        inner
+            .cell
+            .get_or_try_init(|| {
+                inner
+                    .client
+                    .get_async_connection_with_config(inner.config.clone())
+            })
+            .await
+            .cloned()
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(async move {
+                let mut conn = c.connection().await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                let mut conn = c.connection().await?;
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
 
 /// A cheaply clonable handle to the pool.
 #[derive(Clone)]
@@ -37,16 +141,30 @@ pub struct RedisPool {
     inner: Arc<Inner>,
 }
 
+/// What the pool connects with.
+enum Clients {
+    Single(redis::Client),
+    Cluster {
+        client: Box<ClusterClient>,
+        /// One client per seed node, for pub/sub.
+        seeds: Vec<redis::Client>,
+        next_seed: AtomicUsize,
+    },
+}
+
 struct Inner {
-    client: redis::Client,
-    timeout: std::time::Duration,
+    clients: Clients,
+    timeout: Duration,
+    wait_replicas: u32,
+    wait_timeout: Duration,
     slots: Vec<Slot>,
     next: AtomicUsize,
     errors: AtomicU64,
+    waits_short: AtomicU64,
 }
 
 struct Slot {
-    conn: ConnectionManager,
+    conn: Conn,
     healthy: AtomicBool,
 }
 
@@ -59,6 +177,8 @@ pub struct PoolState {
     pub healthy: usize,
     /// Commands that failed since start.
     pub errors: u64,
+    /// `WAIT`s that returned before `REDIS_WAIT_REPLICAS` replicas acknowledged.
+    pub waits_short: u64,
 }
 
 /// Remembers which slot a connection came from, so that the outcome of its
@@ -87,56 +207,190 @@ impl Tracker<'_> {
     }
 }
 
+/// The roots to trust for TLS: the system's and `REDIS_CA_FILE`'s, as PEM;
+/// `None` without a CA file (the driver then reads the system's itself).
+fn extra_roots(settings: &RedisSettings) -> redis::RedisResult<Option<redis::TlsCertificates>> {
+    let Some(path) = &settings.ca_file else {
+        return Ok(None);
+    };
+    let mut pem = Vec::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        pem.extend_from_slice(pem_certificate(cert.as_ref()).as_bytes());
+    }
+    pem.extend(std::fs::read(path)?);
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// A DER certificate as PEM.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// A client for one server (or seed node), with the extra roots if any.
+fn single_client(
+    url: &str,
+    roots: &Option<redis::TlsCertificates>,
+) -> redis::RedisResult<redis::Client> {
+    match roots {
+        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+        None => redis::Client::open(url),
+    }
+}
+
 impl RedisPool {
     /// Builds the pool. No connection is opened until the first command.
     pub fn new(settings: &RedisSettings) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(settings.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(settings.timeout);
-        let slots = (0..settings.pool_size.max(1))
-            .map(|_| {
-                Ok(Slot {
-                    conn: ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+        let roots = extra_roots(settings)?;
+        let (clients, slots) = if settings.cluster {
+            let urls = settings.urls();
+            let mut builder = ClusterClient::builder(urls.iter().copied())
+                .connection_timeout(settings.timeout)
+                .response_timeout(settings.timeout)
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(20)
+                .max_retry_wait(settings.timeout.as_millis().max(20) as u64);
+            if let Some(certs) = &roots {
+                builder = builder.certs(certs.clone());
+            }
+            let client = builder.build()?;
+            let seeds = urls
+                .iter()
+                .map(|u| single_client(u, &roots))
+                .collect::<redis::RedisResult<Vec<_>>>()?;
+            let config = ClusterConfig::new()
+                .set_connection_timeout(settings.timeout)
+                .set_response_timeout(settings.timeout);
+            let slots = (0..settings.pool_size.max(1))
+                .map(|_| Slot {
+                    conn: Conn::Cluster(LazyCluster::new(client.clone(), config.clone())),
                     healthy: AtomicBool::new(false),
                 })
-            })
-            .collect::<redis::RedisResult<Vec<_>>>()?;
+                .collect();
+            let clients = Clients::Cluster {
+                client: Box::new(client),
+                seeds,
+                next_seed: AtomicUsize::new(0),
+            };
+            (clients, slots)
+        } else {
+            let client = single_client(settings.url.trim(), &roots)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.timeout))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(RECONNECT_RETRIES)
+                .set_max_delay(settings.timeout);
+            let slots = (0..settings.pool_size.max(1))
+                .map(|_| {
+                    Ok(Slot {
+                        conn: Conn::Managed(ConnectionManager::new_lazy_with_config(
+                            client.clone(),
+                            config.clone(),
+                        )?),
+                        healthy: AtomicBool::new(false),
+                    })
+                })
+                .collect::<redis::RedisResult<Vec<_>>>()?;
+            (Clients::Single(client), slots)
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                clients,
                 timeout: settings.timeout,
+                wait_replicas: settings.wait_replicas,
+                wait_timeout: settings.wait_timeout,
                 slots,
                 next: AtomicUsize::new(0),
                 errors: AtomicU64::new(0),
+                waits_short: AtomicU64::new(0),
             }),
         })
     }
 
+    /// Whether this pool speaks Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.clients, Clients::Cluster { .. })
+    }
+
     /// A new connection of its own, outside the pool, for a task that
-    /// needs connection state (`WATCH`) or sends large bulk writes. Its
-    /// response timeout is [`BULK_RESPONSE_TIMEOUT`] or the pool's, whichever
-    /// is longer. Dropping it closes it.
-    pub async fn dedicated(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.timeout))
-            .set_response_timeout(Some(self.inner.timeout.max(BULK_RESPONSE_TIMEOUT)));
-        let res = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await;
+    /// sends blocking commands or large bulk writes. Its response timeout is
+    /// [`BULK_RESPONSE_TIMEOUT`] or the pool's, whichever is longer.
+    /// Dropping it closes it.
+    pub async fn dedicated(&self) -> redis::RedisResult<Conn> {
+        self.dedicated_with(self.inner.timeout.max(BULK_RESPONSE_TIMEOUT))
+            .await
+    }
+
+    /// [`Self::dedicated`] with this response timeout: a blocking command's
+    /// connection must wait longer than the command blocks.
+    pub async fn dedicated_with(&self, response_timeout: Duration) -> redis::RedisResult<Conn> {
+        let res = match &self.inner.clients {
+            Clients::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.inner.timeout))
+                    .set_response_timeout(Some(response_timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Conn::Multiplexed)
+            }
+            Clients::Cluster { client, .. } => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.inner.timeout)
+                    .set_response_timeout(response_timeout);
+                let lazy = LazyCluster::new(ClusterClient::clone(client), config);
+                lazy.connection().await.map(|_| Conn::Cluster(lazy))
+            }
+        };
         if res.is_err() {
             self.inner.errors.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
 
-    /// A new pub/sub connection (subscriptions need a connection of their own).
+    /// A connection for blocking commands that reconnects by itself and
+    /// waits up to `response_timeout` for an answer; opened on first use.
+    pub fn blocking(&self, response_timeout: Duration) -> redis::RedisResult<Conn> {
+        Ok(match &self.inner.clients {
+            Clients::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.inner.timeout))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(RECONNECT_RETRIES);
+                Conn::Managed(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?)
+            }
+            Clients::Cluster { client, .. } => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.inner.timeout)
+                    .set_response_timeout(response_timeout);
+                Conn::Cluster(LazyCluster::new(ClusterClient::clone(client), config))
+            }
+        })
+    }
+
+    /// A new pub/sub connection (subscriptions need a connection of their
+    /// own); on a cluster, through the next seed node.
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let res = self.inner.client.get_async_pubsub().await;
+        let client = match &self.inner.clients {
+            Clients::Single(client) => client,
+            Clients::Cluster {
+                seeds, next_seed, ..
+            } => &seeds[next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len()],
+        };
+        let res = client.get_async_pubsub().await;
         if res.is_err() {
             self.inner.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -144,12 +398,12 @@ impl RedisPool {
     }
 
     /// The next connection, round-robin, with the tracker for its outcome.
-    pub fn get(&self) -> (ConnectionManager, Tracker<'_>) {
+    pub fn get(&self) -> (Conn, Tracker<'_>) {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         self.slot(slot)
     }
 
-    fn slot(&self, slot: usize) -> (ConnectionManager, Tracker<'_>) {
+    fn slot(&self, slot: usize) -> (Conn, Tracker<'_>) {
         (
             self.inner.slots[slot].conn.clone(),
             Tracker {
@@ -159,8 +413,84 @@ impl RedisPool {
         )
     }
 
-    /// Sends PING on every connection; used by readiness checks. Succeeds
-    /// only if all of them answer.
+    /// After a write on `conn` that must survive a failover, waits until
+    /// `REDIS_WAIT_REPLICAS` replicas hold it, at most `REDIS_WAIT_TIMEOUT_MS`
+    /// (`WAIT`, on the same connection; on a cluster, on every primary,
+    /// answering the fewest). Does nothing when the setting is 0. A `WAIT`
+    /// that comes back short is logged and counted, never an error: the
+    /// write is on the primary either way.
+    pub async fn wait_for_replicas(&self, conn: &mut Conn) {
+        let want = self.inner.wait_replicas;
+        if want == 0 {
+            return;
+        }
+        let acked: redis::RedisResult<u32> = redis::cmd("WAIT")
+            .arg(want)
+            .arg(self.inner.wait_timeout.as_millis() as u64)
+            .query_async(conn)
+            .await;
+        match acked {
+            Ok(n) if n >= want => {}
+            Ok(n) => {
+                self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    replicas = n,
+                    wanted = want,
+                    "a write reached fewer replicas than REDIS_WAIT_REPLICAS in time"
+                );
+            }
+            Err(e) => {
+                self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "WAIT for replicas failed");
+            }
+        }
+    }
+
+    /// Runs commands that each address one key as one pipeline on one
+    /// server; on a cluster, where a pipeline must stay in one hash slot,
+    /// as one pipeline per slot, all at once. The answers come back in the
+    /// order of `cmds`.
+    pub async fn query_keyed(
+        &self,
+        conn: &mut Conn,
+        cmds: Vec<(String, Cmd)>,
+    ) -> redis::RedisResult<Vec<Value>> {
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for (_, cmd) in cmds {
+                pipe.add_command(cmd);
+            }
+            return pipe.query_async(conn).await;
+        }
+        let mut by_slot: std::collections::BTreeMap<u16, (Vec<usize>, redis::Pipeline)> =
+            std::collections::BTreeMap::new();
+        let n = cmds.len();
+        for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+            let (at, pipe) = by_slot
+                .entry(crate::keys::hash_slot(key.as_bytes()))
+                .or_insert_with(|| (Vec::new(), redis::pipe()));
+            at.push(i);
+            pipe.add_command(cmd);
+        }
+        let answers = futures::future::try_join_all(by_slot.into_values().map(|(at, pipe)| {
+            let mut conn = conn.clone();
+            async move {
+                let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((at, values))
+            }
+        }))
+        .await?;
+        let mut out = vec![Value::Nil; n];
+        for (at, values) in answers {
+            for (i, v) in at.into_iter().zip(values) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends PING on every connection (on a cluster, to every primary);
+    /// used by readiness checks. Succeeds only if all of them answer.
     pub async fn ping_all(&self) -> redis::RedisResult<()> {
         for i in 0..self.inner.slots.len() {
             let (mut conn, tracker) = self.slot(i);
@@ -168,6 +498,40 @@ impl RedisPool {
             tracker.track(res)?;
         }
         Ok(())
+    }
+
+    /// With TLS, whether a server refuses to be trusted: opens one
+    /// connection and returns the error when it fails on the server's
+    /// certificate. Any other outcome (success, an unreachable server, no
+    /// TLS) is `Ok`: a service starts while Redis is down, but not with a
+    /// CA that can never verify it.
+    pub async fn check_tls(&self) -> Result<(), String> {
+        let tls = match &self.inner.clients {
+            Clients::Single(c) => matches!(
+                c.get_connection_info().addr(),
+                redis::ConnectionAddr::TcpTls { .. }
+            ),
+            Clients::Cluster { seeds, .. } => seeds.iter().any(|c| {
+                matches!(
+                    c.get_connection_info().addr(),
+                    redis::ConnectionAddr::TcpTls { .. }
+                )
+            }),
+        };
+        if !tls {
+            return Ok(());
+        }
+        let probe = match &self.inner.clients {
+            Clients::Single(c) => c.get_multiplexed_async_connection().await.map(|_| ()),
+            Clients::Cluster { seeds, .. } => match seeds.first() {
+                Some(c) => c.get_multiplexed_async_connection().await.map(|_| ()),
+                None => Ok(()),
+            },
+        };
+        match probe {
+            Err(e) if is_certificate_error(&e) => Err(e.to_string()),
+            _ => Ok(()),
+        }
     }
 
     /// Current pool state.
@@ -181,16 +545,23 @@ impl RedisPool {
                 .filter(|s| s.healthy.load(Ordering::Relaxed))
                 .count(),
             errors: self.inner.errors.load(Ordering::Relaxed),
+            waits_short: self.inner.waits_short.load(Ordering::Relaxed),
         }
     }
 }
 
+/// Whether a connection failed because the server's certificate was refused.
+fn is_certificate_error(e: &redis::RedisError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("certificate") || text.contains("unknownissuer") || text.contains("invalid peer")
+}
+
 /// First pause between connection attempts at startup.
-pub const INITIAL_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+pub const INITIAL_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// Longest pause between connection attempts: long enough not to hammer a
 /// Redis that is restarting, short enough that a service notices within seconds.
-pub const MAX_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// Waits until every pool connection answers PING, retrying with exponential
 /// backoff between [`INITIAL_RECONNECT_DELAY`] and [`MAX_RECONNECT_DELAY`].

@@ -29,8 +29,8 @@ use apalis_core::backend::BackendConfig;
 use apalis_core::backend::finalize::Ephemeral;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::queue::{DeferOutcome, JobError, JobOutcome, Leased, Queue};
+use shared::redis_pool::Conn;
 use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
 
 /// How long one blocking wait for new work lasts before it is renewed.
@@ -192,7 +192,7 @@ pub struct RedisBackend {
     worker_id: String,
     prefetch: usize,
     inflight: InFlight,
-    blocking: ConnectionManager,
+    blocking: Conn,
     buffer: VecDeque<Leased>,
     fetch: Option<BoxFuture<'static, Vec<Leased>>>,
 }
@@ -201,19 +201,15 @@ impl RedisBackend {
     /// A backend leasing from `queue` as `worker_id`, `prefetch` jobs at a time.
     pub fn new(
         queue: Queue,
-        redis_url: &str,
         worker_id: String,
         prefetch: usize,
         inflight: InFlight,
     ) -> redis::RedisResult<Self> {
         // Blocking commands get their own connection: on a shared
         // multiplexed one they would hold up every command behind them.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(BLOCK_TIMEOUT + Duration::from_secs(3)))
-            .set_number_of_retries(1);
-        let blocking =
-            ConnectionManager::new_lazy_with_config(redis::Client::open(redis_url)?, config)?;
+        let blocking = queue
+            .pool()
+            .blocking(BLOCK_TIMEOUT + Duration::from_secs(3))?;
         Ok(Self {
             completer: Completer::spawn(queue.clone()),
             queue,
@@ -230,7 +226,7 @@ impl RedisBackend {
 /// Leases at least one job, waiting (and riding out Redis outages) as long as it takes.
 async fn lease_some(
     queue: Queue,
-    mut blocking: ConnectionManager,
+    mut blocking: Conn,
     worker_id: String,
     n: usize,
     inflight: InFlight,

@@ -187,12 +187,11 @@ impl Worker {
                 }
                 let backend = RedisBackend::new(
                     queue.clone(),
-                    &settings.redis.url,
                     id.clone(),
                     settings.prefetch,
                     inflight.clone(),
                 )
-                .expect("REDIS_URL was validated at startup");
+                .expect("the pool's client was built at startup");
                 WorkerBuilder::new(format!("{id}#{restarts}"))
                     .backend(backend)
                     .data(shared.clone())

@@ -11,7 +11,7 @@ const PATH: &str = "/api/v1/publish-market-event";
 async fn stream_len(app: &crate::helpers::TestApp) -> u64 {
     let mut conn = app.redis.connection().await;
     redis::cmd("XLEN")
-        .arg(format!("{}:events:stream", app.namespace))
+        .arg(shared::keys::Keys::new(&app.namespace).event_stream())
         .query_async(&mut conn)
         .await
         .unwrap()
@@ -20,7 +20,7 @@ async fn stream_len(app: &crate::helpers::TestApp) -> u64 {
 async fn last_stream_event(app: &crate::helpers::TestApp) -> serde_json::Value {
     let mut conn = app.redis.connection().await;
     let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(format!("{}:events:stream", app.namespace))
+        .arg(shared::keys::Keys::new(&app.namespace).event_stream())
         .arg("+")
         .arg("-")
         .arg("COUNT")

@@ -245,7 +245,7 @@ pub async fn wait_for_subscriber(redis: &RedisServer, channel: &str) {
 pub async fn stream_len(redis: &RedisServer) -> u64 {
     let mut conn = redis.connection().await;
     redis::cmd("XLEN")
-        .arg(format!("{NS}:events:stream"))
+        .arg(shared::keys::Keys::new(NS).event_stream())
         .query_async(&mut conn)
         .await
         .unwrap()
@@ -255,7 +255,7 @@ pub async fn stream_len(redis: &RedisServer) -> u64 {
 pub async fn stream_pending(redis: &RedisServer) -> u64 {
     let mut conn = redis.connection().await;
     let info: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
-        .arg(format!("{NS}:events:stream"))
+        .arg(shared::keys::Keys::new(NS).event_stream())
         .arg("listeners")
         .query_async(&mut conn)
         .await;

@@ -443,7 +443,11 @@ async fn two_listeners_queue_each_event_once() {
 
 #[tokio::test]
 async fn a_redis_restart_with_aof_loses_no_events() {
-    let mut redis = RedisServer::start_with(RedisOptions { aof: true }).await;
+    let mut redis = RedisServer::start_with(RedisOptions {
+        aof: true,
+        ..Default::default()
+    })
+    .await;
     let (store, _dir, url) = seeded_store(100).await;
     let demand = |i: u32| {
         event(
@@ -532,13 +536,13 @@ async fn a_burst_is_coalesced_and_keeps_every_events_data() {
     eventually(LONG, "all events processed", || async {
         let mut conn = redis.connection().await;
         let info: redis::Value = redis::cmd("XPENDING")
-            .arg(format!("{NS}:events:stream"))
+            .arg(shared::keys::Keys::new(NS).event_stream())
             .arg("listeners")
             .query_async(&mut conn)
             .await
             .unwrap();
         let read: u64 = redis::cmd("XLEN")
-            .arg(format!("{NS}:events:stream"))
+            .arg(shared::keys::Keys::new(NS).event_stream())
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -604,7 +608,7 @@ async fn entries_a_stopped_listener_left_unacknowledged_are_taken_over() {
     let mut conn = redis.connection().await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(format!("{NS}:events:stream"))
+        .arg(shared::keys::Keys::new(NS).event_stream())
         .arg("listeners")
         .arg("0")
         .arg("MKSTREAM")
@@ -626,14 +630,14 @@ async fn entries_a_stopped_listener_left_unacknowledged_are_taken_over() {
         .arg("COUNT")
         .arg(10)
         .arg("STREAMS")
-        .arg(format!("{NS}:events:stream"))
+        .arg(shared::keys::Keys::new(NS).event_stream())
         .arg(">")
         .query_async(&mut conn)
         .await
         .unwrap();
     for id in &ids {
         let _: () = redis::cmd("SET")
-            .arg(format!("{NS}:events:done:{id}"))
+            .arg(shared::keys::Keys::new(NS).event_done(id))
             .arg("dead-listener")
             .arg("PX")
             .arg(600_000)
@@ -681,7 +685,7 @@ async fn an_event_claimed_by_another_live_consumer_is_skipped_unless_taken_over(
     // Another consumer holds a copy of the same event (a client retried its
     // publish) and is processing it right now.
     let _: () = redis::cmd("SET")
-        .arg(format!("{NS}:events:done:{}", e.event_id))
+        .arg(shared::keys::Keys::new(NS).event_done(&e.event_id))
         .arg("other")
         .arg("PX")
         .arg(600_000)
@@ -746,7 +750,7 @@ async fn the_dead_letter_list_is_capped_and_every_rejection_is_counted() {
     .await;
     let mut conn = redis.connection().await;
     let kept: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{NS}:events:dead"))
+        .arg(shared::keys::Keys::new(NS).event_dead_letters())
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
@@ -775,7 +779,7 @@ async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
         "live".into(),
         Duration::from_secs(30),
     );
-    let mut conn = redis.connection().await;
+    let mut conn = pool(&redis).dedicated().await.unwrap();
     bridge.ensure_group(&mut conn).await.unwrap();
     // A stopped listener that holds nothing, one that still holds an entry.
     bus(&redis)
@@ -794,7 +798,7 @@ async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
         let stream_id = if count > 0 { ">" } else { "0" };
         let _: redis::Value = read
             .arg("STREAMS")
-            .arg(format!("{NS}:events:stream"))
+            .arg(shared::keys::Keys::new(NS).event_stream())
             .arg(stream_id)
             .query_async(&mut conn)
             .await
@@ -809,7 +813,7 @@ async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
     assert_eq!(removed, 1);
     let left: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(format!("{NS}:events:stream"))
+        .arg(shared::keys::Keys::new(NS).event_stream())
         .arg("listeners")
         .query_async(&mut conn)
         .await

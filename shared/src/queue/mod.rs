@@ -1009,7 +1009,7 @@ impl Queue {
     /// where it was.
     pub async fn wait_for_work(
         &self,
-        blocking: &mut redis::aio::ConnectionManager,
+        blocking: &mut crate::redis_pool::Conn,
         timeout: Duration,
     ) -> Result<bool, QueueError> {
         let got: Option<String> = redis::cmd("BLMOVE")

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod cluster;
 pub mod postgres;
 pub mod tls;
+pub use cluster::{RedisCluster, RedisKind, TestRedis};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use tls::TestCa;
 
@@ -33,6 +35,21 @@ pub struct RedisOptions {
     /// Persist with an append-only file (`appendfsync always`), so that a
     /// restart keeps every acknowledged write.
     pub aof: bool,
+    /// Serve TLS only (`--tls-port`, no plain port), with this certificate
+    /// and key, PEM; clients are not asked for certificates. The URL is then
+    /// `rediss://`, and [`RedisServer::connection`] trusts `ca_pem`.
+    pub tls: Option<RedisTls>,
+}
+
+/// The TLS files of a test Redis, PEM.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// The server's certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The CA that issued it, which the harness's own connections trust.
+    pub ca_pem: String,
 }
 
 /// A real redis-server on a free loopback port.
@@ -66,9 +83,9 @@ impl RedisServer {
         panic!("could not start redis-server on a free port after 20 attempts");
     }
 
-    /// The server's URL, e.g. `redis://127.0.0.1:40123`.
+    /// The server's URL, e.g. `redis://127.0.0.1:40123` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        url_of(self.port, &self.options)
     }
 
     /// The server's port.
@@ -105,8 +122,7 @@ impl RedisServer {
 
     /// A fresh async connection, for assertions.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("redis url")
+        harness_client(self.port, &self.options)
             .get_multiplexed_async_connection()
             .await
             .expect("connect to test redis")
@@ -126,14 +142,60 @@ impl Drop for RedisServer {
     }
 }
 
+fn url_of(port: u16, options: &RedisOptions) -> String {
+    let scheme = if options.tls.is_some() {
+        "rediss"
+    } else {
+        "redis"
+    };
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
+/// A client of the test server for the harness itself, trusting its CA.
+fn harness_client(port: u16, options: &RedisOptions) -> redis::Client {
+    let url = url_of(port, options);
+    match &options.tls {
+        None => redis::Client::open(url),
+        Some(tls) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(tls.ca_pem.clone().into_bytes()),
+            },
+        ),
+    }
+    .expect("test redis url")
+}
+
 /// Starts redis-server on `port` and waits until it answers; `None` if it
 /// exited (most likely because the port was taken meanwhile) or never answered.
 async fn spawn_and_wait(port: u16, dir: &Path, options: &RedisOptions) -> Option<Child> {
     let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
     let mut cmd = Command::new(bin);
-    cmd.arg("--port")
-        .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+    match &options.tls {
+        None => {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        Some(tls) => {
+            for (name, pem) in [
+                ("server.crt", &tls.cert_pem),
+                ("server.key", &tls.key_pem),
+                ("ca.crt", &tls.ca_pem),
+            ] {
+                std::fs::write(dir.join(name), pem).expect("write the TLS files");
+            }
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        }
+    }
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
         .args(["--protected-mode", "yes", "--loglevel", "warning"])
         .arg("--dir")
         .arg(dir);
@@ -148,13 +210,13 @@ async fn spawn_and_wait(port: u16, dir: &Path, options: &RedisOptions) -> Option
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (apt-get install redis-server)");
-    let url = format!("redis://127.0.0.1:{port}");
+    let client = harness_client(port, options);
     let deadline = Instant::now() + STARTUP_DEADLINE;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return None;
         }
-        if ping(&url).await {
+        if ping(&client).await {
             return Some(child);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -164,10 +226,7 @@ async fn spawn_and_wait(port: u16, dir: &Path, options: &RedisOptions) -> Option
     None
 }
 
-async fn ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
+async fn ping(client: &redis::Client) -> bool {
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
         return false;
     };

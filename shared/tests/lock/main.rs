@@ -1,4 +1,5 @@
-//! The distributed lock against a real redis-server.
+//! The distributed lock and fenced writes, against a real redis-server and
+//! a real Redis Cluster (`redis_suite!`: each test runs on both).
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
@@ -6,14 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use shared::config::RedisSettings;
-use shared::lock::{DistributedLock, FencedWriter};
-use shared::redis_pool::RedisPool;
-use shared::testing::RedisServer;
+use shared::lock::{DistributedLock, FENCE_FIELD, FencedWriter};
+use shared::testing::{RedisKind, TestRedis};
 
-fn pool(redis: &RedisServer) -> RedisPool {
-    RedisPool::new(&RedisSettings::for_url(redis.url(), "lk")).unwrap()
-}
+shared::redis_suite!(
+    fifty_concurrent_triggers_never_hold_the_lock_together,
+    a_crashed_holders_lock_expires,
+    the_watchdog_keeps_a_long_holders_lock,
+    a_dropped_guard_releases_its_lock_without_waiting_for_the_ttl,
+    the_holder_reports_its_owner_and_when_it_took_the_lock,
+    only_the_holder_can_release,
+    a_holder_that_lost_its_lock_cannot_overwrite_newer_writes,
+    a_stale_writer_racing_a_newer_one_never_overwrites_it,
+);
 
 /// Polls (bounded) until the lock can be taken.
 async fn acquire_eventually(lock: &DistributedLock) -> shared::lock::LockGuard {
@@ -26,10 +32,9 @@ async fn acquire_eventually(lock: &DistributedLock) -> shared::lock::LockGuard {
     panic!("the lock never became free");
 }
 
-#[tokio::test]
-async fn fifty_concurrent_triggers_never_hold_the_lock_together() {
-    let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:recalc", Duration::from_secs(5));
+async fn fifty_concurrent_triggers_never_hold_the_lock_together(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let lock = DistributedLock::new(redis.pool("lk"), "lk:recalc", Duration::from_secs(5));
     let holders = Arc::new(AtomicUsize::new(0));
     let max_seen = Arc::new(AtomicUsize::new(0));
     let fences = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -70,10 +75,9 @@ async fn fifty_concurrent_triggers_never_hold_the_lock_together() {
     assert_eq!(fences.len(), n, "a fence was handed out twice");
 }
 
-#[tokio::test]
-async fn a_crashed_holders_lock_expires() {
-    let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:crash", Duration::from_millis(300));
+async fn a_crashed_holders_lock_expires(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let lock = DistributedLock::new(redis.pool("lk"), "lk:crash", Duration::from_millis(300));
     let first = lock.try_acquire().await.unwrap().unwrap();
     assert!(lock.try_acquire().await.unwrap().is_none());
 
@@ -84,10 +88,9 @@ async fn a_crashed_holders_lock_expires() {
     assert!(second.release().await.unwrap());
 }
 
-#[tokio::test]
-async fn the_watchdog_keeps_a_long_holders_lock() {
-    let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:long", Duration::from_secs(1));
+async fn the_watchdog_keeps_a_long_holders_lock(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let lock = DistributedLock::new(redis.pool("lk"), "lk:long", Duration::from_secs(1));
     let guard = lock.try_acquire().await.unwrap().unwrap();
 
     // Three and a half TTLs later, nobody else has been able to take it.
@@ -100,10 +103,9 @@ async fn the_watchdog_keeps_a_long_holders_lock() {
     assert!(lock.try_acquire().await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn a_dropped_guard_releases_its_lock_without_waiting_for_the_ttl() {
-    let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:dropped", Duration::from_secs(3600));
+async fn a_dropped_guard_releases_its_lock_without_waiting_for_the_ttl(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let lock = DistributedLock::new(redis.pool("lk"), "lk:dropped", Duration::from_secs(3600));
     let guard = lock.try_acquire().await.unwrap().unwrap();
 
     drop(guard); // a cancelled job: no explicit release
@@ -113,12 +115,11 @@ async fn a_dropped_guard_releases_its_lock_without_waiting_for_the_ttl() {
     assert!(again.release().await.unwrap());
 }
 
-#[tokio::test]
-async fn the_holder_reports_its_owner_and_when_it_took_the_lock() {
-    let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:holder", Duration::from_secs(5));
+async fn the_holder_reports_its_owner_and_when_it_took_the_lock(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let lock = DistributedLock::new(redis.pool("lk"), "lk:holder", Duration::from_secs(5));
     assert_eq!(lock.holder().await.unwrap(), None);
-    let mut conn = redis.connection().await;
+    let (mut conn, _) = redis.pool("lk").get();
     let before: (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
 
     let guard = lock.try_acquire_for("job-42").await.unwrap().unwrap();
@@ -130,10 +131,9 @@ async fn the_holder_reports_its_owner_and_when_it_took_the_lock() {
     assert_eq!(lock.holder().await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn only_the_holder_can_release() {
-    let redis = RedisServer::start().await;
-    let lock = DistributedLock::new(pool(&redis), "lk:owner", Duration::from_secs(5));
+async fn only_the_holder_can_release(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let lock = DistributedLock::new(redis.pool("lk"), "lk:owner", Duration::from_secs(5));
     let guard = lock.try_acquire().await.unwrap().unwrap();
 
     assert!(!lock.release_token("someone-else").await.unwrap());
@@ -144,10 +144,9 @@ async fn only_the_holder_can_release() {
     assert!(guard.release().await.unwrap());
 }
 
-#[tokio::test]
-async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
-    let redis = RedisServer::start().await;
-    let p = pool(&redis);
+async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let p = redis.pool("lk");
     let lock = DistributedLock::new(p.clone(), "lk:fenced", Duration::from_millis(200));
     let stale = lock.try_acquire().await.unwrap().unwrap();
     let stale_fence = stale.fence();
@@ -156,7 +155,6 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
 
     let fresh = acquire_eventually(&lock).await;
     assert!(fresh.fence() > stale_fence);
-    let fence_key = "lk:fenced:written";
     let ttl = Duration::from_secs(60);
     let one = |value: &str| {
         vec![(
@@ -166,7 +164,7 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     };
     let new = one("new");
     assert_eq!(
-        FencedWriter::connect(&p, fence_key, fresh.fence(), ttl)
+        FencedWriter::connect(&p, fresh.fence(), ttl)
             .await
             .unwrap()
             .write(&new)
@@ -178,7 +176,7 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     // The stale holder wakes up and tries to write and release.
     let old = one("old");
     assert_eq!(
-        FencedWriter::connect(&p, fence_key, stale_fence, ttl)
+        FencedWriter::connect(&p, stale_fence, ttl)
             .await
             .unwrap()
             .write(&old)
@@ -188,7 +186,7 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     );
     assert!(!lock.release_token(&stale_token).await.unwrap());
 
-    let mut conn = redis.connection().await;
+    let (mut conn, _) = p.get();
     let value: String = redis::cmd("HGET")
         .arg("lk:prices:0")
         .arg("P-1")
@@ -206,11 +204,10 @@ async fn a_holder_that_lost_its_lock_cannot_overwrite_newer_writes() {
     assert!(fresh.release().await.unwrap());
 }
 
-#[tokio::test]
-async fn a_stale_writer_racing_a_newer_one_never_overwrites_it() {
-    let redis = RedisServer::start().await;
-    let p = pool(&redis);
-    let (fence_key, ttl) = ("lk:race:written", Duration::from_secs(60));
+async fn a_stale_writer_racing_a_newer_one_never_overwrites_it(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let p = redis.pool("lk");
+    let ttl = Duration::from_secs(60);
     // Page i: 200 fields over two hashes.
     let page = |tag: &str, i: usize| -> Vec<(String, Vec<(String, String)>)> {
         (0..2)
@@ -227,7 +224,7 @@ async fn a_stale_writer_racing_a_newer_one_never_overwrites_it() {
     let stale = {
         let p = p.clone();
         tokio::spawn(async move {
-            let mut w = FencedWriter::connect(&p, fence_key, 1, ttl).await.unwrap();
+            let mut w = FencedWriter::connect(&p, 1, ttl).await.unwrap();
             let mut round = 0usize;
             loop {
                 for i in 0..20 {
@@ -239,21 +236,23 @@ async fn a_stale_writer_racing_a_newer_one_never_overwrites_it() {
             }
         })
     };
-    let mut fresh = FencedWriter::connect(&p, fence_key, 2, ttl).await.unwrap();
+    let mut fresh = FencedWriter::connect(&p, 2, ttl).await.unwrap();
     for i in 0..20 {
         assert_eq!(fresh.write(&page("new", i)).await.unwrap(), Some(200));
     }
     stale.await.unwrap();
 
     // Whatever the interleaving, every field holds the newer holder's value.
-    let mut conn = redis.connection().await;
+    let (mut conn, _) = p.get();
     for h in 0..2 {
-        let values: Vec<String> = redis::cmd("HVALS")
+        let mut fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(format!("lk:race:{h}"))
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(values.len(), 2_000);
-        assert!(values.iter().all(|v| v == "new"), "a stale write won");
+        // The hash remembers the newest fence that wrote it.
+        assert_eq!(fields.remove(FENCE_FIELD).as_deref(), Some("2"));
+        assert_eq!(fields.len(), 2_000);
+        assert!(fields.values().all(|v| v == "new"), "a stale write won");
     }
 }

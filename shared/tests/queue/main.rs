@@ -1,30 +1,45 @@
-//! The queue's Redis operations against a real redis-server.
+//! The queue's Redis operations against a real redis-server and a real
+//! Redis Cluster (`redis_suite!`: each test runs on both), covering every
+//! queue script.
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 use std::time::Duration;
 
 use serde_json::json;
-use shared::config::RedisSettings;
 use shared::queue::{
     Backoff, CancelOutcome, DeferOutcome, JobState, NewJob, Noop, Queue, QueueSettings,
     ResurrectOutcome, RetryPolicy, Sleep,
 };
-use shared::redis_pool::RedisPool;
-use shared::testing::RedisServer;
+use shared::testing::{RedisKind, TestRedis};
 
-async fn queue_with(redis: &RedisServer, settings: QueueSettings) -> Queue {
-    let pool = RedisPool::new(&RedisSettings::for_url(redis.url(), "t")).unwrap();
-    Queue::new(pool, "t", "default", settings)
+async fn queue_with(redis: &TestRedis, settings: QueueSettings) -> Queue {
+    Queue::new(redis.pool("t"), "t", "default", settings)
 }
 
 fn noop() -> NewJob {
     NewJob::of(&Noop {}).unwrap()
 }
 
-#[tokio::test]
-async fn a_job_is_fetched_once_and_its_result_recorded() {
-    let redis = RedisServer::start().await;
+shared::redis_suite!(
+    a_job_is_fetched_once_and_its_result_recorded,
+    only_the_attempt_holding_the_lease_reports_progress,
+    an_unknown_id_is_not_found_never_pending,
+    a_unique_key_returns_the_pending_job_with_default_settings,
+    a_deferred_job_keeps_its_unique_key_and_its_attempts,
+    a_deferred_job_is_coalesced_into_a_newer_waiting_one,
+    a_requeued_or_retrying_job_holds_its_unique_key,
+    delayed_jobs_wait_until_due,
+    cancel_stops_pending_and_scheduled_jobs_and_refuses_running_ones,
+    an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it,
+    retries_wait_in_the_delayed_set_and_the_dead_set_can_requeue,
+    finished_records_expire_and_memory_returns_to_its_baseline,
+    a_batch_of_outcomes_refuses_only_the_stale_lease,
+    an_unreadable_record_is_buried_and_the_rest_of_the_batch_runs,
+);
+
+async fn a_job_is_fetched_once_and_its_result_recorded(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
 
     let pushed = q.push(noop()).await.unwrap();
@@ -58,9 +73,8 @@ async fn a_job_is_fetched_once_and_its_result_recorded() {
     );
 }
 
-#[tokio::test]
-async fn only_the_attempt_holding_the_lease_reports_progress() {
-    let redis = RedisServer::start().await;
+async fn only_the_attempt_holding_the_lease_reports_progress(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let pushed = q.push(noop()).await.unwrap();
     let leased = q.fetch("w1", 1).await.unwrap().remove(0);
@@ -105,9 +119,8 @@ async fn only_the_attempt_holding_the_lease_reports_progress() {
     );
 }
 
-#[tokio::test]
-async fn an_unknown_id_is_not_found_never_pending() {
-    let redis = RedisServer::start().await;
+async fn an_unknown_id_is_not_found_never_pending(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     assert!(
         q.status("01JUNKNOWN0000000000000000")
@@ -118,9 +131,8 @@ async fn an_unknown_id_is_not_found_never_pending() {
     assert_eq!(q.cancel("nope").await.unwrap(), CancelOutcome::NotFound);
 }
 
-#[tokio::test]
-async fn a_unique_key_returns_the_pending_job_with_default_settings() {
-    let redis = RedisServer::start().await;
+async fn a_unique_key_returns_the_pending_job_with_default_settings(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
 
     let first = q.push(noop().unique("recalc-all")).await.unwrap();
@@ -138,9 +150,8 @@ async fn a_unique_key_returns_the_pending_job_with_default_settings() {
     assert_ne!(third.id, first.id);
 }
 
-#[tokio::test]
-async fn a_deferred_job_keeps_its_unique_key_and_its_attempts() {
-    let redis = RedisServer::start().await;
+async fn a_deferred_job_keeps_its_unique_key_and_its_attempts(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let first = q.push(noop().unique("recalc-all")).await.unwrap();
     let leased = q.fetch("w", 10).await.unwrap();
@@ -185,9 +196,8 @@ async fn a_deferred_job_keeps_its_unique_key_and_its_attempts() {
     );
 }
 
-#[tokio::test]
-async fn a_deferred_job_is_coalesced_into_a_newer_waiting_one() {
-    let redis = RedisServer::start().await;
+async fn a_deferred_job_is_coalesced_into_a_newer_waiting_one(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let first = q.push(noop().unique("recalc-all")).await.unwrap();
     let leased = q.fetch("w", 10).await.unwrap();
@@ -214,9 +224,8 @@ async fn a_deferred_job_is_coalesced_into_a_newer_waiting_one() {
     assert_eq!((depths.pending, depths.delayed, depths.running), (1, 0, 0));
 }
 
-#[tokio::test]
-async fn a_requeued_or_retrying_job_holds_its_unique_key() {
-    let redis = RedisServer::start().await;
+async fn a_requeued_or_retrying_job_holds_its_unique_key(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let first = q.push(noop().unique("recalc-all")).await.unwrap();
     let leased = q.fetch("w", 10).await.unwrap();
@@ -238,9 +247,8 @@ async fn a_requeued_or_retrying_job_holds_its_unique_key() {
     assert_eq!(again.id, first.id);
 }
 
-#[tokio::test]
-async fn delayed_jobs_wait_until_due() {
-    let redis = RedisServer::start().await;
+async fn delayed_jobs_wait_until_due(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let later = q
         .push(noop().countdown(Duration::from_secs(3600)))
@@ -269,9 +277,8 @@ async fn delayed_jobs_wait_until_due() {
     assert_eq!(leased[0].id, soon.id);
 }
 
-#[tokio::test]
-async fn cancel_stops_pending_and_scheduled_jobs_and_refuses_running_ones() {
-    let redis = RedisServer::start().await;
+async fn cancel_stops_pending_and_scheduled_jobs_and_refuses_running_ones(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let pending = q.push(noop()).await.unwrap();
     let scheduled = q
@@ -302,9 +309,8 @@ async fn cancel_stops_pending_and_scheduled_jobs_and_refuses_running_ones() {
     assert_eq!(q.depths().await.unwrap().delayed, 0);
 }
 
-#[tokio::test]
-async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it() {
-    let redis = RedisServer::start().await;
+async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let settings = QueueSettings {
         lease: Duration::from_secs(1),
         ..QueueSettings::default()
@@ -360,9 +366,8 @@ async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it() {
     assert_eq!(lost[0], stale.id);
 }
 
-#[tokio::test]
-async fn retries_wait_in_the_delayed_set_and_the_dead_set_can_requeue() {
-    let redis = RedisServer::start().await;
+async fn retries_wait_in_the_delayed_set_and_the_dead_set_can_requeue(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let policy = RetryPolicy {
         max_attempts: 2,
@@ -426,16 +431,15 @@ async fn retries_wait_in_the_delayed_set_and_the_dead_set_can_requeue() {
     );
 }
 
-#[tokio::test]
-async fn finished_records_expire_and_memory_returns_to_its_baseline() {
-    let redis = RedisServer::start().await;
+async fn finished_records_expire_and_memory_returns_to_its_baseline(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let settings = QueueSettings {
         result_retention: Duration::from_millis(200),
         dead_retention: Duration::from_millis(200),
         ..QueueSettings::default()
     };
     let q = queue_with(&redis, settings).await;
-    let mut conn = redis.connection().await;
+    let (mut conn, _) = redis.pool("t").get();
 
     for round in 0..3 {
         let jobs: Vec<NewJob> = (0..500).map(|_| noop()).collect();
@@ -468,9 +472,8 @@ async fn finished_records_expire_and_memory_returns_to_its_baseline() {
     }
 }
 
-#[tokio::test]
-async fn a_batch_of_outcomes_refuses_only_the_stale_lease() {
-    let redis = RedisServer::start().await;
+async fn a_batch_of_outcomes_refuses_only_the_stale_lease(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let jobs: Vec<NewJob> = (0..3).map(|_| noop()).collect();
     q.push_bulk(&jobs).await.unwrap();
@@ -496,9 +499,8 @@ async fn a_batch_of_outcomes_refuses_only_the_stale_lease() {
     assert_eq!(q.depths().await.unwrap().succeeded_total, 2);
 }
 
-#[tokio::test]
-async fn an_unreadable_record_is_buried_and_the_rest_of_the_batch_runs() {
-    let redis = RedisServer::start().await;
+async fn an_unreadable_record_is_buried_and_the_rest_of_the_batch_runs(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let jobs: Vec<NewJob> = (0..3).map(|_| noop()).collect();
     let ids: Vec<String> = q
@@ -508,7 +510,7 @@ async fn an_unreadable_record_is_buried_and_the_rest_of_the_batch_runs() {
         .into_iter()
         .map(|p| p.id)
         .collect();
-    let mut conn = redis.connection().await;
+    let (mut conn, _) = redis.pool("t").get();
     let _: () = redis::cmd("HSET")
         .arg("{t:default}:jobs")
         .arg(&ids[1])

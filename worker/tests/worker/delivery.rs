@@ -189,7 +189,11 @@ async fn a_heartbeat_keeps_a_long_job_from_running_twice() {
 
 #[tokio::test]
 async fn workers_resume_after_a_redis_restart_and_lose_nothing_with_aof() {
-    let mut redis = RedisServer::start_with(RedisOptions { aof: true }).await;
+    let mut redis = RedisServer::start_with(RedisOptions {
+        aof: true,
+        ..Default::default()
+    })
+    .await;
     let q = queue(&redis, QueueSettings::default());
     let w = start(
         settings(&redis, QueueSettings::default()),
