@@ -39,7 +39,7 @@ impl Application {
         settings: &Settings,
         store: Arc<dyn CatalogStore>,
     ) -> anyhow::Result<Self> {
-        let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let pool = RedisPool::open(&settings.redis).await?;
         let queue = Queue::new(
             pool.clone(),
             &settings.redis.namespace,

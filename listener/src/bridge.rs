@@ -457,9 +457,13 @@ impl Bridge {
         let mut delay = shared::redis_pool::INITIAL_RECONNECT_DELAY;
         let mut attempt = 1;
         let won: Vec<redis::Value> = loop {
-            let (mut conn, tracker) = self.pool.get();
+            let (mut conn, tracker) = self.pool.get_durable();
             match tracker.track(pipe.query_async(&mut conn).await) {
-                Ok(won) => break won,
+                Ok(won) => {
+                    // Ingested events must survive a failover (REDIS_WAIT_REPLICAS).
+                    self.pool.wait_for_replicas(&mut conn, &self.stream).await;
+                    break won;
+                }
                 Err(e) if attempt < INGEST_ATTEMPTS => {
                     tracing::warn!(error = %e, messages = sent.len(), retry_in = ?delay, "cannot ingest channel messages; retrying");
                     tokio::time::sleep(delay).await;

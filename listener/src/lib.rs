@@ -85,7 +85,7 @@ impl Listener {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // The error names DATABASE_URL (password hidden) and the cause in one line.
         let store = shared::store::open(&settings.database).await?;
-        let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let pool = RedisPool::open(&settings.redis).await?;
         let keys = Keys::new(&settings.redis.namespace);
         let queue = Queue::new(
             pool.clone(),

@@ -423,11 +423,11 @@ async fn a_recalculate_all_trigger_is_one_trace_from_api_to_worker() {
 
     let resp = post(&services_up.api, "/api/v1/tasks/recalculate-all", "").await;
     assert_eq!(resp.status(), 202);
-    // The page's commands: one fenced script per cache hash it fills.
+    // The page's commands: an HSET and a PEXPIRE per cache hash it fills.
     let hashes: std::collections::HashSet<u32> = (1..=20)
         .map(|i| shared::keys::price_bucket_of(&format!("P-{i}")))
         .collect();
-    let commands = hashes.len().to_string();
+    let commands = (2 * hashes.len()).to_string();
 
     let spans = wait_for_trace(
         &rx,

@@ -573,7 +573,7 @@ impl EventBus {
     /// (`XADD … MAXLEN ~ n`, then `PUBLISH`).
     pub async fn publish(&self, event: &MarketEvent) -> redis::RedisResult<Published> {
         let payload = event.encode(true);
-        let (mut conn, tracker) = self.pool.get();
+        let (mut conn, tracker) = self.pool.get_durable();
         let (entry, receivers): (String, u64) = tracker.track(
             redis::pipe()
                 .cmd("XADD")
@@ -591,6 +591,8 @@ impl EventBus {
                 .instrument(redis_span("XADD PUBLISH", "BATCH"))
                 .await,
         )?;
+        // An accepted event must survive a failover (REDIS_WAIT_REPLICAS).
+        self.pool.wait_for_replicas(&mut conn, &self.stream).await;
         let appended_ms = entry
             .split('-')
             .next()

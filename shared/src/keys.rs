@@ -97,6 +97,14 @@ impl Keys {
         key
     }
 
+    /// On one server, the newest lock fence that has written prices:
+    /// writes with an older fence are refused (see
+    /// [`crate::lock::FencedWriter`]; a cluster keeps the fence in each
+    /// price hash instead).
+    pub fn price_fence(&self) -> String {
+        format!("{}:price-fence", self.namespace)
+    }
+
     /// The lock that lets one full recalculation run at a time, in a hash
     /// tag of its own: its fence counter, time and owner are this key plus
     /// a suffix (see [`crate::lock::DistributedLock`]), in the same slot.

@@ -159,13 +159,45 @@ struct Inner {
     wait_timeout: Duration,
     slots: Vec<Slot>,
     next: AtomicUsize,
+    /// Connections for writes followed by `WAIT` (empty without
+    /// `REDIS_WAIT_REPLICAS`): `WAIT` blocks its connection, so it must
+    /// never hold up the reads multiplexed on the others.
+    durable: Vec<Slot>,
+    next_durable: AtomicUsize,
     errors: AtomicU64,
     waits_short: AtomicU64,
+    /// Until when (ms since `started`) `WAIT` is skipped after a short one.
+    skip_wait_until_ms: AtomicU64,
+    started: std::time::Instant,
 }
+
+/// How long writes skip `WAIT` after one came back short: a primary whose
+/// replica is gone would otherwise make every durable write wait out
+/// `REDIS_WAIT_TIMEOUT_MS`, for nothing until the replica is back.
+pub const SKIP_WAIT_AFTER_SHORT: Duration = Duration::from_secs(1);
 
 struct Slot {
     conn: Conn,
     healthy: AtomicBool,
+}
+
+impl Slot {
+    fn new(conn: Conn) -> Self {
+        Self {
+            conn,
+            healthy: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Why [`RedisPool::open`] failed: one line, naming the setting to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use Redis ({setting}): {reason}")]
+pub struct OpenError {
+    /// `REDIS_URL` or `REDIS_CA_FILE`.
+    pub setting: &'static str,
+    /// What went wrong.
+    pub reason: String,
 }
 
 /// A snapshot of the pool for `/metrics`.
@@ -185,7 +217,7 @@ pub struct PoolState {
 /// command can be recorded in the pool state.
 pub struct Tracker<'a> {
     pool: &'a Inner,
-    slot: usize,
+    slot: &'a Slot,
 }
 
 impl Tracker<'_> {
@@ -200,9 +232,7 @@ impl Tracker<'_> {
         if result.is_err() {
             self.pool.errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.pool.slots[self.slot]
-            .healthy
-            .store(healthy, Ordering::Relaxed);
+        self.slot.healthy.store(healthy, Ordering::Relaxed);
         result
     }
 }
@@ -252,7 +282,13 @@ impl RedisPool {
     /// Builds the pool. No connection is opened until the first command.
     pub fn new(settings: &RedisSettings) -> redis::RedisResult<Self> {
         let roots = extra_roots(settings)?;
-        let (clients, slots) = if settings.cluster {
+        let durable_timeout = settings.timeout + settings.wait_timeout;
+        let durable_n = if settings.wait_replicas > 0 {
+            settings.pool_size.max(1)
+        } else {
+            0
+        };
+        let (clients, slots, durable) = if settings.cluster {
             let urls = settings.urls();
             let mut builder = ClusterClient::builder(urls.iter().copied())
                 .connection_timeout(settings.timeout)
@@ -268,40 +304,49 @@ impl RedisPool {
                 .iter()
                 .map(|u| single_client(u, &roots))
                 .collect::<redis::RedisResult<Vec<_>>>()?;
-            let config = ClusterConfig::new()
-                .set_connection_timeout(settings.timeout)
-                .set_response_timeout(settings.timeout);
-            let slots = (0..settings.pool_size.max(1))
-                .map(|_| Slot {
-                    conn: Conn::Cluster(LazyCluster::new(client.clone(), config.clone())),
-                    healthy: AtomicBool::new(false),
-                })
-                .collect();
+            let slots_of = |n: usize, response: Duration| -> Vec<Slot> {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(settings.timeout)
+                    .set_response_timeout(response);
+                (0..n)
+                    .map(|_| {
+                        Slot::new(Conn::Cluster(LazyCluster::new(
+                            client.clone(),
+                            config.clone(),
+                        )))
+                    })
+                    .collect()
+            };
+            let slots = slots_of(settings.pool_size.max(1), settings.timeout);
+            let durable = slots_of(durable_n, durable_timeout);
             let clients = Clients::Cluster {
                 client: Box::new(client),
                 seeds,
                 next_seed: AtomicUsize::new(0),
             };
-            (clients, slots)
+            (clients, slots, durable)
         } else {
             let client = single_client(settings.url.trim(), &roots)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(settings.timeout))
-                .set_response_timeout(Some(settings.timeout))
-                .set_number_of_retries(RECONNECT_RETRIES)
-                .set_max_delay(settings.timeout);
-            let slots = (0..settings.pool_size.max(1))
-                .map(|_| {
-                    Ok(Slot {
-                        conn: Conn::Managed(ConnectionManager::new_lazy_with_config(
-                            client.clone(),
-                            config.clone(),
-                        )?),
-                        healthy: AtomicBool::new(false),
+            let slots_of = |n: usize, response: Duration| -> redis::RedisResult<Vec<Slot>> {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.timeout))
+                    .set_response_timeout(Some(response))
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_max_delay(settings.timeout);
+                (0..n)
+                    .map(|_| {
+                        Ok(Slot::new(Conn::Managed(
+                            ConnectionManager::new_lazy_with_config(
+                                client.clone(),
+                                config.clone(),
+                            )?,
+                        )))
                     })
-                })
-                .collect::<redis::RedisResult<Vec<_>>>()?;
-            (Clients::Single(client), slots)
+                    .collect()
+            };
+            let slots = slots_of(settings.pool_size.max(1), settings.timeout)?;
+            let durable = slots_of(durable_n, durable_timeout)?;
+            (Clients::Single(client), slots, durable)
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -311,10 +356,33 @@ impl RedisPool {
                 wait_timeout: settings.wait_timeout,
                 slots,
                 next: AtomicUsize::new(0),
+                durable,
+                next_durable: AtomicUsize::new(0),
                 errors: AtomicU64::new(0),
                 waits_short: AtomicU64::new(0),
+                skip_wait_until_ms: AtomicU64::new(0),
+                started: std::time::Instant::now(),
             }),
         })
+    }
+
+    /// [`Self::new`], then [`Self::check_tls`]: what a service starts with.
+    /// Fails, in one line naming the setting, when the client cannot be
+    /// built or a TLS server's certificate is refused.
+    pub async fn open(settings: &RedisSettings) -> Result<Self, OpenError> {
+        let pool = Self::new(settings).map_err(|e| OpenError {
+            setting: "REDIS_URL",
+            reason: e.to_string(),
+        })?;
+        pool.check_tls().await.map_err(|reason| OpenError {
+            setting: if settings.ca_file.is_some() {
+                "REDIS_CA_FILE"
+            } else {
+                "REDIS_URL"
+            },
+            reason: format!("the server's TLS certificate is not trusted: {reason}"),
+        })?;
+        Ok(pool)
     }
 
     /// Whether this pool speaks Redis Cluster.
@@ -400,12 +468,23 @@ impl RedisPool {
     /// The next connection, round-robin, with the tracker for its outcome.
     pub fn get(&self) -> (Conn, Tracker<'_>) {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
-        self.slot(slot)
+        self.slot(&self.inner.slots[slot])
     }
 
-    fn slot(&self, slot: usize) -> (Conn, Tracker<'_>) {
+    /// The connection for a write that [`Self::wait_for_replicas`] follows:
+    /// one of its own set when `REDIS_WAIT_REPLICAS` is on (a `WAIT`
+    /// blocks its connection), else [`Self::get`]'s.
+    pub fn get_durable(&self) -> (Conn, Tracker<'_>) {
+        if self.inner.durable.is_empty() {
+            return self.get();
+        }
+        let i = self.inner.next_durable.fetch_add(1, Ordering::Relaxed) % self.inner.durable.len();
+        self.slot(&self.inner.durable[i])
+    }
+
+    fn slot<'a>(&'a self, slot: &'a Slot) -> (Conn, Tracker<'a>) {
         (
-            self.inner.slots[slot].conn.clone(),
+            slot.conn.clone(),
             Tracker {
                 pool: &self.inner,
                 slot,
@@ -413,26 +492,57 @@ impl RedisPool {
         )
     }
 
-    /// After a write on `conn` that must survive a failover, waits until
-    /// `REDIS_WAIT_REPLICAS` replicas hold it, at most `REDIS_WAIT_TIMEOUT_MS`
-    /// (`WAIT`, on the same connection; on a cluster, on every primary,
-    /// answering the fewest). Does nothing when the setting is 0. A `WAIT`
-    /// that comes back short is logged and counted, never an error: the
-    /// write is on the primary either way.
-    pub async fn wait_for_replicas(&self, conn: &mut Conn) {
+    /// After a write on `conn` (from [`Self::get_durable`]) that must
+    /// survive a failover, waits until `REDIS_WAIT_REPLICAS` replicas hold
+    /// it, at most `REDIS_WAIT_TIMEOUT_MS` (`WAIT`, on the same connection;
+    /// on a cluster, on the primary of `key`, the key written). Does nothing
+    /// when the setting is 0. A `WAIT` that comes back short is logged and
+    /// counted, never an error: the write is on the primary either way; the
+    /// writes of the next [`SKIP_WAIT_AFTER_SHORT`] skip `WAIT` (and count
+    /// as short), so a missing replica does not slow every write.
+    pub async fn wait_for_replicas(&self, conn: &mut Conn, key: &str) {
         let want = self.inner.wait_replicas;
         if want == 0 {
             return;
         }
-        let acked: redis::RedisResult<u32> = redis::cmd("WAIT")
-            .arg(want)
-            .arg(self.inner.wait_timeout.as_millis() as u64)
-            .query_async(conn)
-            .await;
+        let now_ms = self.inner.started.elapsed().as_millis() as u64;
+        if now_ms < self.inner.skip_wait_until_ms.load(Ordering::Relaxed) {
+            self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let short = || {
+            self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+            let until = self.inner.started.elapsed() + SKIP_WAIT_AFTER_SHORT;
+            self.inner
+                .skip_wait_until_ms
+                .store(until.as_millis() as u64, Ordering::Relaxed);
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(want)
+            .arg(self.inner.wait_timeout.as_millis() as u64);
+        let acked: redis::RedisResult<u32> = match conn {
+            // To the primary that took the write, not every primary (one of
+            // which may be the dead one being failed over).
+            Conn::Cluster(lazy) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::new(crate::keys::hash_slot(key.as_bytes()), SlotAddr::Master);
+                match lazy.connection().await {
+                    Ok(mut c) => c
+                        .route_command(
+                            wait,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        )
+                        .await
+                        .and_then(|v| Ok(redis::from_redis_value(v)?)),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => wait.query_async(conn).await,
+        };
         match acked {
             Ok(n) if n >= want => {}
             Ok(n) => {
-                self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+                short();
                 tracing::warn!(
                     replicas = n,
                     wanted = want,
@@ -440,7 +550,7 @@ impl RedisPool {
                 );
             }
             Err(e) => {
-                self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+                short();
                 tracing::warn!(error = %e, "WAIT for replicas failed");
             }
         }
@@ -492,8 +602,8 @@ impl RedisPool {
     /// Sends PING on every connection (on a cluster, to every primary);
     /// used by readiness checks. Succeeds only if all of them answer.
     pub async fn ping_all(&self) -> redis::RedisResult<()> {
-        for i in 0..self.inner.slots.len() {
-            let (mut conn, tracker) = self.slot(i);
+        for slot in &self.inner.slots {
+            let (mut conn, tracker) = self.slot(slot);
             let res: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
             tracker.track(res)?;
         }
@@ -521,12 +631,19 @@ impl RedisPool {
         if !tls {
             return Ok(());
         }
-        let probe = match &self.inner.clients {
-            Clients::Single(c) => c.get_multiplexed_async_connection().await.map(|_| ()),
-            Clients::Cluster { seeds, .. } => match seeds.first() {
-                Some(c) => c.get_multiplexed_async_connection().await.map(|_| ()),
-                None => Ok(()),
-            },
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(self.inner.timeout));
+        let client = match &self.inner.clients {
+            Clients::Single(c) => Some(c),
+            Clients::Cluster { seeds, .. } => seeds.first(),
+        };
+        let probe = match client {
+            Some(c) => c
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map(|_| ()),
+            None => Ok(()),
         };
         match probe {
             Err(e) if is_certificate_error(&e) => Err(e.to_string()),

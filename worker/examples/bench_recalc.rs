@@ -204,7 +204,13 @@ async fn phases(
         shared::keys::Keys::new("bench-phases"),
         Duration::from_secs(60),
     );
-    let mut writer = shared::lock::FencedWriter::connect(&pool, 1, Duration::from_secs(60)).await?;
+    let mut writer = shared::lock::FencedWriter::connect(
+        &pool,
+        "bench-phases:fence",
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
     let mut pages = store.clone().scan(page);
     let mut n = 0usize;
     loop {

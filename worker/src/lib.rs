@@ -91,7 +91,7 @@ pub fn worker_id() -> String {
 impl Worker {
     /// Connects the queue and binds the metrics server.
     pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
-        let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+        let pool = RedisPool::open(&settings.redis).await?;
         let queue = Queue::new(
             pool,
             &settings.redis.namespace,
@@ -360,7 +360,7 @@ async fn maintenance(queue: Queue, mut stop: watch::Receiver<bool>) {
 pub async fn full_registry(settings: &Settings) -> anyhow::Result<Registry> {
     // The error names DATABASE_URL (password hidden) and the cause in one line.
     let store = shared::store::open(&settings.database).await?;
-    let pool = RedisPool::new(&settings.redis).context("REDIS_URL")?;
+    let pool = RedisPool::open(&settings.redis).await?;
     let keys = shared::keys::Keys::new(&settings.redis.namespace);
     let feed = settings
         .feed

@@ -717,12 +717,16 @@ impl Queue {
             let mut inv = scripts::PUSH.prepare_invoke();
             let context = crate::telemetry::current_trace_context();
             self.push_invocation(&mut inv, &id, &job, context.as_ref())?;
-            let (mut conn, tracker) = self.pool.get();
+            let (mut conn, tracker) = self.pool.get_durable();
             let (queued, id): (i64, String) = tracker.track(
                 inv.invoke_async(&mut conn)
                     .instrument(redis_span("queue push", "EVALSHA"))
                     .await,
             )?;
+            // A queued job must survive a failover (REDIS_WAIT_REPLICAS).
+            self.pool
+                .wait_for_replicas(&mut conn, &self.keys.wait)
+                .await;
             Ok(Pushed {
                 id,
                 duplicate: queued == 0,
@@ -756,12 +760,15 @@ impl Queue {
         for inv in &invocations {
             pipe.invoke_script(inv);
         }
-        let (mut conn, tracker) = self.pool.get();
+        let (mut conn, tracker) = self.pool.get_durable();
         let out: Vec<(i64, String)> = tracker.track(
             pipe.query_async(&mut conn)
                 .instrument(redis_span("queue push", "BATCH EVALSHA"))
                 .await,
         )?;
+        self.pool
+            .wait_for_replicas(&mut conn, &self.keys.wait)
+            .await;
         Ok(out
             .into_iter()
             .map(|(queued, id)| Pushed {

@@ -201,9 +201,14 @@ impl Writers {
         let mut idle = Vec::with_capacity(WRITERS);
         for _ in 0..WRITERS {
             idle.push(
-                FencedWriter::connect(deps.cache.pool(), fence, deps.cache.ttl())
-                    .await
-                    .map_err(JobError::retryable)?,
+                FencedWriter::connect(
+                    deps.cache.pool(),
+                    deps.cache.keys().price_fence(),
+                    fence,
+                    deps.cache.ttl(),
+                )
+                .await
+                .map_err(JobError::retryable)?,
             );
         }
         Ok(Self { idle })

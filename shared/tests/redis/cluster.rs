@@ -1,0 +1,135 @@
+//! What the services rely on from a Redis Cluster.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt as _;
+use shared::cache::{CachedPrice, Lookup, PriceCache};
+use shared::keys::{Keys, hash_slot};
+use shared::queue::{NewJob, Noop, Queue, QueueSettings};
+use shared::redis_pool::RedisPool;
+use shared::testing::{RedisCluster, RedisKind, TestRedis};
+
+shared::redis_suite!(the_price_cache_reads_and_writes_many_entries_across_hashes);
+
+#[tokio::test]
+async fn our_hash_slots_are_the_clusters() {
+    let cluster = RedisCluster::start().await;
+    let mut conn = cluster.connection().await;
+    let keys = Keys::new("pricing");
+    let names = [
+        keys.event_stream(),
+        keys.event_done("01JD0000"),
+        keys.recalc_lock(),
+        format!("{}:fence", keys.recalc_lock()),
+        keys.price_bucket(0),
+        keys.price_bucket(255),
+        "{pricing:default}:wait".to_string(),
+        "foo".to_string(),
+        "a{}b".to_string(),
+    ];
+    for key in names {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(hash_slot(key.as_bytes()), slot, "{key}");
+    }
+}
+
+async fn the_price_cache_reads_and_writes_many_entries_across_hashes(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let cache = PriceCache::new(redis.pool("pc"), Keys::new("pc"), Duration::from_secs(60));
+    let now = Utc::now();
+    let entries: Vec<CachedPrice> = (0..2_000)
+        .map(|i| CachedPrice::new(&format!("P-{i}"), 100 + i, now))
+        .collect();
+    let ids: Vec<String> = entries.iter().map(|e| e.product_id.clone()).collect();
+
+    // Many hashes (on a cluster: many slots on three primaries) at once.
+    cache.put_many(&entries).await.unwrap();
+    let got = cache.get_many(&ids).await.unwrap();
+
+    assert_eq!(got.len(), entries.len());
+    for (lookup, entry) in got.into_iter().zip(&entries) {
+        assert_eq!(lookup, Lookup::Hit(entry.clone()));
+    }
+    let missing = cache
+        .get_many(&["nope".to_string(), ids[7].clone()])
+        .await
+        .unwrap();
+    assert_eq!(missing[0], Lookup::Miss);
+    assert_eq!(missing[1], Lookup::Hit(entries[7].clone()));
+}
+
+#[tokio::test]
+async fn a_message_published_through_any_node_reaches_a_subscriber_on_another() {
+    let cluster = RedisCluster::start().await;
+    let pool = RedisPool::new(&cluster.settings("ps")).unwrap();
+    // The subscriber sits on the first seed node; publishes go through the
+    // cluster connection to whichever node it picks, and straight to each
+    // of the other nodes.
+    let mut sub = pool.pubsub().await.unwrap();
+    sub.subscribe("market_events").await.unwrap();
+    let mut messages = sub.on_message();
+    let (mut conn, _) = pool.get();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("market_events")
+        .arg("via-cluster")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut expected = vec!["via-cluster".to_string()];
+    for port in cluster.ports().into_iter().skip(1) {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let text = format!("via-{port}");
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("market_events")
+            .arg(&text)
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        expected.push(text);
+    }
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("a published message never arrived")
+            .unwrap();
+        got.push(msg.get_payload::<String>().unwrap());
+    }
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn wait_counts_the_replicas_that_hold_a_write() {
+    let cluster = RedisCluster::start().await;
+    // One replica per primary: waiting for one is met, for two is not.
+    for (want, short) in [(1, false), (2, true)] {
+        let mut settings = cluster.settings(&format!("w{want}"));
+        settings.wait_replicas = want;
+        settings.wait_timeout = Duration::from_millis(200);
+        let pool = RedisPool::new(&settings).unwrap();
+        let q = Queue::new(
+            pool.clone(),
+            &format!("w{want}"),
+            "default",
+            QueueSettings::default(),
+        );
+        for _ in 0..5 {
+            // The push succeeds either way: the job is on its primary.
+            q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
+        }
+        assert_eq!(q.depths().await.unwrap().pending, 5);
+        assert_eq!(pool.state().waits_short > 0, short, "waiting for {want}");
+    }
+}
