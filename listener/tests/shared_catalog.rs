@@ -3,8 +3,10 @@
 //! PostgreSQL and one Redis agree on every price after market events; the
 //! services stop at start, in one line, on a database they cannot use; and
 //! a listener records events published while PostgreSQL was down once it
-//! is back. The services run as the real binaries, `cargo test
-//! --workspace` builds them next to the listener's.
+//! is back; and on a Redis Cluster the services keep going through a
+//! primary's failover without losing an accepted event or job. The
+//! services run as the real binaries, `cargo test --workspace` builds them
+//! next to the listener's.
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shared::config::DatabaseSettings;
 use shared::store::{self, CatalogStore};
-use shared::testing::{PostgresServer, RedisServer, free_port};
+use shared::testing::{PostgresServer, RedisCluster, RedisServer, free_port};
 
 /// A guard against a hang, never a timing check.
 const LONG: Duration = Duration::from_secs(90);
@@ -41,11 +43,18 @@ where
 struct Processes(Vec<Child>);
 
 impl Processes {
+    /// Starts the service `name`; its log goes to `TEST_LOG_DIR/<name>-<n>.log`
+    /// when that is set (to see why a test failed), else nowhere.
     fn spawn(&mut self, name: &str, envs: &[(&str, String)]) {
         let child = Command::new(bin(name))
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(match std::env::var("TEST_LOG_DIR") {
+                Ok(dir) => Stdio::from(
+                    std::fs::File::create(format!("{dir}/{name}-{}.log", self.0.len())).unwrap(),
+                ),
+                Err(_) => Stdio::null(),
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
@@ -78,8 +87,13 @@ impl Drop for Processes {
 
 /// The environment every service gets: one Redis, one PostgreSQL.
 fn common(redis: &RedisServer, db: &str) -> Vec<(&'static str, String)> {
+    common_on(redis.url(), db)
+}
+
+/// [`common`] for a Redis at `redis_url` (a cluster's seeds, comma-separated).
+fn common_on(redis_url: String, db: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("REDIS_URL", redis.url()),
+        ("REDIS_URL", redis_url),
         ("REDIS_NAMESPACE", NS.to_string()),
         ("DATABASE_URL", db.to_string()),
         ("WORKER_METRICS_ADDR", "127.0.0.1:0".to_string()),
@@ -373,5 +387,123 @@ async fn events_published_while_postgres_is_down_are_recorded_once_it_is_back() 
         all
     })
     .await;
+    procs.stop();
+}
+
+/// `POST`s an event; the status the api answered.
+async fn try_publish(client: &reqwest::Client, base: &str, event: Value) -> u16 {
+    match client
+        .post(format!("{base}/api/v1/publish-market-event"))
+        .json(&event)
+        .send()
+        .await
+    {
+        Ok(resp) => resp.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_services_keep_going_through_a_failover_and_lose_no_accepted_event()
+{
+    // Arrange: a 3+3 cluster, PostgreSQL, and the services speaking Redis
+    // Cluster, each durable write waiting for a replica.
+    let mut cluster = RedisCluster::start().await;
+    let pg = PostgresServer::start().await;
+    let catalog = store::open(&DatabaseSettings::for_url(pg.url(), 2))
+        .await
+        .unwrap();
+    store::seed::seed(catalog.as_ref(), PRODUCTS).await.unwrap();
+    let mut envs = common_on(cluster.seeds().join(","), &pg.url());
+    envs.extend([
+        ("REDIS_CLUSTER", "true".to_string()),
+        ("REDIS_WAIT_REPLICAS", "1".to_string()),
+        ("LISTENER_COALESCE_WINDOW_MS", "20".to_string()),
+    ]);
+    let mut procs = Processes(Vec::new());
+    let api = start_api(&mut procs, &envs).await;
+    for name in ["worker", "worker", "listener"] {
+        procs.spawn(name, &envs);
+    }
+    wait("the listener subscribed", || async {
+        cluster.subscribers("market_events").await >= 1
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let before = api_prices(&client, &api).await;
+    assert_eq!(before, catalog_prices(catalog.as_ref()).await);
+
+    // Act: one event per product, each with a demand of its own, published
+    // while the primary that holds the event stream is killed.
+    let events_primary = cluster
+        .primary_of(&shared::keys::Keys::new(NS).event_stream())
+        .await;
+    // Binary fractions: each survives the JSON round trip exactly.
+    let demand = |i: u64| 1.0 + i as f64 / 256.0;
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for i in 1..=PRODUCTS {
+        if i == 60 {
+            cluster.kill(events_primary);
+        }
+        let id = format!("P-{i}");
+        let event = json!({"kind": "demand_changed", "data": {"demand": {id.as_str(): demand(i)}}});
+        match try_publish(&client, &api, event).await {
+            202 => accepted.push(i),
+            // Not accepted while the stream's slot has no primary: the
+            // publisher is told (503) and may send it again.
+            503 | 0 => refused += 1,
+            other => panic!("publishing answered {other}"),
+        }
+    }
+    cluster.wait_healthy().await;
+    // A channel-only event through whichever node, after the failover.
+    let mut conn = cluster.connection().await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("market_events")
+        .arg(r#"{"kind":"demand_changed","data":{"demand":{"P-1":9.5}}}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Assert: every accepted event is recorded in the catalog, every job
+    // reached a final state, and every price is the catalog's.
+    eprintln!(
+        "cluster failover under events: {} accepted, {refused} refused (503) while the stream's primary failed over",
+        accepted.len()
+    );
+    assert!(accepted.len() >= 200, "{} accepted", accepted.len());
+    wait("every accepted event recorded", || async {
+        for i in &accepted {
+            let s = catalog.market_signals(&format!("P-{i}")).await.unwrap();
+            let want = if *i == 1 { 9.5 } else { demand(*i) };
+            if s.demand_index != Some(want) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let pool = shared::redis_pool::RedisPool::new(&cluster.settings(NS)).unwrap();
+    let queue = shared::queue::Queue::new(
+        pool,
+        NS,
+        shared::queue::DEFAULT_QUEUE,
+        shared::queue::QueueSettings::default(),
+    );
+    wait("every job final", || async {
+        let d = queue.depths().await.unwrap();
+        d.pending == 0 && d.delayed == 0 && d.running == 0
+    })
+    .await;
+    assert_eq!(queue.depths().await.unwrap().dead, 0, "a job died");
+    let expected = catalog_prices(catalog.as_ref()).await;
+    wait(
+        "the api answers every price as the catalog says",
+        || async { api_prices(&client, &api).await == expected },
+    )
+    .await;
+    // The old primary rejoins as a replica; the services never restarted.
+    cluster.restart(events_primary).await;
+    cluster.wait_healthy().await;
     procs.stop();
 }

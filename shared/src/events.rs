@@ -570,27 +570,34 @@ impl EventBus {
     }
 
     /// Appends `event` to the stream and publishes it, in one round trip
-    /// (`XADD … MAXLEN ~ n`, then `PUBLISH`).
+    /// (`XADD … MAXLEN ~ n`, then `PUBLISH`; on a cluster, where a pipeline
+    /// stays in one slot and `PUBLISH` is routed by its channel, the two at
+    /// once).
     pub async fn publish(&self, event: &MarketEvent) -> redis::RedisResult<Published> {
         let payload = event.encode(true);
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.settings.stream_maxlen)
+            .arg("*")
+            .arg("event")
+            .arg(&payload);
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.settings.channel).arg(&payload);
+        let cmds = vec![
+            (self.stream.clone(), xadd),
+            (self.settings.channel.clone(), publish),
+        ];
         let (mut conn, tracker) = self.pool.get_durable();
-        let (entry, receivers): (String, u64) = tracker.track(
-            redis::pipe()
-                .cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.settings.stream_maxlen)
-                .arg("*")
-                .arg("event")
-                .arg(&payload)
-                .cmd("PUBLISH")
-                .arg(&self.settings.channel)
-                .arg(&payload)
-                .query_async(&mut conn)
+        let answers = tracker.track(
+            self.pool
+                .query_keyed(&mut conn, cmds)
                 .instrument(redis_span("XADD PUBLISH", "BATCH"))
                 .await,
         )?;
+        let (entry, receivers): (String, u64) =
+            redis::from_redis_value(redis::Value::Array(answers))?;
         // An accepted event must survive a failover (REDIS_WAIT_REPLICAS).
         self.pool.wait_for_replicas(&mut conn, &self.stream).await;
         let appended_ms = entry

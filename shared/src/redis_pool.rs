@@ -145,6 +145,8 @@ pub struct RedisPool {
 enum Clients {
     Single(redis::Client),
     Cluster {
+        /// For dedicated and blocking connections: no overall timeout
+        /// beyond each attempt's.
         client: Box<ClusterClient>,
         /// One client per seed node, for pub/sub.
         seeds: Vec<redis::Client>,
@@ -290,21 +292,29 @@ impl RedisPool {
         };
         let (clients, slots, durable) = if settings.cluster {
             let urls = settings.urls();
-            let mut builder = ClusterClient::builder(urls.iter().copied())
-                .connection_timeout(settings.timeout)
-                .response_timeout(settings.timeout)
-                .retries(CLUSTER_RETRIES)
-                .min_retry_wait(20)
-                .max_retry_wait(settings.timeout.as_millis().max(20) as u64);
-            if let Some(certs) = &roots {
-                builder = builder.certs(certs.clone());
-            }
-            let client = builder.build()?;
+            let builder = || {
+                let b = ClusterClient::builder(urls.iter().copied())
+                    .connection_timeout(settings.timeout)
+                    .response_timeout(settings.timeout)
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(20)
+                    .max_retry_wait(settings.timeout.as_millis().max(20) as u64);
+                match &roots {
+                    Some(certs) => b.certs(certs.clone()),
+                    None => b,
+                }
+            };
+            // The pool's commands, retries included, end within the timeout
+            // (a read then falls back to the store); the long client's are
+            // bounded per attempt only, by its connection's response timeout
+            // (blocking reads, bulk writes, writes followed by WAIT).
+            let client = builder().build()?;
+            let long = builder().overall_response_timeout(None).build()?;
             let seeds = urls
                 .iter()
                 .map(|u| single_client(u, &roots))
                 .collect::<redis::RedisResult<Vec<_>>>()?;
-            let slots_of = |n: usize, response: Duration| -> Vec<Slot> {
+            let slots_of = |client: &ClusterClient, n: usize, response: Duration| -> Vec<Slot> {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(settings.timeout)
                     .set_response_timeout(response);
@@ -317,10 +327,10 @@ impl RedisPool {
                     })
                     .collect()
             };
-            let slots = slots_of(settings.pool_size.max(1), settings.timeout);
-            let durable = slots_of(durable_n, durable_timeout);
+            let slots = slots_of(&client, settings.pool_size.max(1), settings.timeout);
+            let durable = slots_of(&long, durable_n, durable_timeout);
             let clients = Clients::Cluster {
-                client: Box::new(client),
+                client: Box::new(long),
                 seeds,
                 next_seed: AtomicUsize::new(0),
             };

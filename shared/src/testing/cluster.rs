@@ -215,6 +215,20 @@ impl RedisCluster {
             .expect("a primary serves every slot")
     }
 
+    /// How many clients are subscribed to `channel`, over every live node
+    /// (a subscriber sits on one node; a publish reaches every node's).
+    pub async fn subscribers(&self, channel: &str) -> u64 {
+        let mut total = 0;
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            if let Some(v) =
+                node_query::<Vec<(String, u64)>>(n.port, &["PUBSUB", "NUMSUB", channel]).await
+            {
+                total += v.first().map_or(0, |(_, n)| *n);
+            }
+        }
+        total
+    }
+
     /// Kills the node on `port` (SIGKILL, by PID), as a dead machine would.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
