@@ -58,6 +58,10 @@ fn describe() {
         "redis_pool_command_errors_total",
         "Redis commands that failed since start"
     );
+    metrics::describe_counter!(
+        "redis_wait_short_total",
+        "Durable writes whose WAIT reached fewer than REDIS_WAIT_REPLICAS replicas, or skipped it"
+    );
 }
 
 /// Records one cache hit.

@@ -518,10 +518,12 @@ impl RedisPool {
         let now_ms = self.inner.started.elapsed().as_millis() as u64;
         if now_ms < self.inner.skip_wait_until_ms.load(Ordering::Relaxed) {
             self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("redis_wait_short_total").increment(1);
             return;
         }
         let short = || {
             self.inner.waits_short.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("redis_wait_short_total").increment(1);
             let until = self.inner.started.elapsed() + SKIP_WAIT_AFTER_SHORT;
             self.inner
                 .skip_wait_until_ms
