@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_or,
 };
-use shared::queue::QueueSettings;
+use shared::queue::{QueueSettings, Routes};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-api";
@@ -26,6 +26,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Job retention and leases (the task endpoints read and change jobs).
     pub queue: QueueSettings,
+    /// `QUEUE_ROUTES`: which job type goes to which queue.
+    pub routes: Routes,
     /// `ADMIN_TOKEN`: when set, the mutating admin endpoints (trigger a
     /// recalculation, cancel or re-enqueue a task) require
     /// `Authorization: Bearer <token>`. Unset: they are open.
@@ -61,6 +63,7 @@ impl Settings {
             cache: CacheSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,
             queue: QueueSettings::from_env()?,
+            routes: Routes::from_env()?,
             admin_token: admin_token()?,
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
             events: shared::events::EventSettings::from_env()?,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use shared::cache::PriceCache;
 use shared::keys::Keys;
-use shared::queue::{DEFAULT_QUEUE, Queue};
+use shared::queue::Queues;
 use shared::redis_pool::RedisPool;
 use shared::store::{self, CatalogStore};
 use tokio::net::TcpListener;
@@ -40,10 +40,10 @@ impl Application {
         store: Arc<dyn CatalogStore>,
     ) -> anyhow::Result<Self> {
         let pool = RedisPool::open(&settings.redis).await?;
-        let queue = Queue::new(
+        let queues = Queues::new(
             pool.clone(),
             &settings.redis.namespace,
-            DEFAULT_QUEUE,
+            settings.routes.clone(),
             settings.queue.clone(),
         );
         let keys = Keys::new(&settings.redis.namespace);
@@ -57,7 +57,7 @@ impl Application {
             state: AppState {
                 cache: Arc::new(cache),
                 store,
-                queue: Arc::new(queue),
+                queues,
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
                 recalc_retry: settings.recalc_retry,
                 events: Arc::new(events),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::cache::PriceCache;
-use shared::queue::Queue;
+use shared::queue::Queues;
 use shared::store::CatalogStore;
 
 /// One clonable bundle of shared clients; cloning copies a few `Arc`s and
@@ -16,8 +16,8 @@ pub struct AppState {
     pub cache: Arc<PriceCache>,
     /// The catalog store.
     pub store: Arc<dyn CatalogStore>,
-    /// The job queue, for the task endpoints.
-    pub queue: Arc<Queue>,
+    /// The job queues and the routes into them, for the task endpoints.
+    pub queues: Queues,
     /// The bearer token of the admin endpoints, when one is configured.
     pub admin_token: Option<Arc<str>>,
     /// Retry policy given to the recalculations this api queues.

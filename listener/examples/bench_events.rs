@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             ..EventSettings::default()
         },
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
         recalc_retry: shared::jobs::RECALC_RETRY,
         coalesce_window: Duration::from_millis(200),
         claim_idle: Duration::from_secs(30),
@@ -104,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         },
         telemetry: settings.telemetry.clone(),
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: settings.events.clone(),

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use shared::cache::CachedPrice;
 use shared::config::{DatabaseSettings, RedisSettings};
 use shared::keys::{Keys, PRICE_BUCKETS};
-use shared::queue::{DEFAULT_QUEUE, JobState, Queue, QueueSettings};
+use shared::queue::{Depths, JobState, QueueSettings, Queues, Routes};
 use shared::redis_pool::RedisPool;
 
 /// Everything the load did, for the check.
@@ -261,12 +261,27 @@ async fn check(env: &Env, record: &Record) -> anyhow::Result<bool> {
         ok = false;
     };
     let pool = RedisPool::new(&env.redis)?;
-    let queue = Queue::new(
+    let queues = Queues::new(
         pool.clone(),
         &env.ns,
-        DEFAULT_QUEUE,
+        Routes::default(),
         QueueSettings::default(),
     );
+    // Every queue's depths, summed.
+    let depths = || async {
+        let mut sum = Depths::default();
+        for (_, q) in queues.iter() {
+            let d = q.depths().await?;
+            sum.pending += d.pending;
+            sum.delayed += d.delayed;
+            sum.running += d.running;
+            sum.dead += d.dead;
+            sum.succeeded_total += d.succeeded_total;
+            sum.skipped_total += d.skipped_total;
+            sum.retried_total += d.retried_total;
+        }
+        anyhow::Ok(sum)
+    };
     let keys = Keys::new(&env.ns);
     let store = shared::store::open(&env.database).await?;
 
@@ -291,14 +306,14 @@ async fn check(env: &Env, record: &Record) -> anyhow::Result<bool> {
     // Every job (event-driven and triggered) final, none dead.
     let mut drained = false;
     for _ in 0..240 {
-        let d = queue.depths().await?;
+        let d = depths().await?;
         if d.pending == 0 && d.delayed == 0 && d.running == 0 {
             drained = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let d = queue.depths().await?;
+    let d = depths().await?;
     println!(
         "jobs: {} succeeded, {} skipped, {} retried, {} dead, {} pending, {} delayed, {} running",
         d.succeeded_total,
@@ -364,7 +379,7 @@ async fn check(env: &Env, record: &Record) -> anyhow::Result<bool> {
     let mut runs = Vec::new();
     let mut unfinished = 0;
     for id in &record.recalcs {
-        match queue.status(id).await? {
+        match queues.find(id).await?.map(|(_, s)| s) {
             Some(s) if s.record.state == JobState::Succeeded => {
                 if let (Some(a), Some(b)) = (s.record.started_at, s.record.finished_at) {
                     runs.push((a, b));

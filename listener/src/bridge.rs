@@ -62,7 +62,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use shared::events::{EventData, EventError, EventKind, MAX_PRODUCTS_PER_EVENT, MarketEvent};
 use shared::jobs::{RecalculatePrices, recalculate_all_job};
 use shared::keys::Keys;
-use shared::queue::{NewJob, Queue, RetryPolicy};
+use shared::queue::{NewJob, Queues, RetryPolicy};
 use shared::redis_pool::Conn;
 use shared::redis_pool::RedisPool;
 use shared::store::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates, Observed};
@@ -199,7 +199,7 @@ pub struct Bridge {
     keys: Keys,
     stream: String,
     store: Arc<dyn CatalogStore>,
-    queue: Queue,
+    queues: Queues,
     recalc_retry: RetryPolicy,
     stream_maxlen: u64,
     dead_letter_max: u64,
@@ -247,7 +247,7 @@ impl Bridge {
         pool: RedisPool,
         keys: Keys,
         store: Arc<dyn CatalogStore>,
-        queue: Queue,
+        queues: Queues,
         recalc_retry: RetryPolicy,
         stream_maxlen: u64,
         dead_letter_max: u64,
@@ -261,7 +261,7 @@ impl Bridge {
             pool,
             keys,
             store,
-            queue,
+            queues,
             recalc_retry,
             stream_maxlen,
             dead_letter_max,
@@ -793,7 +793,7 @@ impl Bridge {
         }
         // The jobs carry the context of the queue's producer span, a child
         // of this batch's span.
-        self.queue.push_bulk(&jobs).await?;
+        self.queues.push_bulk(&jobs).await?;
         for job in &jobs {
             metrics::enqueued(&job.name);
         }

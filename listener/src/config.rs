@@ -7,7 +7,7 @@ use shared::config::{
     ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range, env_or,
 };
 use shared::events::EventSettings;
-use shared::queue::{QueueSettings, RetryPolicy};
+use shared::queue::{QueueSettings, RetryPolicy, Routes};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-listener";
@@ -28,6 +28,8 @@ pub struct Settings {
     pub events: EventSettings,
     /// The queue the jobs go to (`JOB_*`).
     pub queue: QueueSettings,
+    /// `QUEUE_ROUTES`: which queue each job type goes to.
+    pub routes: Routes,
     /// Retry policy of the recalculations it queues (`RECALC_*`).
     pub recalc_retry: RetryPolicy,
     /// `LISTENER_COALESCE_WINDOW_MS`: events arriving within this window of
@@ -56,6 +58,7 @@ impl Settings {
             )?,
             events: EventSettings::from_env()?,
             queue: QueueSettings::from_env()?,
+            routes: Routes::from_env()?,
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
             coalesce_window: Duration::from_millis(env_in_range(
                 "LISTENER_COALESCE_WINDOW_MS",

@@ -36,7 +36,7 @@ use anyhow::Context as _;
 use axum::routing::get;
 use futures::StreamExt as _;
 use shared::keys::Keys;
-use shared::queue::{DEFAULT_QUEUE, Queue};
+use shared::queue::Queues;
 use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RedisPool};
 use shared::store::CatalogStore;
 use tokio::sync::watch;
@@ -87,17 +87,17 @@ impl Listener {
         let store = shared::store::open(&settings.database).await?;
         let pool = RedisPool::open(&settings.redis).await?;
         let keys = Keys::new(&settings.redis.namespace);
-        let queue = Queue::new(
+        let queues = Queues::new(
             pool.clone(),
             &settings.redis.namespace,
-            DEFAULT_QUEUE,
+            settings.routes.clone(),
             settings.queue.clone(),
         );
         let bridge = Bridge::new(
             pool.clone(),
             keys,
             store.clone(),
-            queue,
+            queues,
             settings.recalc_retry,
             settings.events.stream_maxlen,
             settings.dead_letter_max,

@@ -484,18 +484,25 @@ async fn on_a_redis_cluster_the_services_keep_going_through_a_failover_and_lose_
     })
     .await;
     let pool = shared::redis_pool::RedisPool::new(&cluster.settings(NS)).unwrap();
-    let queue = shared::queue::Queue::new(
+    let queues = shared::queue::Queues::new(
         pool,
         NS,
-        shared::queue::DEFAULT_QUEUE,
+        shared::queue::Routes::default(),
         shared::queue::QueueSettings::default(),
     );
     wait("every job final", || async {
-        let d = queue.depths().await.unwrap();
-        d.pending == 0 && d.delayed == 0 && d.running == 0
+        for (_, q) in queues.iter() {
+            let d = q.depths().await.unwrap();
+            if d.pending + d.delayed + d.running > 0 {
+                return false;
+            }
+        }
+        true
     })
     .await;
-    assert_eq!(queue.depths().await.unwrap().dead, 0, "a job died");
+    for (name, q) in queues.iter() {
+        assert_eq!(q.depths().await.unwrap().dead, 0, "a job of {name} died");
+    }
     let expected = catalog_prices(catalog.as_ref()).await;
     wait(
         "the api answers every price as the catalog says",

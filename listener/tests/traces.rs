@@ -141,13 +141,13 @@ impl Drop for Services {
     }
 }
 
-/// The services' job queue, to see their jobs finish.
+/// The queue of the events' jobs, to see them finish.
 fn queue(redis: &RedisServer) -> shared::queue::Queue {
     let settings = shared::config::RedisSettings::for_url(redis.url(), NS);
     shared::queue::Queue::new(
         shared::redis_pool::RedisPool::new(&settings).unwrap(),
         NS,
-        shared::queue::DEFAULT_QUEUE,
+        shared::queue::EVENTS_QUEUE,
         shared::queue::QueueSettings::default(),
     )
 }
@@ -327,7 +327,7 @@ fn event_trace_wanted() -> Vec<WantedOwned> {
         (
             "the listener's queue push",
             Box::new(|s: &ReceivedSpan| {
-                s.service == "pricing-listener" && s.kind == 4 && s.name == "publish default"
+                s.service == "pricing-listener" && s.kind == 4 && s.name == "publish events"
             }),
         ),
         (
@@ -437,7 +437,7 @@ async fn a_recalculate_all_trigger_is_one_trace_from_api_to_worker() {
                 s.service == "pricing-api" && s.name == "POST /api/v1/tasks/recalculate-all"
             }),
             ("the api's queue push", &|s| {
-                s.service == "pricing-api" && s.kind == 4 && s.name == "publish default"
+                s.service == "pricing-api" && s.kind == 4 && s.name == "publish bulk"
             }),
             ("the api's Redis push", &|s| {
                 s.service == "pricing-api"

@@ -138,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
             log_filter: "warn".into(),
         },
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
+        consume: shared::queue::Consume::default(),
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),
         },

@@ -92,6 +92,8 @@ async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figur
             log_filter: "warn".into(),
         },
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
+        consume: shared::queue::Consume::default(),
         cache: CacheSettings {
             ttl: Duration::from_secs(3600),
         },

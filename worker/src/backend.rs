@@ -29,7 +29,7 @@ use apalis_core::backend::BackendConfig;
 use apalis_core::backend::finalize::Ephemeral;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use shared::queue::{DeferOutcome, JobError, JobOutcome, Leased, Queue};
+use shared::queue::{Consume, DeferOutcome, JobError, JobOutcome, Leased, Queue, Queues};
 use shared::redis_pool::Conn;
 use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
 
@@ -144,6 +144,17 @@ impl InFlight {
             .collect()
     }
 
+    /// The held leases grouped by queue: `queue → [(id, token)]`.
+    pub fn leases_by_queue(&self) -> HashMap<String, Vec<(String, String)>> {
+        let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for j in self.lock().values() {
+            out.entry(j.queue.to_string())
+                .or_default()
+                .push((j.id.clone(), j.token().to_string()));
+        }
+        out
+    }
+
     /// Empties the map, returning what was held.
     pub fn drain(&self) -> Vec<Leased> {
         self.lock().drain().map(|(_, j)| j).collect()
@@ -165,6 +176,8 @@ impl InFlight {
 pub struct QueuedJob {
     /// Job id.
     pub id: String,
+    /// The queue it was leased from.
+    pub queue: String,
     /// Job type.
     pub name: String,
     /// Arguments.
@@ -185,34 +198,66 @@ pub struct QueuedJob {
     pub tracestate: Option<String>,
 }
 
-/// The apalis backend: leases jobs from Redis.
+/// The apalis backend: leases jobs from the queues this worker consumes.
 pub struct RedisBackend {
-    queue: Queue,
-    completer: Completer,
+    queues: Queues,
+    consume: Consume,
+    completers: Completers,
     worker_id: String,
     prefetch: usize,
     inflight: InFlight,
-    blocking: Conn,
+    /// One blocking connection per consumed queue, for its wait.
+    blocking: Vec<(Queue, Conn)>,
     buffer: VecDeque<Leased>,
     fetch: Option<BoxFuture<'static, Vec<Leased>>>,
 }
 
+/// A [`Completer`] per queue: successes are batched per queue, where their
+/// script runs.
+#[derive(Clone)]
+pub struct Completers(Arc<HashMap<String, Completer>>);
+
+impl Completers {
+    /// One batching task per queue of `queues`.
+    pub fn spawn(queues: &Queues) -> Self {
+        Self(Arc::new(
+            queues
+                .iter()
+                .map(|(name, q)| (name.to_string(), Completer::spawn(q.clone())))
+                .collect(),
+        ))
+    }
+
+    fn of(&self, queue: &str) -> Option<&Completer> {
+        self.0.get(queue)
+    }
+}
+
 impl RedisBackend {
-    /// A backend leasing from `queue` as `worker_id`, `prefetch` jobs at a time.
+    /// A backend leasing from the queues `consume` names, as `worker_id`,
+    /// `prefetch` jobs at a time.
     pub fn new(
-        queue: Queue,
+        queues: Queues,
+        consume: Consume,
         worker_id: String,
         prefetch: usize,
         inflight: InFlight,
     ) -> redis::RedisResult<Self> {
-        // Blocking commands get their own connection: on a shared
+        // Blocking commands get connections of their own: on a shared
         // multiplexed one they would hold up every command behind them.
-        let blocking = queue
-            .pool()
-            .blocking(BLOCK_TIMEOUT + Duration::from_secs(3))?;
+        let blocking = consume
+            .queues()
+            .into_iter()
+            .filter_map(|name| queues.get(name).cloned())
+            .map(|q| {
+                let conn = q.pool().blocking(BLOCK_TIMEOUT + Duration::from_secs(3))?;
+                Ok((q, conn))
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(Self {
-            completer: Completer::spawn(queue.clone()),
-            queue,
+            completers: Completers::spawn(&queues),
+            queues,
+            consume,
             worker_id,
             prefetch: prefetch.max(1),
             inflight,
@@ -223,32 +268,71 @@ impl RedisBackend {
     }
 }
 
-/// Leases at least one job, waiting (and riding out Redis outages) as long as it takes.
+/// How long to wait before looking again when a queue woke the worker but
+/// no fetch got a job from it (a paused queue, jobs over a rate limit):
+/// without it the worker would spin on a list that is never empty.
+const IDLE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Leases at least one job from the queues, in the order `consume` gives
+/// for each fetch, waiting (and riding out Redis outages) as long as it takes.
 async fn lease_some(
-    queue: Queue,
-    mut blocking: Conn,
+    queues: Queues,
+    consume: Consume,
+    blocking: Vec<(Queue, Conn)>,
     worker_id: String,
     n: usize,
     inflight: InFlight,
 ) -> Vec<Leased> {
     let mut delay = INITIAL_RECONNECT_DELAY;
+    let mut woken = false;
     loop {
-        match queue.fetch(&worker_id, n).await {
-            Ok(jobs) if !jobs.is_empty() => {
-                inflight.add(&jobs);
-                return jobs;
-            }
-            Ok(_) => match queue.wait_for_work(&mut blocking, BLOCK_TIMEOUT).await {
-                Ok(_) => {
-                    delay = INITIAL_RECONNECT_DELAY;
-                    continue;
+        let mut jobs = Vec::new();
+        let mut failed = false;
+        for name in consume.fetch_order() {
+            let Some(queue) = queues.get(name) else {
+                continue;
+            };
+            match queue.fetch(&worker_id, n - jobs.len()).await {
+                Ok(got) => jobs.extend(got),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(queue = name, error = %e, retry_in = ?delay, "fetching jobs failed");
                 }
-                Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "waiting for jobs failed"),
-            },
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "fetching jobs failed"),
+            }
+            if jobs.len() >= n {
+                break;
+            }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+        if !jobs.is_empty() {
+            inflight.add(&jobs);
+            return jobs;
+        }
+        if failed {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            continue;
+        }
+        if woken {
+            tokio::time::sleep(IDLE_RECHECK).await;
+        }
+        // Block until any consumed queue has work (or the wait times out).
+        // A wait cut short on another queue stays queued on its connection
+        // and ends at its timeout; the next wait there runs after it.
+        let waits = blocking.iter().map(|(q, conn)| {
+            let (q, mut conn) = (q.clone(), conn.clone());
+            Box::pin(async move { q.wait_for_work(&mut conn, BLOCK_TIMEOUT).await })
+        });
+        match futures::future::select_all(waits).await {
+            (Ok(got), _, _) => {
+                woken = got;
+                delay = INITIAL_RECONNECT_DELAY;
+            }
+            (Err(e), _, _) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "waiting for jobs failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
     }
 }
 
@@ -264,6 +348,7 @@ fn to_task(job: Leased) -> Task<QueuedJob> {
     let _ = meta.insert(TOKEN_KEY, token.clone());
     TaskBuilder::new(QueuedJob {
         id: job.id.clone(),
+        queue: job.queue.to_string(),
         name: job.record.name.clone(),
         args: job.args,
         attempt,
@@ -310,7 +395,8 @@ impl Backend for RedisBackend {
             }
             let fut = self.fetch.get_or_insert_with(|| {
                 lease_some(
-                    self.queue.clone(),
+                    self.queues.clone(),
+                    self.consume.clone(),
                     self.blocking.clone(),
                     self.worker_id.clone(),
                     self.prefetch,
@@ -348,8 +434,8 @@ impl BackendConfig for RedisBackend {
 
     fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
         AcknowledgeLayer::new(QueueAck {
-            queue: self.queue.clone(),
-            completer: self.completer.clone(),
+            queues: self.queues.clone(),
+            completers: self.completers.clone(),
             inflight: self.inflight.clone(),
         })
     }
@@ -358,8 +444,8 @@ impl BackendConfig for RedisBackend {
 /// Records each handler outcome in Redis.
 #[derive(Clone)]
 pub struct QueueAck {
-    queue: Queue,
-    completer: Completer,
+    queues: Queues,
+    completers: Completers,
     inflight: InFlight,
 }
 
@@ -420,11 +506,14 @@ impl Acknowledge<JobOutcome> for QueueAck {
             return async { Ok(()) }.boxed();
         };
         let verdict = verdict(res, &job);
-        let (queue, completer, inflight) = (
-            self.queue.clone(),
-            self.completer.clone(),
-            self.inflight.clone(),
-        );
+        let (Some(queue), Some(completer)) = (
+            self.queues.get(&job.queue).cloned(),
+            self.completers.of(&job.queue).cloned(),
+        ) else {
+            tracing::error!(job_id = %job.id, queue = %job.queue, "outcome of a job from a queue this worker does not know; its lease will expire");
+            return async { Ok(()) }.boxed();
+        };
+        let inflight = self.inflight.clone();
         async move {
             crate::metrics::record_outcome(&job.record.name, verdict_label(&verdict));
             let started = tokio::time::Instant::now();

@@ -7,7 +7,7 @@ use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range,
     env_or,
 };
-use shared::queue::QueueSettings;
+use shared::queue::{Consume, QueueSettings, Routes};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-worker";
@@ -23,6 +23,12 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Leases, heartbeat and retention.
     pub queue: QueueSettings,
+    /// `QUEUE_ROUTES`: which job type goes to which queue (see
+    /// [`shared::queue::routing`]).
+    pub routes: Routes,
+    /// `WORKER_QUEUES`: the queues this worker consumes, in strict priority
+    /// order or by weight. Defaults to `events,bulk,default`.
+    pub consume: Consume,
     /// Lifetime of the prices the recalculation jobs cache (`CACHE_TTL_SECS`).
     pub cache: CacheSettings,
     /// The market-data feed, when `MARKET_DATA_URL` is set.
@@ -103,7 +109,11 @@ impl Settings {
     /// Reads every setting; the error names the first bad variable.
     pub fn from_env() -> Result<Self, ConfigError> {
         let concurrency = env_in_range("WORKER_CONCURRENCY", 16usize, 1, 10_000)?;
+        let routes = Routes::from_env()?;
+        let consume = Consume::from_env(&routes.queues())?;
         Ok(Self {
+            routes,
+            consume,
             redis: RedisSettings::from_env()?,
             database: DatabaseSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt as _;
 use apalis::prelude::*;
-use shared::queue::{DEFAULT_QUEUE, JobOutcome, Queue};
+use shared::queue::{JobOutcome, Queues};
 use shared::redis_pool::{RedisPool, wait_until_ready};
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -59,7 +59,7 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(10);
 /// State the job function needs.
 struct Shared {
     registry: Registry,
-    queue: Queue,
+    queues: Queues,
     worker_id: String,
 }
 
@@ -67,7 +67,7 @@ struct Shared {
 pub struct Worker {
     settings: Settings,
     registry: Registry,
-    queue: Queue,
+    queues: Queues,
     worker_id: String,
     inflight: InFlight,
     metrics_addr: SocketAddr,
@@ -92,22 +92,22 @@ impl Worker {
     /// Connects the queue and binds the metrics server.
     pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
         let pool = RedisPool::open(&settings.redis).await?;
-        let queue = Queue::new(
+        let queues = Queues::new(
             pool,
             &settings.redis.namespace,
-            DEFAULT_QUEUE,
+            settings.routes.clone(),
             settings.queue.clone(),
         );
         let worker_id = worker_id();
         let inflight = InFlight::default();
-        let router = metrics::router(queue.clone(), inflight.clone(), worker_id.clone());
+        let router = metrics::router(queues.clone(), inflight.clone(), worker_id.clone());
         let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router)
             .await
             .with_context(|| format!("binding WORKER_METRICS_ADDR {}", settings.metrics_addr))?;
         Ok(Self {
             settings,
             registry,
-            queue,
+            queues,
             worker_id,
             inflight,
             metrics_addr,
@@ -140,32 +140,33 @@ impl Worker {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut shutdown = Box::pin(shutdown);
-        if !wait_until_ready(self.queue.pool(), &mut shutdown).await {
+        if !wait_until_ready(self.queues.pool(), &mut shutdown).await {
             server.abort();
             return Ok(());
         }
         tracing::info!(
             worker_id = %self.worker_id,
             concurrency = self.settings.concurrency,
+            queues = ?self.settings.consume.queues(),
             metrics = %self.metrics_addr,
             "worker ready"
         );
 
         let heartbeat = tokio::spawn(heartbeat(
-            self.queue.clone(),
+            self.queues.clone(),
             self.inflight.clone(),
             self.settings.queue.heartbeat,
             stop_rx.clone(),
         ));
-        let maintenance = tokio::spawn(maintenance(self.queue.clone(), stop_rx));
+        let maintenance = tokio::spawn(maintenance(self.queues.clone(), stop_rx));
 
         let shared = Arc::new(Shared {
             registry: self.registry.clone(),
-            queue: self.queue.clone(),
+            queues: self.queues.clone(),
             worker_id: self.worker_id.clone(),
         });
-        let (queue, inflight, settings, id) = (
-            self.queue.clone(),
+        let (queues, inflight, settings, id) = (
+            self.queues.clone(),
             self.inflight.clone(),
             self.settings.clone(),
             self.worker_id.clone(),
@@ -176,9 +177,10 @@ impl Worker {
                     // The previous worker loop died (and with it whatever it
                     // was running or had prefetched): give those jobs back now
                     // rather than keep their leases alive forever.
-                    let (queue, orphans) = (queue.clone(), inflight.drain());
+                    let (queues, orphans) = (queues.clone(), inflight.drain());
                     tokio::spawn(async move {
                         for job in orphans {
+                            let Some(queue) = queues.get(&job.queue) else { continue };
                             if let Err(e) = queue.requeue(&job.id, job.token()).await {
                                 tracing::error!(job_id = %job.id, error = %e, "could not requeue after a restart; its lease will expire");
                             }
@@ -186,7 +188,8 @@ impl Worker {
                     });
                 }
                 let backend = RedisBackend::new(
-                    queue.clone(),
+                    queues.clone(),
+                    settings.consume.clone(),
                     id.clone(),
                     settings.prefetch,
                     inflight.clone(),
@@ -219,7 +222,10 @@ impl Worker {
         let leftover = self.inflight.drain();
         let mut requeued = 0;
         for job in &leftover {
-            match self.queue.requeue(&job.id, job.token()).await {
+            let Some(queue) = self.queues.get(&job.queue) else {
+                continue;
+            };
+            match queue.requeue(&job.id, job.token()).await {
                 Ok(true) => requeued += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -243,6 +249,11 @@ impl Worker {
 async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome, BoxDynError> {
     let _busy = metrics::BusySlot::take();
     metrics::record_start(&job.name);
+    let queue = shared
+        .queues
+        .get(&job.queue)
+        .cloned()
+        .unwrap_or_else(|| shared.queues.for_job(&job.name).clone());
     let ctx = JobContext {
         id: job.id.clone(),
         attempt: job.attempt,
@@ -250,14 +261,15 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         enqueued_at: job.enqueued_at,
         worker_id: shared.worker_id.clone(),
         token: job.token.clone(),
-        queue: shared.queue.clone(),
+        queue,
+        queues: shared.queues.clone(),
     };
     let span = tracing::debug_span!(
         "job",
         otel.name = %format_args!("{} process", job.name),
         otel.kind = "consumer",
         messaging.system = "redis",
-        messaging.destination.name = DEFAULT_QUEUE,
+        messaging.destination.name = %job.queue,
         messaging.operation = "process",
         messaging.message.id = %job.id,
         job.name = %job.name,
@@ -291,7 +303,7 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
 
 /// Extends this process's leases every `every` until stopped.
 async fn heartbeat(
-    queue: Queue,
+    queues: Queues,
     inflight: InFlight,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -301,52 +313,70 @@ async fn heartbeat(
             _ = stop.changed() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let held = inflight.leases();
-        match queue.extend(&held).await {
-            Ok(lost) => {
-                for id in lost {
-                    tracing::warn!(job_id = %id, "lease lost; another worker may run this job");
-                    // Only the lease that was sent: the job may have been
-                    // leased again meanwhile under a new token.
-                    if let Some((_, token)) = held.iter().find(|(h, _)| *h == id) {
-                        inflight.take(&id, token);
+        for (name, held) in inflight.leases_by_queue() {
+            let Some(queue) = queues.get(&name) else {
+                continue;
+            };
+            match queue.extend(&held).await {
+                Ok(lost) => {
+                    for id in lost {
+                        tracing::warn!(job_id = %id, queue = %name, "lease lost; another worker may run this job");
+                        // Only the lease that was sent: the job may have been
+                        // leased again meanwhile under a new token.
+                        if let Some((_, token)) = held.iter().find(|(h, _)| *h == id) {
+                            inflight.take(&id, token);
+                        }
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %name, held = held.len(), "heartbeat failed")
+                }
             }
-            Err(e) => tracing::warn!(error = %e, held = held.len(), "heartbeat failed"),
         }
     }
 }
 
 /// Promotes due jobs, reaps expired leases and cleans up old records until stopped.
-async fn maintenance(queue: Queue, mut stop: watch::Receiver<bool>) {
+async fn maintenance(queues: Queues, mut stop: watch::Receiver<bool>) {
     let mut last_reap = Instant::now() - REAP_EVERY;
     let mut last_cleanup = Instant::now();
     loop {
         let mut pause = MAINTENANCE_TICK;
-        match queue.promote_due().await {
-            Ok((moved, next)) => {
-                if moved >= shared::queue::MAINTENANCE_BATCH {
-                    pause = Duration::ZERO;
-                } else if let Some(next) = next {
-                    pause = pause.min(next.max(Duration::from_millis(1)));
+        let reap = last_reap.elapsed() >= REAP_EVERY;
+        let cleanup = last_cleanup.elapsed() >= CLEANUP_EVERY;
+        for (name, queue) in queues.iter() {
+            match queue.promote_due().await {
+                Ok((moved, next)) => {
+                    if moved >= shared::queue::MAINTENANCE_BATCH {
+                        pause = Duration::ZERO;
+                    } else if let Some(next) = next {
+                        pause = pause.min(next.max(Duration::from_millis(1)));
+                    }
+                }
+                Err(e) => tracing::warn!(queue = name, error = %e, "promoting due jobs failed"),
+            }
+            if reap {
+                match queue.reap_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        queue = name,
+                        jobs = n,
+                        "took back jobs whose worker was lost"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(queue = name, error = %e, "reaping expired leases failed")
+                    }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "promoting due jobs failed"),
+            if cleanup && let Err(e) = queue.cleanup().await {
+                tracing::warn!(queue = name, error = %e, "deleting expired records failed");
+            }
         }
-        if last_reap.elapsed() >= REAP_EVERY {
+        if reap {
             last_reap = Instant::now();
-            match queue.reap_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(jobs = n, "took back jobs whose worker was lost"),
-                Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
-            }
         }
-        if last_cleanup.elapsed() >= CLEANUP_EVERY {
+        if cleanup {
             last_cleanup = Instant::now();
-            if let Err(e) = queue.cleanup().await {
-                tracing::warn!(error = %e, "deleting expired records failed");
-            }
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -5,7 +5,8 @@
 //!   outcome `succeeded`, `failed`, `retried`, `skipped` or `deferred`.
 //! - `job_duration_seconds{job_type}`: handler run time, a histogram.
 //! - `worker_busy_slots`: handlers running now; `worker_leases_held`: jobs leased by this process.
-//! - `queue_depth{state}`: `pending`, `delayed`, `running`, `dead`, sampled at scrape.
+//! - `queue_depth{queue, state}`: `pending`, `delayed`, `running`, `dead`
+//!   of every queue, sampled at scrape.
 //!
 //! The job's name is the label `job_type`, not `job`: Prometheus gives every
 //! scraped series its own `job` label (the scrape job) and would rename ours
@@ -15,7 +16,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::queue::Queue;
+use shared::queue::Queues;
 
 use crate::backend::InFlight;
 
@@ -54,13 +55,13 @@ impl Drop for BusySlot {
 
 #[derive(Clone)]
 struct MetricsState {
-    queue: Queue,
+    queues: Queues,
     inflight: InFlight,
     worker_id: String,
 }
 
 /// The `/metrics` and `/health` router.
-pub fn router(queue: Queue, inflight: InFlight, worker_id: String) -> Router {
+pub fn router(queues: Queues, inflight: InFlight, worker_id: String) -> Router {
     // Install the recorder now, before any job is counted.
     shared::metrics::recorder();
     describe();
@@ -69,7 +70,7 @@ pub fn router(queue: Queue, inflight: InFlight, worker_id: String) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(MetricsState {
-            queue,
+            queues,
             inflight,
             worker_id,
         })
@@ -90,31 +91,34 @@ fn describe() {
     metrics::describe_gauge!("worker_leases_held", "Jobs leased by this process");
     metrics::describe_gauge!(
         "queue_depth",
-        "Jobs in the queue by state, sampled at scrape"
+        "Jobs in each queue by state, sampled at scrape"
     );
 }
 
 async fn render(State(s): State<MetricsState>) -> impl IntoResponse {
     metrics::gauge!("worker_leases_held").set(s.inflight.len() as f64);
-    match s.queue.depths().await {
-        Ok(d) => {
-            for (state, n) in [
-                ("pending", d.pending),
-                ("delayed", d.delayed),
-                ("running", d.running),
-                ("dead", d.dead),
-            ] {
-                metrics::gauge!("queue_depth", "state" => state).set(n as f64);
+    for (name, queue) in s.queues.iter() {
+        match queue.depths().await {
+            Ok(d) => {
+                for (state, n) in [
+                    ("pending", d.pending),
+                    ("delayed", d.delayed),
+                    ("running", d.running),
+                    ("dead", d.dead),
+                ] {
+                    metrics::gauge!("queue_depth", "queue" => name.to_string(), "state" => state)
+                        .set(n as f64);
+                }
             }
+            Err(e) => tracing::warn!(queue = name, error = %e, "cannot sample queue depths"),
         }
-        Err(e) => tracing::warn!(error = %e, "cannot sample queue depths"),
     }
     shared::metrics::exposition()
 }
 
 /// 200 while Redis answers, 503 (with the error) while it does not.
 async fn ready(State(s): State<MetricsState>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    match s.queue.pool().ping_all().await {
+    match s.queues.pool().ping_all().await {
         Ok(()) => (
             axum::http::StatusCode::OK,
             Json(serde_json::json!({"status": "ready", "redis": {"ok": true}})),

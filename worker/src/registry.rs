@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use shared::queue::{JobError, JobOutcome, JobSpec, Queue};
+use shared::queue::{JobError, JobOutcome, JobSpec, Queue, Queues};
 
 /// What a handler knows about the job it runs.
 #[derive(Clone)]
@@ -29,8 +29,10 @@ pub struct JobContext {
     /// This attempt's lease token: progress reports carry it, so an attempt
     /// that lost its lease cannot overwrite a newer attempt's status.
     pub token: String,
-    /// The queue, for handlers that push follow-up jobs or report progress.
+    /// The job's queue, for progress reports.
     pub queue: Queue,
+    /// Every queue, for handlers that push follow-up jobs (each to its route).
+    pub queues: Queues,
 }
 
 type Handler = Arc<

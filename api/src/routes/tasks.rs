@@ -32,6 +32,8 @@ pub fn router() -> Router<AppState> {
 pub struct TaskStatus {
     /// The task id.
     pub task_id: String,
+    /// The queue that holds it.
+    pub queue: String,
     /// The job type.
     pub name: String,
     /// Where it is in its life.
@@ -56,12 +58,14 @@ pub struct TaskStatus {
     pub worker: Option<String>,
 }
 
-impl From<JobStatus> for TaskStatus {
-    fn from(s: JobStatus) -> Self {
+impl TaskStatus {
+    /// The status of a task of `queue`.
+    pub fn of(queue: &str, s: JobStatus) -> Self {
         let t = |ms: Option<i64>| ms.and_then(shared::queue::ms_to_datetime);
         let r = s.record;
         TaskStatus {
             task_id: s.id,
+            queue: queue.to_string(),
             name: r.name,
             status: r.state,
             attempts: r.attempts,
@@ -150,12 +154,12 @@ pub async fn status(
     ValidPath(task_id): ValidPath<String>,
 ) -> Result<Json<TaskStatus>, ApiError> {
     check_task_id(&task_id)?;
-    let status = state
-        .queue
-        .status(&task_id)
+    let (queue, status) = state
+        .queues
+        .find(&task_id)
         .await?
         .ok_or_else(|| not_found(&task_id))?;
-    Ok(Json(status.into()))
+    Ok(Json(TaskStatus::of(queue.name(), status)))
 }
 
 /// Cancel a pending or scheduled task.
@@ -174,7 +178,10 @@ pub async fn cancel(
     ValidPath(task_id): ValidPath<String>,
 ) -> Result<Json<Cancelled>, ApiError> {
     check_task_id(&task_id)?;
-    match state.queue.cancel(&task_id).await? {
+    let Some((queue, _)) = state.queues.find(&task_id).await? else {
+        return Err(not_found(&task_id));
+    };
+    match queue.cancel(&task_id).await? {
         CancelOutcome::Cancelled => Ok(Json(Cancelled {
             task_id,
             status: JobState::Cancelled,
@@ -203,7 +210,10 @@ pub async fn retry(
     ValidPath(task_id): ValidPath<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     check_task_id(&task_id)?;
-    match state.queue.resurrect(&task_id).await? {
+    let Some((queue, _)) = state.queues.find(&task_id).await? else {
+        return Err(not_found(&task_id));
+    };
+    match queue.resurrect(&task_id).await? {
         ResurrectOutcome::Queued => Ok((
             StatusCode::ACCEPTED,
             Json(Accepted {
@@ -236,13 +246,19 @@ pub async fn dead(
             format!("limit must be between 1 and {MAX_DEAD_LIMIT}"),
         ));
     }
-    let tasks = state
-        .queue
-        .dead(limit)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    // The newest `limit` of every queue, merged newest first.
+    let mut tasks: Vec<TaskStatus> = Vec::new();
+    for (name, queue) in state.queues.iter() {
+        tasks.extend(
+            queue
+                .dead(limit)
+                .await?
+                .into_iter()
+                .map(|s| TaskStatus::of(name, s)),
+        );
+    }
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.finished_at));
+    tasks.truncate(limit);
     Ok(Json(DeadList { tasks }))
 }
 
@@ -260,7 +276,7 @@ pub async fn recalculate_all(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let job = recalculate_all_job(state.recalc_retry);
-    let pushed = state.queue.push(job).await?;
+    let pushed = state.queues.push(job).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Triggered {
@@ -271,14 +287,15 @@ pub async fn recalculate_all(
     ))
 }
 
-/// Queue depths by state.
+/// Every queue's depths by state.
 #[utoipa::path(get, path = "/api/v1/queues", tag = "tasks",
-    responses((status = 200, description = "Depths by state, and lifetime counters", body = QueueDepths)))]
+    responses((status = 200, description = "Depths by state, and lifetime counters, of every queue", body = QueueDepths)))]
 pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueDepths>, ApiError> {
-    let depths = state.queue.depths().await?;
-    Ok(Json(QueueDepths {
-        queues: [(shared::queue::DEFAULT_QUEUE.to_string(), depths)].into(),
-    }))
+    let mut queues = std::collections::BTreeMap::new();
+    for (name, queue) in state.queues.iter() {
+        queues.insert(name.to_string(), queue.depths().await?);
+    }
+    Ok(Json(QueueDepths { queues }))
 }
 
 fn state_name(s: JobState) -> String {

@@ -52,6 +52,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
             log_filter: "info".into(),
         },
         queue: shared::queue::QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: shared::events::EventSettings::default(),

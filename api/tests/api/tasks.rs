@@ -10,7 +10,7 @@ async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
     let app = spawn_app().await;
     let id = app
         .state
-        .queue
+        .queues
         .push(NewJob::of(&Noop {}).unwrap())
         .await
         .unwrap()
@@ -27,13 +27,15 @@ async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
 
     let leased = app
         .state
-        .queue
+        .queues
+        .for_job("noop")
         .fetch("api-test-worker", 1)
         .await
         .unwrap()
         .remove(0);
     app.state
-        .queue
+        .queues
+        .for_job("noop")
         .complete(&leased, JobState::Succeeded, &json!({"updated_count": 3}))
         .await
         .unwrap();
@@ -57,7 +59,7 @@ async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
 #[tokio::test]
 async fn pending_tasks_can_be_cancelled_and_running_ones_cannot() {
     let app = spawn_app().await;
-    let q = &app.state.queue;
+    let q = app.state.queues.for_job("noop");
     let pending = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
     let running = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
     // FIFO: the first pushed is fetched first.
@@ -96,7 +98,7 @@ async fn pending_tasks_can_be_cancelled_and_running_ones_cannot() {
 #[tokio::test]
 async fn the_dead_set_is_listed_and_a_dead_task_can_be_requeued() {
     let app = spawn_app().await;
-    let q = &app.state.queue;
+    let q = app.state.queues.for_job("noop");
     let id = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
     let leased = q.fetch("w", 1).await.unwrap().remove(0);
     q.bury(&leased, "permanent: the feed said 404")
@@ -144,7 +146,7 @@ async fn the_dead_set_is_listed_and_a_dead_task_can_be_requeued() {
 #[tokio::test]
 async fn queue_depths_are_reported_by_state() {
     let app = spawn_app().await;
-    let q = &app.state.queue;
+    let q = app.state.queues.for_job("noop");
     for _ in 0..3 {
         q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
     }
@@ -159,6 +161,13 @@ async fn queue_depths_are_reported_by_state() {
 
     let (s, body) = app.get_json("/api/v1/queues").await;
     assert_eq!(s, 200);
+    let names: Vec<&str> = body["queues"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, ["bulk", "default", "events"]);
     let d = &body["queues"]["default"];
     assert_eq!(
         (

@@ -8,7 +8,7 @@ use std::time::Duration;
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::events::{EventBus, EventSettings};
 use shared::keys::Keys;
-use shared::queue::{DEFAULT_QUEUE, Queue, QueueSettings};
+use shared::queue::{QueueSettings, Queues, Routes};
 use shared::redis_pool::RedisPool;
 use shared::testing::RedisServer;
 
@@ -34,6 +34,7 @@ pub fn settings(redis: &RedisServer, db_url: &str) -> listener::config::Settings
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         events: EventSettings::default(),
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
         recalc_retry: shared::jobs::RECALC_RETRY,
         coalesce_window: Duration::from_millis(200),
         claim_idle: Duration::from_secs(30),
@@ -123,6 +124,7 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
         cache,
         telemetry: telemetry(),
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: EventSettings::default(),
@@ -138,6 +140,8 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
         database,
         telemetry: telemetry(),
         queue: QueueSettings::default(),
+        routes: shared::queue::Routes::default(),
+        consume: shared::queue::Consume::default(),
         cache,
         feed: None,
         recalc_lock_ttl: Duration::from_secs(30),
@@ -170,8 +174,9 @@ pub fn pool(redis: &RedisServer) -> RedisPool {
     RedisPool::new(&RedisSettings::for_url(redis.url(), NS)).unwrap()
 }
 
-pub fn queue(redis: &RedisServer) -> Queue {
-    Queue::new(pool(redis), NS, DEFAULT_QUEUE, QueueSettings::default())
+/// Every queue of the test namespace (jobs go to the queue their type routes to).
+pub fn queues(redis: &RedisServer) -> Queues {
+    Queues::new(pool(redis), NS, Routes::default(), QueueSettings::default())
 }
 
 pub fn bus(redis: &RedisServer) -> EventBus {
@@ -182,25 +187,27 @@ pub fn bus(redis: &RedisServer) -> EventBus {
 /// `args` and `jobs` hashes (no worker runs in these tests unless started).
 pub async fn queued_jobs(redis: &RedisServer) -> Vec<(String, serde_json::Value)> {
     let mut conn = redis.connection().await;
-    let args: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{{{NS}:{DEFAULT_QUEUE}}}:args"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let jobs: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{{{NS}:{DEFAULT_QUEUE}}}:jobs"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    args.into_iter()
-        .map(|(id, a)| {
+    let mut out = Vec::new();
+    for queue in Routes::default().queues() {
+        let args: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{{{NS}:{queue}}}:args"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let jobs: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{{{NS}:{queue}}}:jobs"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.extend(args.into_iter().map(|(id, a)| {
             let desc: serde_json::Value = serde_json::from_str(&jobs[&id]).unwrap();
             (
                 desc["name"].as_str().unwrap().to_string(),
                 serde_json::from_str(&a).unwrap(),
             )
-        })
-        .collect()
+        }));
+    }
+    out
 }
 
 /// How many times each product is named by a queued `recalculate_prices`.

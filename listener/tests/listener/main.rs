@@ -326,8 +326,15 @@ async fn a_raw_redis_cli_publish_of_the_legacy_string_triggers_a_full_recalculat
             .any(|(name, _)| name == "recalculate_all_prices")
     })
     .await;
-    let q = queue(&redis);
-    assert_eq!(q.depths().await.unwrap().pending, 1);
+    let q = queues(&redis);
+    assert_eq!(
+        q.for_job("recalculate_all_prices")
+            .depths()
+            .await
+            .unwrap()
+            .pending,
+        1
+    );
     l.stop().await;
 }
 
@@ -673,7 +680,7 @@ async fn an_event_claimed_by_another_live_consumer_is_skipped_unless_taken_over(
         pool(&redis),
         shared::keys::Keys::new(NS),
         shared::testing::as_dyn(store.clone()),
-        queue(&redis),
+        queues(&redis),
         shared::jobs::RECALC_RETRY,
         100_000,
         100,
@@ -772,7 +779,7 @@ async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
         pool(&redis),
         shared::keys::Keys::new(NS),
         shared::testing::as_dyn(store),
-        queue(&redis),
+        queues(&redis),
         shared::jobs::RECALC_RETRY,
         100_000,
         100,

@@ -31,7 +31,10 @@
 //! Redis server's clock (`TIME`), so clock skew between machines cannot
 //! shorten a lease.
 
+pub mod routing;
 pub mod scripts;
+
+pub use routing::{BULK_QUEUE, Consume, EVENTS_QUEUE, Queues, Routes};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -409,6 +412,8 @@ pub struct Pushed {
 pub struct Leased {
     /// Job id.
     pub id: String,
+    /// The queue it was leased from (where its outcome is recorded).
+    pub queue: std::sync::Arc<str>,
     /// Its record at fetch time (state `running`).
     pub record: JobRecord,
     /// Its arguments.
@@ -642,6 +647,11 @@ impl Queue {
             settings,
             name: queue.into(),
         }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The queue's keys.
@@ -959,7 +969,12 @@ impl Queue {
             match decode_record(&id, &chunk[1], &chunk[2], None) {
                 Ok(record) => {
                     let args = serde_json::from_str(&chunk[3]).unwrap_or(serde_json::Value::Null);
-                    out.push(Leased { id, record, args });
+                    out.push(Leased {
+                        id,
+                        queue: self.name.clone(),
+                        record,
+                        args,
+                    });
                 }
                 // One bad record must not strand the rest of the batch: bury
                 // it (with its lease token, read straight from `live`) and go on.
@@ -968,6 +983,7 @@ impl Queue {
                     let token = chunk[2].split('\t').nth(6).unwrap_or_default().to_string();
                     let stub = Leased {
                         id: id.clone(),
+                        queue: self.name.clone(),
                         record: corrupt_stub(token),
                         args: serde_json::Value::Null,
                     };

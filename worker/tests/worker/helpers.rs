@@ -27,6 +27,8 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
             log_filter: "info".into(),
         },
         queue,
+        routes: shared::queue::Routes::default(),
+        consume: shared::queue::Consume::default(),
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),
         },

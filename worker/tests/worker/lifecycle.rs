@@ -145,7 +145,7 @@ async fn the_worker_serves_metrics_and_health() {
         r#"jobs_started_total{job_type="noop"}"#,
         r#"jobs_finished_total{job_type="noop",outcome="succeeded"}"#,
         r#"job_duration_seconds_bucket{job_type="noop",le="0.001"}"#,
-        r#"queue_depth{state="pending"}"#,
+        r#"queue_depth{queue="default",state="pending"}"#,
         "worker_busy_slots",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");

@@ -7,5 +7,6 @@ mod delivery;
 mod feed;
 mod helpers;
 mod lifecycle;
+mod queues;
 mod recalc;
 mod retries;

@@ -1,0 +1,90 @@
+//! Named queues: routing, strict priority, every queue drained.
+
+use std::time::Duration;
+
+use shared::config::RedisSettings;
+use shared::queue::{Consume, JobState, NewJob, Noop, QueueSettings, Queues, Routes, Sleep};
+use shared::redis_pool::RedisPool;
+use shared::testing::RedisServer;
+
+use crate::helpers::{NS, settings, start, wait_for};
+
+/// A guard against a hang, never a timing check.
+const LONG: Duration = Duration::from_secs(60);
+
+fn routes() -> Routes {
+    let mut r = Routes::default();
+    r.apply("sleep=bulk,noop=events").unwrap();
+    r
+}
+
+fn queues(redis: &RedisServer) -> Queues {
+    let pool = RedisPool::new(&RedisSettings::for_url(redis.url(), NS)).unwrap();
+    Queues::new(pool, NS, routes(), QueueSettings::default())
+}
+
+#[tokio::test]
+async fn a_targeted_job_on_events_runs_before_the_bulk_backlog() {
+    // Arrange: one slot, busy with a bulk job, three more bulk jobs waiting.
+    let redis = RedisServer::start().await;
+    let q = queues(&redis);
+    let mut s = settings(&redis, QueueSettings::default());
+    (s.routes, s.consume) = (routes(), Consume::default());
+    (s.concurrency, s.prefetch) = (1, 1);
+    let bulk: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let job = NewJob::of(&Sleep { millis: 400 }).unwrap();
+            ids.push(q.push(job).await.unwrap().id);
+        }
+        ids
+    };
+    assert_eq!(q.get("bulk").unwrap().depths().await.unwrap().pending, 4);
+    let w = start(s, worker::jobs::registry()).await;
+    let bulk_q = q.get("bulk").unwrap().clone();
+    wait_for(&bulk_q, &bulk[0], &[JobState::Running], LONG).await;
+
+    // Act: a targeted job arrives on `events` while the bulk job runs.
+    let urgent = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let events_q = q.get("events").unwrap().clone();
+    let done = wait_for(&events_q, &urgent, &[JobState::Succeeded], LONG).await;
+
+    // Assert: it was leased before any of the bulk jobs that were waiting
+    // before it was pushed (`started_at` is the lease's time).
+    for id in &bulk[1..] {
+        let later = wait_for(&bulk_q, id, &[JobState::Succeeded], LONG).await;
+        assert!(
+            later.started_at > done.started_at,
+            "bulk job {id} started before the events job"
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_drains_only_the_queues_it_consumes() {
+    let redis = RedisServer::start().await;
+    let q = queues(&redis);
+    let mut s = settings(&redis, QueueSettings::default());
+    let known = routes().queues();
+    (s.routes, s.consume) = (
+        routes(),
+        Consume::parse("events:3,default:1", &known).unwrap(),
+    );
+    for _ in 0..20 {
+        q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
+        q.push(NewJob::of(&Sleep { millis: 1 }).unwrap())
+            .await
+            .unwrap();
+    }
+    let w = start(s, worker::jobs::registry()).await;
+    let events = q.get("events").unwrap();
+    shared::testing::eventually(LONG, "the events queue drained", || async {
+        events.depths().await.unwrap().succeeded_total == 20
+    })
+    .await;
+    // No worker consumes `bulk`: its jobs wait, untouched.
+    let bulk = q.get("bulk").unwrap().depths().await.unwrap();
+    assert_eq!((bulk.pending, bulk.succeeded_total), (20, 0));
+    w.stop().await;
+}
