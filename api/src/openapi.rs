@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
 use crate::model::{BatchRequest, BatchResponse, PriceDetail, PriceRequest, PriceSource};
-use crate::routes::{events, ops, price, tasks};
+use crate::routes::{events, ops, price, queues, tasks};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -27,20 +27,24 @@ use crate::routes::{events, ops, price, tasks};
         tasks::cancel,
         tasks::retry,
         tasks::dead,
-        tasks::queues,
+        queues::list,
+        queues::one,
+        queues::pause,
+        queues::resume,
         tasks::recalculate_all,
         events::publish,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
         ops::Health, ops::Readiness, ops::Check,
-        tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::QueueDepths, tasks::Triggered,
+        tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::Revoking, tasks::Triggered, queues::QueueDepths, queues::QueueDetail,
         shared::queue::JobState, shared::queue::Depths,
         events::EventPublished,
     )),
     tags(
         (name = "prices", description = "Price reads"),
         (name = "tasks", description = "Job status, the dead set, cancel and re-enqueue"),
+        (name = "queues", description = "Queue depths; pause and resume"),
         (name = "events", description = "Market events for the listener"),
         (name = "operations", description = "Health, readiness and metrics"),
     )

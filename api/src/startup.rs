@@ -48,6 +48,7 @@ impl Application {
         );
         let keys = Keys::new(&settings.redis.namespace);
         let events = shared::events::EventBus::new(pool.clone(), &keys, settings.events.clone());
+        let control_channel = keys.control_channel();
         let cache = PriceCache::new(pool, keys, settings.cache.ttl);
         let listener = TcpListener::bind(settings.addr)
             .await
@@ -58,6 +59,7 @@ impl Application {
                 cache: Arc::new(cache),
                 store,
                 queues,
+                control_channel: control_channel.into(),
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
                 recalc_retry: settings.recalc_retry,
                 events: Arc::new(events),

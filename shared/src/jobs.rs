@@ -59,6 +59,7 @@ pub fn recalculate_all_job(retry: RetryPolicy) -> NewJob {
         unique_key: Some(RECALC_ALL_UNIQUE_KEY.to_string()),
         traceparent: None,
         tracestate: None,
+        tick: None,
     }
 }
 

@@ -134,6 +134,23 @@ impl Keys {
         format!("{{{}:events}}:dead", self.namespace)
     }
 
+    /// The pub/sub channel of worker control messages (`revoke <queue> <id>`).
+    pub fn control_channel(&self) -> String {
+        format!("{}:control", self.namespace)
+    }
+
+    /// The live worker registry: worker id → what it reports, and when each
+    /// last reported (one slot, for the script that writes both).
+    pub fn workers(&self) -> (String, String) {
+        let tag = format!("{{{}:workers}}", self.namespace);
+        (format!("{tag}:info"), format!("{tag}:seen"))
+    }
+
+    /// The schedules the workers run: name → their definition (JSON).
+    pub fn schedules(&self) -> String {
+        format!("{}:schedules", self.namespace)
+    }
+
     /// A pattern matching every price-cache hash of this namespace, for SCAN.
     pub fn price_pattern(&self) -> String {
         format!("{}*", self.price_prefix)

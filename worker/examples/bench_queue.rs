@@ -149,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
         prefetch: concurrency,
         shutdown_timeout: Duration::from_secs(10),
         job_timeout: Duration::from_secs(60),
+        time_limits: Default::default(),
+        revoke_grace: std::time::Duration::from_secs(10),
         metrics_addr: "127.0.0.1:0".parse()?,
     };
     let w = worker::Worker::build(settings, worker::jobs::registry()).await?;

@@ -288,12 +288,21 @@ async fn lease_some(
     loop {
         let mut jobs = Vec::new();
         let mut failed = false;
+        let mut paused: Vec<&str> = Vec::new();
         for name in consume.fetch_order() {
             let Some(queue) = queues.get(name) else {
                 continue;
             };
-            match queue.fetch(&worker_id, n - jobs.len()).await {
-                Ok(got) => jobs.extend(got),
+            match queue.fetch_batch(&worker_id, n - jobs.len()).await {
+                Ok(got) => {
+                    if got.paused {
+                        paused.push(name);
+                    }
+                    if got.deferred > 0 {
+                        crate::metrics::record_rate_limited(name, got.deferred);
+                    }
+                    jobs.extend(got.jobs);
+                }
                 Err(e) => {
                     failed = true;
                     tracing::warn!(queue = name, error = %e, retry_in = ?delay, "fetching jobs failed");
@@ -315,10 +324,20 @@ async fn lease_some(
         if woken {
             tokio::time::sleep(IDLE_RECHECK).await;
         }
+        // A paused queue is not waited on (its list may never be empty);
+        // it is looked at again on every fetch, at least every BLOCK_TIMEOUT.
+        let waiting: Vec<&(Queue, Conn)> = blocking
+            .iter()
+            .filter(|(q, _)| !paused.contains(&q.name()))
+            .collect();
+        if waiting.is_empty() {
+            tokio::time::sleep(BLOCK_TIMEOUT).await;
+            continue;
+        }
         // Block until any consumed queue has work (or the wait times out).
         // A wait cut short on another queue stays queued on its connection
         // and ends at its timeout; the next wait there runs after it.
-        let waits = blocking.iter().map(|(q, conn)| {
+        let waits = waiting.into_iter().map(|(q, conn)| {
             let (q, mut conn) = (q.clone(), conn.clone());
             Box::pin(async move { q.wait_for_work(&mut conn, BLOCK_TIMEOUT).await })
         });

@@ -7,7 +7,7 @@ use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range,
     env_or,
 };
-use shared::queue::{Consume, QueueSettings, Routes};
+use shared::queue::{Consume, QueueSettings, Routes, TimeLimit};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-worker";
@@ -47,6 +47,13 @@ pub struct Settings {
     /// `WORKER_JOB_TIMEOUT_SECS`: longest a single attempt may run; past it
     /// the attempt fails with a retryable error. Defaults to 3,600.
     pub job_timeout: Duration,
+    /// `TIME_LIMIT_<JOB_TYPE>`: soft and hard time limits per job type (see
+    /// [`shared::queue::limits`]).
+    pub time_limits: std::collections::BTreeMap<String, TimeLimit>,
+    /// `WORKER_REVOKE_GRACE_SECS`: how long a revoked job may take to stop
+    /// after its cancellation token fires, before it is dropped (0–3,600).
+    /// Defaults to 10.
+    pub revoke_grace: Duration,
     /// `WORKER_METRICS_ADDR`: where `/metrics` and `/health` are served.
     /// Defaults to `127.0.0.1:9101`; port 0 picks a free port.
     pub metrics_addr: SocketAddr,
@@ -139,6 +146,13 @@ impl Settings {
                 3_600u64,
                 1,
                 7 * 86_400,
+            )?),
+            time_limits: shared::queue::limits::time_limits_from_env()?,
+            revoke_grace: Duration::from_secs(env_in_range(
+                "WORKER_REVOKE_GRACE_SECS",
+                10u64,
+                0,
+                3_600,
             )?),
             metrics_addr: env_or(
                 "WORKER_METRICS_ADDR",

@@ -19,6 +19,7 @@
 //! - [`config`]: [`config::Settings`] from the environment.
 //! - [`backend`]: the apalis backend and the outcome recorder.
 //! - [`registry`]: job name → handler.
+//! - [`running`]: the running handlers; time limits and revokes.
 //! - [`jobs`]: the built-in handlers.
 //! - [`metrics`]: the worker's series and its metrics server.
 //! - [`Worker`]: build, run, stop.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod jobs;
 pub mod metrics;
 pub mod registry;
+pub mod running;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +63,8 @@ struct Shared {
     registry: Registry,
     queues: Queues,
     worker_id: String,
+    running: running::Running,
+    time_limits: std::collections::BTreeMap<String, shared::queue::TimeLimit>,
 }
 
 /// A built worker, ready to run.
@@ -152,10 +156,19 @@ impl Worker {
             "worker ready"
         );
 
+        let running = running::Running::default();
         let heartbeat = tokio::spawn(heartbeat(
             self.queues.clone(),
             self.inflight.clone(),
-            self.settings.queue.heartbeat,
+            running.clone(),
+            self.settings.clone(),
+            stop_rx.clone(),
+        ));
+        let control = tokio::spawn(control(
+            self.queues.clone(),
+            self.inflight.clone(),
+            running.clone(),
+            self.settings.clone(),
             stop_rx.clone(),
         ));
         let maintenance = tokio::spawn(maintenance(self.queues.clone(), stop_rx));
@@ -164,6 +177,8 @@ impl Worker {
             registry: self.registry.clone(),
             queues: self.queues.clone(),
             worker_id: self.worker_id.clone(),
+            running: running.clone(),
+            time_limits: self.settings.time_limits.clone(),
         });
         let (queues, inflight, settings, id) = (
             self.queues.clone(),
@@ -238,6 +253,7 @@ impl Worker {
         }
         let _ = stop_tx.send(true);
         let _ = tokio::join!(heartbeat, maintenance);
+        control.abort();
         server.abort();
         result.context("running the worker")?;
         tracing::info!("worker stopped");
@@ -254,7 +270,9 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         .get(&job.queue)
         .cloned()
         .unwrap_or_else(|| shared.queues.for_job(&job.name).clone());
+    let guard = shared.running.start(&job.id);
     let ctx = JobContext {
+        cancel: guard.cancel.clone(),
         id: job.id.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
@@ -286,11 +304,10 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         job.tracestate.as_deref(),
     );
     let started = Instant::now();
-    let outcome = shared
-        .registry
-        .dispatch(&job.name, job.args, ctx)
-        .instrument(span)
-        .await;
+    let limit = shared.time_limits.get(&job.name).copied();
+    let handler = shared.registry.dispatch(&job.name, job.args, ctx);
+    let outcome = guard.run(&job.name, limit, handler).instrument(span).await;
+    drop(guard);
     metrics::record_duration(&job.name, started.elapsed().as_secs_f64());
     match outcome {
         Ok(o) => Ok(o),
@@ -301,25 +318,27 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
     }
 }
 
-/// Extends this process's leases every `every` until stopped.
+/// Extends this process's leases every `JOB_HEARTBEAT_SECS` until stopped,
+/// and cancels the held jobs the heartbeat finds revoked.
 async fn heartbeat(
     queues: Queues,
     inflight: InFlight,
-    every: Duration,
+    running: running::Running,
+    settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(settings.queue.heartbeat) => {}
         }
         for (name, held) in inflight.leases_by_queue() {
             let Some(queue) = queues.get(&name) else {
                 continue;
             };
             match queue.extend(&held).await {
-                Ok(lost) => {
-                    for id in lost {
+                Ok(found) => {
+                    for id in found.lost {
                         tracing::warn!(job_id = %id, queue = %name, "lease lost; another worker may run this job");
                         // Only the lease that was sent: the job may have been
                         // leased again meanwhile under a new token.
@@ -327,12 +346,61 @@ async fn heartbeat(
                             inflight.take(&id, token);
                         }
                     }
+                    for id in found.revoked {
+                        running.revoke(&id, true, settings.revoke_grace);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, queue = %name, held = held.len(), "heartbeat failed")
                 }
             }
         }
+    }
+}
+
+/// Listens on the control channel (`revoke <queue> <id>`) and cancels the
+/// revoked jobs this process holds; subscribes again after any failure.
+async fn control(
+    queues: Queues,
+    inflight: InFlight,
+    running: running::Running,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) {
+    use futures::StreamExt as _;
+    let channel = shared::keys::Keys::new(&settings.redis.namespace).control_channel();
+    let mut delay = shared::redis_pool::INITIAL_RECONNECT_DELAY;
+    loop {
+        match queues.pool().pubsub().await {
+            Ok(mut sub) => match sub.subscribe(&channel).await {
+                Ok(()) => {
+                    delay = shared::redis_pool::INITIAL_RECONNECT_DELAY;
+                    let mut messages = sub.on_message();
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            msg = messages.next() => {
+                                let Some(msg) = msg else { break };
+                                let text: String = msg.get_payload().unwrap_or_default();
+                                if let Some(id) = text.strip_prefix("revoke ").and_then(|r| r.split_whitespace().nth(1)) {
+                                    let held = inflight.leases().iter().any(|(h, _)| h == id);
+                                    running.revoke(id, held, settings.revoke_grace);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to the control channel"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot open the control channel")
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(shared::redis_pool::MAX_RECONNECT_DELAY);
     }
 }
 

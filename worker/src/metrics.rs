@@ -5,6 +5,9 @@
 //!   outcome `succeeded`, `failed`, `retried`, `skipped` or `deferred`.
 //! - `job_duration_seconds{job_type}`: handler run time, a histogram.
 //! - `worker_busy_slots`: handlers running now; `worker_leases_held`: jobs leased by this process.
+//! - `rate_limit_deferrals_total{queue}`: jobs put back for being over their type's rate limit.
+//! - `jobs_time_limited_total{job_type, limit}`: soft and hard time limits reached;
+//!   `jobs_revoked_total{job_type}`: running jobs cancelled by a revoke.
 //! - `queue_depth{queue, state}`: `pending`, `delayed`, `running`, `dead`
 //!   of every queue, sampled at scrape.
 //!
@@ -29,6 +32,22 @@ pub fn record_start(job: &str) {
 pub fn record_outcome(job: &str, outcome: &'static str) {
     metrics::counter!("jobs_finished_total", "job_type" => job.to_string(), "outcome" => outcome)
         .increment(1);
+}
+
+/// Counts jobs a fetch put back for being over their type's rate limit.
+pub fn record_rate_limited(queue: &str, n: u64) {
+    metrics::counter!("rate_limit_deferrals_total", "queue" => queue.to_string()).increment(n);
+}
+
+/// Counts a time limit reached (`soft` or `hard`).
+pub fn record_time_limited(job: &str, limit: &'static str) {
+    metrics::counter!("jobs_time_limited_total", "job_type" => job.to_string(), "limit" => limit)
+        .increment(1);
+}
+
+/// Counts a job cancelled by a revoke.
+pub fn record_revoked(job: &str) {
+    metrics::counter!("jobs_revoked_total", "job_type" => job.to_string()).increment(1);
 }
 
 /// Records a handler's run time.
@@ -88,6 +107,15 @@ fn describe() {
         "Handler run time"
     );
     metrics::describe_gauge!("worker_busy_slots", "Handlers running now");
+    metrics::describe_counter!(
+        "jobs_time_limited_total",
+        "Soft and hard time limits reached, by job type"
+    );
+    metrics::describe_counter!("jobs_revoked_total", "Running jobs cancelled by a revoke");
+    metrics::describe_counter!(
+        "rate_limit_deferrals_total",
+        "Jobs a fetch put back as scheduled, over their type's global rate limit"
+    );
     metrics::describe_gauge!("worker_leases_held", "Jobs leased by this process");
     metrics::describe_gauge!(
         "queue_depth",

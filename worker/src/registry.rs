@@ -33,6 +33,10 @@ pub struct JobContext {
     pub queue: Queue,
     /// Every queue, for handlers that push follow-up jobs (each to its route).
     pub queues: Queues,
+    /// Fires when the handler should stop: its soft time limit passed, or
+    /// the job was revoked. A handler that stops then ends cleanly; one
+    /// that does not is dropped at the hard limit or the revoke's grace.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 type Handler = Arc<

@@ -3,6 +3,7 @@
 pub mod events;
 pub mod ops;
 pub mod price;
+pub mod queues;
 pub mod tasks;
 
 use axum::Router;
@@ -21,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(price::router())
         .merge(ops::router())
         .merge(tasks::router())
+        .merge(queues::router())
         .merge(events::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)

@@ -1,4 +1,4 @@
-//! The task API: status by id, the dead set, re-enqueue, cancel, queue depths.
+//! The task API: status by id, the dead set, re-enqueue, cancel.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::jobs::recalculate_all_job;
-use shared::queue::{CancelOutcome, Depths, JobState, JobStatus, ResurrectOutcome};
+use shared::queue::{CancelOutcome, JobState, JobStatus, ResurrectOutcome, RevokeOutcome};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -23,7 +23,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tasks/dead", get(dead))
         .route("/api/v1/tasks/{task_id}", get(status).delete(cancel))
         .route("/api/v1/tasks/{task_id}/retry", post(retry))
-        .route("/api/v1/queues", get(queues))
         .route("/api/v1/tasks/recalculate-all", post(recalculate_all))
 }
 
@@ -116,6 +115,17 @@ pub struct Triggered {
     pub joined: bool,
 }
 
+/// A running task being revoked.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Revoking {
+    /// The task id.
+    pub task_id: String,
+    /// Always `revoking`: it will end `cancelled`.
+    pub status: String,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
 /// A cancelled task.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Cancelled {
@@ -123,13 +133,6 @@ pub struct Cancelled {
     pub task_id: String,
     /// Always `cancelled`.
     pub status: JobState,
-}
-
-/// Depths of every queue.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct QueueDepths {
-    /// Queue name → depths by state.
-    pub queues: std::collections::BTreeMap<String, Depths>,
 }
 
 fn check_task_id(id: &str) -> Result<(), ApiError> {
@@ -162,13 +165,17 @@ pub async fn status(
     Ok(Json(TaskStatus::of(queue.name(), status)))
 }
 
-/// Cancel a pending or scheduled task.
+/// Cancel a pending or scheduled task, or revoke a running one: the
+/// worker that holds it is asked to stop it (its cancellation token
+/// fires; after `WORKER_REVOKE_GRACE_SECS` it is dropped) and it ends
+/// `cancelled`, also when its worker is dead (when its lease is reaped).
 #[utoipa::path(delete, path = "/api/v1/tasks/{task_id}", tag = "tasks",
     params(("task_id" = String, Path, description = "Task id")),
     responses(
         (status = 200, description = "Cancelled; it will not run", body = Cancelled),
+        (status = 202, description = "Running: revoking; it will end cancelled", body = Revoking),
         (status = 404, description = "Unknown task id", body = ErrorBody),
-        (status = 409, description = "Already running or finished", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
         (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
         (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
@@ -176,7 +183,8 @@ pub async fn cancel(
     _admin: Admin,
     State(state): State<AppState>,
     ValidPath(task_id): ValidPath<String>,
-) -> Result<Json<Cancelled>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     check_task_id(&task_id)?;
     let Some((queue, _)) = state.queues.find(&task_id).await? else {
         return Err(not_found(&task_id));
@@ -185,13 +193,34 @@ pub async fn cancel(
         CancelOutcome::Cancelled => Ok(Json(Cancelled {
             task_id,
             status: JobState::Cancelled,
-        })),
+        })
+        .into_response()),
         CancelOutcome::NotFound => Err(not_found(&task_id)),
-        CancelOutcome::TooLate(s) => Err(ApiError::Conflict(format!(
-            "task {task_id} is {}; only pending or scheduled tasks can be cancelled",
-            state_name(s)
-        ))),
+        CancelOutcome::TooLate(JobState::Running) => {
+            match queue.revoke(&task_id, &state.control_channel).await? {
+                RevokeOutcome::Revoking => Ok((
+                    StatusCode::ACCEPTED,
+                    Json(Revoking {
+                        status_url: format!("/api/v1/tasks/{task_id}"),
+                        task_id,
+                        status: "revoking".into(),
+                    }),
+                )
+                    .into_response()),
+                RevokeOutcome::NotFound => Err(not_found(&task_id)),
+                // It finished between the two looks.
+                RevokeOutcome::NotRunning(s) => Err(too_late(&task_id, s)),
+            }
+        }
+        CancelOutcome::TooLate(s) => Err(too_late(&task_id, s)),
     }
+}
+
+fn too_late(task_id: &str, s: JobState) -> ApiError {
+    ApiError::Conflict(format!(
+        "task {task_id} is {}; only pending, scheduled or running tasks can be cancelled",
+        state_name(s)
+    ))
 }
 
 /// Re-enqueue a task from the dead set.
@@ -285,17 +314,6 @@ pub async fn recalculate_all(
             joined: pushed.duplicate,
         }),
     ))
-}
-
-/// Every queue's depths by state.
-#[utoipa::path(get, path = "/api/v1/queues", tag = "tasks",
-    responses((status = 200, description = "Depths by state, and lifetime counters, of every queue", body = QueueDepths)))]
-pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueDepths>, ApiError> {
-    let mut queues = std::collections::BTreeMap::new();
-    for (name, queue) in state.queues.iter() {
-        queues.insert(name.to_string(), queue.depths().await?);
-    }
-    Ok(Json(QueueDepths { queues }))
 }
 
 fn state_name(s: JobState) -> String {

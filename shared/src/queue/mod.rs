@@ -31,8 +31,11 @@
 //! Redis server's clock (`TIME`), so clock skew between machines cannot
 //! shorten a lease.
 
+pub mod limits;
 pub mod routing;
 pub mod scripts;
+
+pub use limits::{Rate, TimeLimit};
 
 pub use routing::{BULK_QUEUE, Consume, EVENTS_QUEUE, Queues, Routes};
 
@@ -72,6 +75,9 @@ pub struct QueueSettings {
     /// `JOB_MAX_LEASE_LOSSES`: after this many lost leases (workers dying
     /// while running it) a job is buried instead of run again. Defaults to 5.
     pub max_lease_losses: u32,
+    /// `RATE_LIMIT_<JOB_TYPE>`: global start rates per job type (see
+    /// [`limits`]); the fetch enforces them.
+    pub rate_limits: std::collections::BTreeMap<String, Rate>,
 }
 
 impl Default for QueueSettings {
@@ -82,6 +88,7 @@ impl Default for QueueSettings {
             result_retention: Duration::from_secs(86_400),
             dead_retention: Duration::from_secs(7 * 86_400),
             max_lease_losses: 5,
+            rate_limits: Default::default(),
         }
     }
 }
@@ -114,6 +121,7 @@ impl QueueSettings {
                 365 * 86_400,
             )?),
             max_lease_losses: env_in_range("JOB_MAX_LEASE_LOSSES", 5u32, 1, 1_000)?,
+            rate_limits: limits::rate_limits_from_env()?,
         })
     }
 }
@@ -326,6 +334,15 @@ impl JobOutcome {
         }
     }
 
+    /// Cancelled on request (a revoke) while it ran.
+    pub fn cancelled(reason: &str) -> Self {
+        Self {
+            state: JobState::Cancelled,
+            result: serde_json::json!({"status": "cancelled", "reason": reason}),
+            defer_for: None,
+        }
+    }
+
     /// Not now: run the job again after `delay`, without spending an attempt
     /// (it was not a failure) and holding its unique key again, so pushes of
     /// the same key keep joining it. `note` shows as its result meanwhile.
@@ -356,6 +373,10 @@ pub struct NewJob {
     pub traceparent: Option<String>,
     /// W3C trace state to carry to the worker.
     pub tracestate: Option<String>,
+    /// For a scheduled run: the schedule's name and the tick (ms since the
+    /// epoch). The push claims the tick: a second push of it, by any worker,
+    /// queues nothing.
+    pub tick: Option<(String, i64)>,
 }
 
 impl NewJob {
@@ -369,6 +390,7 @@ impl NewJob {
             unique_key: None,
             traceparent: None,
             tracestate: None,
+            tick: None,
         })
     }
 
@@ -405,6 +427,9 @@ pub struct Pushed {
     /// `true` when a pending job with the same unique key was found and its
     /// id returned instead of queueing a duplicate.
     pub duplicate: bool,
+    /// `true` when the job was a schedule's tick that another push (another
+    /// worker) had claimed already: nothing was queued, and `id` is empty.
+    pub tick_taken: bool,
 }
 
 /// A job a worker holds a lease on.
@@ -427,6 +452,17 @@ impl Leased {
     }
 }
 
+/// What one fetch got.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The leased jobs.
+    pub jobs: Vec<Leased>,
+    /// The queue is paused: nothing was leased.
+    pub paused: bool,
+    /// Jobs put back as scheduled, over their type's rate limit.
+    pub deferred: u64,
+}
+
 /// Queue depths by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Depths {
@@ -446,6 +482,10 @@ pub struct Depths {
     pub retried_total: u64,
     /// Jobs skipped since the queue was created.
     pub skipped_total: u64,
+    /// Running jobs revoked and cancelled since the queue was created.
+    pub cancelled_total: u64,
+    /// Whether the queue is paused (fetches hand out nothing).
+    pub paused: bool,
 }
 
 /// The outcome of a cancel request.
@@ -469,6 +509,26 @@ pub enum DeferOutcome {
     Coalesced(String),
     /// Its lease was lost; another worker owns it.
     LeaseLost,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extended {
+    /// Jobs whose lease was lost: another worker owns them now.
+    pub lost: Vec<String>,
+    /// Jobs still held whose cancellation was asked for.
+    pub revoked: Vec<String>,
+}
+
+/// The outcome of revoking a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// It is running; the worker holding it is asked to cancel it.
+    Revoking,
+    /// No such job.
+    NotFound,
+    /// It is not running (pending and scheduled jobs are cancelled instead).
+    NotRunning(JobState),
 }
 
 /// The outcome of re-enqueueing a dead job.
@@ -517,6 +577,11 @@ pub struct QueueKeys {
     live: String,
     errors: String,
     uniq_of: String,
+    paused: String,
+    rate: String,
+    ticks: String,
+    sched: String,
+    revoked: String,
 }
 
 impl QueueKeys {
@@ -538,12 +603,22 @@ impl QueueKeys {
             live: k("live"),
             errors: k("errors"),
             uniq_of: k("uniq_of"),
+            paused: k("paused"),
+            rate: k("rate"),
+            ticks: k("ticks"),
+            sched: k("sched"),
+            revoked: k("revoked"),
         }
     }
 
     /// Every key, for tests that check the hash tag and for cleanup.
-    pub fn all(&self) -> [&str; 13] {
+    pub fn all(&self) -> [&str; 18] {
         [
+            &self.paused,
+            &self.rate,
+            &self.ticks,
+            &self.sched,
+            &self.revoked,
             &self.live,
             &self.errors,
             &self.uniq_of,
@@ -613,8 +688,8 @@ fn decode_record(
 ) -> Result<JobRecord, QueueError> {
     let d: Description = serde_json::from_str(description).map_err(|e| corrupt(id, e))?;
     let f: Vec<&str> = live.split('\t').collect();
-    if f.len() != 9 {
-        return Err(corrupt(id, format!("{} live fields, expected 9", f.len())));
+    if f.len() != 9 && f.len() != 10 {
+        return Err(corrupt(id, format!("{} live fields, expected 10", f.len())));
     }
     let num = |s: &str| s.parse::<f64>().ok().map(|v| v as i64);
     let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -709,11 +784,16 @@ impl Queue {
             .key(&self.keys.unique)
             .key(&self.keys.live)
             .key(&self.keys.uniq_of)
+            .key(&self.keys.ticks)
+            .key(&self.keys.sched)
             .arg(id)
             .arg(description)
             .arg(args)
             .arg(delay_ms)
-            .arg(job.unique_key.as_deref().unwrap_or(""));
+            .arg(job.unique_key.as_deref().unwrap_or(""))
+            .arg(&job.name)
+            .arg(job.tick.as_ref().map_or("", |(s, _)| s.as_str()))
+            .arg(job.tick.as_ref().map_or(0, |(_, t)| *t));
         Ok(())
     }
 
@@ -740,6 +820,7 @@ impl Queue {
             Ok(Pushed {
                 id,
                 duplicate: queued == 0,
+                tick_taken: queued == 2,
             })
         }
         .instrument(span)
@@ -784,6 +865,7 @@ impl Queue {
             .map(|(queued, id)| Pushed {
                 id,
                 duplicate: queued == 0,
+                tick_taken: queued == 2,
             })
             .collect())
     }
@@ -914,17 +996,18 @@ impl Queue {
     /// Depths by state and the lifetime counters.
     pub async fn depths(&self) -> Result<Depths, QueueError> {
         let (mut conn, tracker) = self.pool.get();
-        let (pending, delayed, running, dead, stats): (u64, u64, u64, u64, HashMap<String, u64>) =
-            tracker.track(
-                redis::pipe()
-                    .llen(&self.keys.wait)
-                    .zcard(&self.keys.delayed)
-                    .zcard(&self.keys.active)
-                    .zcard(&self.keys.dead)
-                    .hgetall(&self.keys.stats)
-                    .query_async(&mut conn)
-                    .await,
-            )?;
+        type Parts = (u64, u64, u64, u64, HashMap<String, u64>, bool);
+        let (pending, delayed, running, dead, stats, paused): Parts = tracker.track(
+            redis::pipe()
+                .llen(&self.keys.wait)
+                .zcard(&self.keys.delayed)
+                .zcard(&self.keys.active)
+                .zcard(&self.keys.dead)
+                .hgetall(&self.keys.stats)
+                .exists(&self.keys.paused)
+                .query_async(&mut conn)
+                .await,
+        )?;
         let stat = |k: &str| stats.get(k).copied().unwrap_or(0);
         Ok(Depths {
             pending,
@@ -935,7 +1018,35 @@ impl Queue {
             failed_total: stat("failed"),
             retried_total: stat("retried"),
             skipped_total: stat("skipped"),
+            cancelled_total: stat("cancelled"),
+            paused,
         })
+    }
+
+    /// Pauses the queue: fetches hand out nothing until [`Self::resume`];
+    /// running jobs finish, and pushes are still accepted.
+    pub async fn pause(&self) -> Result<(), QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        tracker.track(
+            redis::cmd("SET")
+                .arg(&self.keys.paused)
+                .arg(1)
+                .query_async::<()>(&mut conn)
+                .await,
+        )?;
+        Ok(())
+    }
+
+    /// Resumes a paused queue.
+    pub async fn resume(&self) -> Result<(), QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        tracker.track(
+            redis::cmd("DEL")
+                .arg(&self.keys.paused)
+                .query_async::<()>(&mut conn)
+                .await,
+        )?;
+        Ok(())
     }
 
     // ----- worker side -------------------------------------------------------
@@ -943,26 +1054,43 @@ impl Queue {
     /// Leases up to `n` pending jobs to `worker` (never blocks). The worker
     /// id must not contain tabs or newlines (it is stored in a tab-separated field).
     pub async fn fetch(&self, worker: &str, n: usize) -> Result<Vec<Leased>, QueueError> {
+        Ok(self.fetch_batch(worker, n).await?.jobs)
+    }
+
+    /// [`Self::fetch`], telling also whether the queue is paused and how many
+    /// jobs went back as scheduled for being over their type's rate limit.
+    pub async fn fetch_batch(&self, worker: &str, n: usize) -> Result<Fetched, QueueError> {
         if worker.is_empty() || worker.contains(['\t', '\n', '\r']) {
             return Err(QueueError::Encode(format!("invalid worker id {worker:?}")));
         }
         let started = std::time::SystemTime::now();
+        let mut inv = scripts::FETCH.prepare_invoke();
+        inv.key(&self.keys.wait)
+            .key(&self.keys.active)
+            .key(&self.keys.jobs)
+            .key(&self.keys.args)
+            .key(&self.keys.unique)
+            .key(&self.keys.live)
+            .key(&self.keys.uniq_of)
+            .key(&self.keys.paused)
+            .key(&self.keys.rate)
+            .key(&self.keys.delayed)
+            .arg(n.max(1))
+            .arg(worker)
+            .arg(self.settings.lease.as_millis() as u64)
+            .arg(self.settings.rate_limits.len());
+        for (job, rate) in &self.settings.rate_limits {
+            inv.arg(job).arg(rate.interval_ms()).arg(rate.burst);
+        }
         let (mut conn, tracker) = self.pool.get();
-        let flat: Vec<String> = tracker.track(
-            scripts::FETCH
-                .key(&self.keys.wait)
-                .key(&self.keys.active)
-                .key(&self.keys.jobs)
-                .key(&self.keys.args)
-                .key(&self.keys.unique)
-                .key(&self.keys.live)
-                .key(&self.keys.uniq_of)
-                .arg(n.max(1))
-                .arg(worker)
-                .arg(self.settings.lease.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await,
-        )?;
+        let mut flat: Vec<String> = tracker.track(inv.invoke_async(&mut conn).await)?;
+        let paused = flat.first().is_some_and(|s| s == "paused");
+        let deferred = flat.get(1).and_then(|d| d.parse().ok()).unwrap_or(0);
+        let flat = if flat.len() >= 2 {
+            flat.split_off(2)
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::with_capacity(flat.len() / 4);
         for chunk in flat.chunks_exact(4) {
             let id = chunk[0].clone();
@@ -992,7 +1120,11 @@ impl Queue {
             }
         }
         self.trace_fetch(&out, started);
-        Ok(out)
+        Ok(Fetched {
+            jobs: out,
+            paused,
+            deferred,
+        })
     }
 
     /// Gives each fetched job's trace a client span for the fetch that
@@ -1081,10 +1213,12 @@ impl Queue {
             .key(&self.keys.results)
             .key(&self.keys.stats)
             .key(&self.keys.errors)
+            .key(&self.keys.revoked)
             .arg(self.settings.result_retention.as_millis() as u64);
         for (job, state, result) in done {
             let state = match state {
                 JobState::Skipped => "skipped",
+                JobState::Cancelled => "cancelled",
                 _ => "succeeded",
             };
             inv.arg(&job.id)
@@ -1204,21 +1338,61 @@ impl Queue {
 
     /// Extends the leases of `held` (id, token) pairs; returns the ids whose
     /// lease was lost.
-    pub async fn extend(&self, held: &[(String, String)]) -> Result<Vec<String>, QueueError> {
+    pub async fn extend(&self, held: &[(String, String)]) -> Result<Extended, QueueError> {
         if held.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Extended::default());
         }
         let mut inv = scripts::EXTEND.prepare_invoke();
         inv.key(&self.keys.active)
             .key(&self.keys.live)
+            .key(&self.keys.revoked)
             .arg(self.settings.lease.as_millis() as u64);
         for (id, token) in held {
             inv.arg(id).arg(token);
         }
         let (mut conn, tracker) = self.pool.get();
-        Ok(tracker.track(inv.invoke_async(&mut conn).await)?)
+        let (lost, revoked): (Vec<String>, Vec<String>) =
+            tracker.track(inv.invoke_async(&mut conn).await)?;
+        Ok(Extended { lost, revoked })
     }
 
+    /// Asks for a running job to be cancelled (see `REVOKE` in
+    /// [`scripts`]): marks it revoked, and tells every worker on
+    /// `control_channel` (`revoke <queue> <id>`); the one holding its lease
+    /// cancels it. A worker that misses the message finds the mark at its
+    /// next heartbeat; a dead worker's job ends cancelled when its lease is
+    /// reaped.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        control_channel: &str,
+    ) -> Result<RevokeOutcome, QueueError> {
+        let (mut conn, tracker) = self.pool.get_durable();
+        let answer: String = tracker.track(
+            scripts::REVOKE
+                .key(&self.keys.live)
+                .key(&self.keys.revoked)
+                .arg(id)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(match answer.as_str() {
+            "revoking" => {
+                self.pool
+                    .wait_for_replicas(&mut conn, &self.keys.revoked)
+                    .await;
+                let message = format!("revoke {} {id}", self.name);
+                let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(control_channel)
+                    .arg(message)
+                    .query_async(&mut conn)
+                    .await;
+                RevokeOutcome::Revoking
+            }
+            "not_found" => RevokeOutcome::NotFound,
+            other => RevokeOutcome::NotRunning(parse_state(other)),
+        })
+    }
     /// Puts a job this worker holds back at the head of the queue.
     pub async fn requeue(&self, id: &str, token: &str) -> Result<bool, QueueError> {
         let (mut conn, tracker) = self.pool.get();
@@ -1270,9 +1444,12 @@ impl Queue {
                 .key(&self.keys.errors)
                 .key(&self.keys.unique)
                 .key(&self.keys.uniq_of)
+                .key(&self.keys.revoked)
+                .key(&self.keys.results)
                 .arg(MAINTENANCE_BATCH)
                 .arg(self.settings.max_lease_losses)
                 .arg(self.settings.dead_retention.as_millis() as u64)
+                .arg(self.settings.result_retention.as_millis() as u64)
                 .invoke_async(&mut conn)
                 .await,
         )?)
@@ -1291,6 +1468,7 @@ impl Queue {
                 .key(&self.keys.live)
                 .key(&self.keys.errors)
                 .key(&self.keys.uniq_of)
+                .key(&self.keys.revoked)
                 .arg(MAINTENANCE_BATCH)
                 .invoke_async(&mut conn)
                 .await,

@@ -15,7 +15,9 @@
 //!   key, trace context) as JSON, written once by the producer, read by Rust.
 //! - `live[id]`: the fields that change, tab-separated: state, attempts,
 //!   enqueued_at, started_at, finished_at, worker, lease token, leases lost,
-//!   run_at (times in ms of the Redis clock; empty when unset).
+//!   run_at (times in ms of the Redis clock; empty when unset), and the job
+//!   type (which never changes, but the fetch's rate limits need it without
+//!   decoding JSON; records written before it have 9 fields).
 //! - `errors[id]`, `args[id]`, `results[id]`, `uniq_of[id]` (the unique key).
 
 use std::sync::LazyLock;
@@ -35,11 +37,12 @@ local function load(live, id)
   for v in string.gmatch(s .. '\t', '([^\t]*)\t') do f[#f + 1] = v end
   return {state = f[1], attempts = tonumber(f[2]) or 0, enqueued = f[3] or '',
           started = f[4] or '', finished = f[5] or '', worker = f[6] or '',
-          token = f[7] or '', lost = tonumber(f[8]) or 0, run_at = f[9] or ''}
+          token = f[7] or '', lost = tonumber(f[8]) or 0, run_at = f[9] or '',
+          name = f[10] or ''}
 end
 local function save(live, id, r)
   redis.call('HSET', live, id, table.concat({r.state, r.attempts, r.enqueued, r.started,
-    r.finished, r.worker, r.token, r.lost, r.run_at}, '\t'))
+    r.finished, r.worker, r.token, r.lost, r.run_at, r.name}, '\t'))
 end
 -- A job going back to the queue takes its unique key again, unless another
 -- pending or scheduled job holds it now: returns that job's id, else nil.
@@ -62,14 +65,23 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// KEYS: wait, delayed, jobs, args, unique, live, uniq_of.
-/// ARGV: id, description, args, delay_ms (0 = now), unique_key ('' = none).
+/// KEYS: wait, delayed, jobs, args, unique, live, uniq_of, ticks, sched.
+/// ARGV: id, description, args, delay_ms (0 = now), unique_key ('' = none),
+/// job type, schedule ('' = none), tick (ms).
 /// Returns {1, id} when queued, {0, existing_id} when a pending job with the
-/// same unique key already exists.
+/// same unique key already exists, {2, ''} when the schedule's tick was
+/// already claimed (by another worker: every tick is queued once).
 pub(crate) static PUSH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local id, uniq = ARGV[1], ARGV[5]
+local schedule = ARGV[7]
+if schedule ~= '' then
+  if redis.call('ZADD', KEYS[8], 'NX', ARGV[8], schedule .. '@' .. ARGV[8]) == 0 then
+    return {2, ''}
+  end
+  redis.call('HSET', KEYS[9], schedule, ARGV[8] .. ' ' .. id)
+end
 if uniq ~= '' then
   local existing = redis.call('HGET', KEYS[5], uniq)
   if existing then
@@ -83,7 +95,7 @@ if uniq ~= '' then
 end
 local delay = tonumber(ARGV[4])
 local r = {state = 'pending', attempts = 0, enqueued = now, started = '', finished = '',
-           worker = '', token = '', lost = 0, run_at = ''}
+           worker = '', token = '', lost = 0, run_at = '', name = ARGV[6]}
 if delay > 0 then
   r.state = 'scheduled'
   r.run_at = now + delay
@@ -101,46 +113,84 @@ return {1, id}
     )
 });
 
-/// KEYS: wait, active, jobs, args, unique, live, uniq_of.
-/// ARGV: n, worker, lease_ms.
-/// Moves up to n pending jobs to running under a lease. Returns a flat list
-/// {id, description, live, args, ...}. Cancelled tombstones are dropped.
+/// KEYS: wait, active, jobs, args, unique, live, uniq_of, paused, rate, delayed.
+/// ARGV: n, worker, lease_ms, then the rate limits: their count, and per
+/// limit the job type, its emission interval (ms) and its burst.
+/// Moves up to n pending jobs to running under a lease. Returns
+/// {status, deferred, id, description, live, args, ...}: status `paused`
+/// (and nothing else) when the queue is paused, else `ok`; `deferred`
+/// counts the jobs put back as scheduled because their type was over its
+/// rate limit. Cancelled tombstones are dropped.
+///
+/// A rate limit is GCRA: a type's theoretical arrival time `tat` (in
+/// `rate[type]`) admits a start at `now` when `tat - now <= interval *
+/// (burst - 1)`, and moves on by one interval per start. A job over the
+/// limit waits in `delayed` until its turn (`tat - tolerance`, one interval
+/// apart for each job deferred in this call), spends no attempt and keeps
+/// its unique key; when it comes back it is checked again.
 pub(crate) static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local out = {}
+if redis.call('EXISTS', KEYS[8]) == 1 then return {'paused', 0} end
+local limits = {}
+for i = 0, tonumber(ARGV[4]) - 1 do
+  limits[ARGV[5 + 3 * i]] = {tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i]), 0}
+end
+local out = {'ok', 0}
 local ids = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
 if not ids then return out end
 local deadline = now + tonumber(ARGV[3])
+local deferred = 0
 for _, id in ipairs(ids) do
   local r = load(KEYS[6], id)
   if r and r.state == 'pending' then
-    r.state = 'running'
-    r.attempts = r.attempts + 1
-    r.started = now
-    r.worker = ARGV[2]
-    -- Unique per lease: a resurrected job restarts its attempt count.
-    r.token = ARGV[2] .. ':' .. r.attempts .. ':' .. now
-    r.run_at = ''
-    local uniq = redis.call('HGET', KEYS[7], id)
-    if uniq and redis.call('HGET', KEYS[5], uniq) == id then
-      redis.call('HDEL', KEYS[5], uniq)
+    local lim = limits[r.name]
+    local admit = true
+    if lim then
+      local interval, tolerance = lim[1], lim[1] * (lim[2] - 1)
+      local tat = tonumber(redis.call('HGET', KEYS[9], r.name) or '0')
+      if tat < now then tat = now end
+      if tat - now > tolerance then
+        admit = false
+        r.state = 'scheduled'
+        r.run_at = tat - tolerance + lim[3] * interval
+        lim[3] = lim[3] + 1
+        save(KEYS[6], id, r)
+        redis.call('ZADD', KEYS[10], r.run_at, id)
+        deferred = deferred + 1
+      else
+        redis.call('HSET', KEYS[9], r.name, tat + interval)
+      end
     end
-    save(KEYS[6], id, r)
-    redis.call('ZADD', KEYS[2], deadline, id)
-    out[#out + 1] = id
-    out[#out + 1] = redis.call('HGET', KEYS[3], id) or ''
-    out[#out + 1] = redis.call('HGET', KEYS[6], id)
-    out[#out + 1] = redis.call('HGET', KEYS[4], id) or ''
+    if admit then
+      r.state = 'running'
+      r.attempts = r.attempts + 1
+      r.started = now
+      r.worker = ARGV[2]
+      -- Unique per lease: a resurrected job restarts its attempt count.
+      r.token = ARGV[2] .. ':' .. r.attempts .. ':' .. now
+      r.run_at = ''
+      local uniq = redis.call('HGET', KEYS[7], id)
+      if uniq and redis.call('HGET', KEYS[5], uniq) == id then
+        redis.call('HDEL', KEYS[5], uniq)
+      end
+      save(KEYS[6], id, r)
+      redis.call('ZADD', KEYS[2], deadline, id)
+      out[#out + 1] = id
+      out[#out + 1] = redis.call('HGET', KEYS[3], id) or ''
+      out[#out + 1] = redis.call('HGET', KEYS[6], id)
+      out[#out + 1] = redis.call('HGET', KEYS[4], id) or ''
+    end
   end
 end
+out[2] = deferred
 return out
 "#,
     )
 });
 
-/// KEYS: active, live, finished, args, results, stats, errors.
-/// ARGV: retention_ms, then (id, token, state ('succeeded'|'skipped'), result) for each job.
+/// KEYS: active, live, finished, args, results, stats, errors, revoked.
+/// ARGV: retention_ms, then (id, token, state ('succeeded'|'skipped'|'cancelled'), result) for each job.
 /// Records successes; per job returns 1, or 0 when its lease was lost (its
 /// result is then discarded).
 pub(crate) static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| {
@@ -162,6 +212,7 @@ for i = 2, #ARGV, 4 do
     redis.call('HSET', KEYS[5], id, ARGV[i + 3])
     redis.call('HDEL', KEYS[4], id)
     redis.call('HDEL', KEYS[7], id)
+    redis.call('HDEL', KEYS[8], id)
     redis.call('ZADD', KEYS[3], expire, id)
     redis.call('HINCRBY', KEYS[6], state, 1)
     out[#out + 1] = 1
@@ -233,22 +284,24 @@ return 1
     )
 });
 
-/// KEYS: active, live. ARGV: lease_ms, id1, token1, id2, token2, …
-/// Extends the leases still held; returns the ids whose lease was lost.
+/// KEYS: active, live, revoked. ARGV: lease_ms, id1, token1, id2, token2, …
+/// Extends the leases still held; returns {ids whose lease was lost, ids
+/// held and revoked} (a revoke whose message the worker missed).
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local lost = {}
+local lost, revoked = {}, {}
 for i = 2, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local r = load(KEYS[2], id)
   if r and r.state == 'running' and r.token == token then
     redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), id)
+    if redis.call('HEXISTS', KEYS[3], id) == 1 then revoked[#revoked + 1] = id end
   else
     lost[#lost + 1] = id
   end
 end
-return lost
+return {lost, revoked}
 "#,
     )
 });
@@ -341,10 +394,11 @@ return {#ids, due}
     )
 });
 
-/// KEYS: active, wait, live, dead, finished, stats, errors, unique, uniq_of.
-/// ARGV: n, max_lost, dead_retention_ms.
+/// KEYS: active, wait, live, dead, finished, stats, errors, unique, uniq_of,
+/// revoked, results. ARGV: n, max_lost, dead_retention_ms, result_retention_ms.
 /// Takes back up to n jobs whose lease expired (their worker died) and
-/// queues them again at the head, or buries them after max_lost losses.
+/// queues them again at the head, or buries them after max_lost losses; a
+/// job revoked while its worker was gone ends `cancelled` instead.
 /// Returns the number of jobs taken back.
 pub(crate) static REAP: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -356,7 +410,13 @@ for _, id in ipairs(ids) do
   if r then
     r.lost = r.lost + 1
     r.token = ''
-    if r.lost >= tonumber(ARGV[2]) then
+    if redis.call('HDEL', KEYS[10], id) == 1 then
+      r.state = 'cancelled'
+      r.finished = now
+      redis.call('HSET', KEYS[11], id, '{"status":"cancelled","reason":"revoked while its worker was gone"}')
+      redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), id)
+      redis.call('HINCRBY', KEYS[6], 'cancelled', 1)
+    elseif r.lost >= tonumber(ARGV[2]) then
       r.state = 'failed'
       r.finished = now
       redis.call('HSET', KEYS[7], id, 'lease expired ' .. r.lost .. ' times: the worker running it was lost each time')
@@ -433,7 +493,7 @@ return 'queued'
     )
 });
 
-/// KEYS: finished, jobs, args, results, dead, live, errors, uniq_of. ARGV: n.
+/// KEYS: finished, jobs, args, results, dead, live, errors, uniq_of, revoked. ARGV: n.
 /// Deletes up to n records whose retention ran out. Returns how many.
 pub(crate) static CLEANUP: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -442,11 +502,28 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumb
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[5], id)
-  for k = 2, 8 do
+  for k = 2, 9 do
     if k ~= 5 then redis.call('HDEL', KEYS[k], id) end
   end
 end
 return #ids
+"#,
+    )
+});
+
+/// KEYS: live, revoked. ARGV: id.
+/// Asks for a running job to be cancelled: marks it revoked (its worker
+/// is told, and its heartbeat and the reaper look). Returns 'revoking', or
+/// the state that makes a revoke moot ('pending', 'succeeded', …; pending
+/// and scheduled jobs are cancelled instead), or 'not_found'.
+pub(crate) static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local r = load(KEYS[1], ARGV[1])
+if not r then return 'not_found' end
+if r.state ~= 'running' then return r.state end
+redis.call('HSET', KEYS[2], ARGV[1], now)
+return 'revoking'
 "#,
     )
 });

@@ -13,6 +13,8 @@ use shared::queue::{
 };
 use shared::testing::{RedisKind, TestRedis};
 
+mod control;
+
 async fn queue_with(redis: &TestRedis, settings: QueueSettings) -> Queue {
     Queue::new(redis.pool("t"), "t", "default", settings)
 }
@@ -329,7 +331,7 @@ async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it(kind: Redis
     // Heartbeat one of the two for two lease periods.
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(q.extend(&held).await.unwrap().is_empty());
+        assert!(q.extend(&held).await.unwrap().lost.is_empty());
         q.reap_expired().await.unwrap();
     }
 
@@ -361,7 +363,8 @@ async fn an_expired_lease_puts_the_job_back_and_a_heartbeat_keeps_it(kind: Redis
     let lost = q
         .extend(&[(stale.id.clone(), stale.token().to_string())])
         .await
-        .unwrap();
+        .unwrap()
+        .lost;
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0], stale.id);
 }

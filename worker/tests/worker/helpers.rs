@@ -38,6 +38,8 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
         prefetch: 4,
         shutdown_timeout: Duration::from_secs(5),
         job_timeout: Duration::from_secs(600),
+        time_limits: Default::default(),
+        revoke_grace: std::time::Duration::from_secs(10),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }
 }

@@ -187,3 +187,30 @@ fn a_bad_feed_setting_stops_startup_and_names_the_variable() {
         assert!(stderr.contains(var), "{var}={value}: {stderr}");
     }
 }
+
+#[test]
+fn a_bad_queue_rate_or_time_limit_stops_startup_in_one_line_naming_it() {
+    for (var, value) in [
+        ("WORKER_QUEUES", "events,nope"),
+        ("WORKER_QUEUES", "events:0"),
+        ("QUEUE_ROUTES", "noop"),
+        ("RATE_LIMIT_NOOP", "10/parsec"),
+        ("RATE_LIMIT_NOOP", "ten/s"),
+        ("TIME_LIMIT_SLEEP", "soon"),
+        ("TIME_LIMIT_SLEEP", "60,30"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .env("WORKER_METRICS_ADDR", "127.0.0.1:0")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} started");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: {stderr}");
+        assert!(
+            lines[0].contains(var) && lines[0].contains(value),
+            "{var}={value}: {stderr}"
+        );
+    }
+}

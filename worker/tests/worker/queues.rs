@@ -88,3 +88,66 @@ async fn a_worker_drains_only_the_queues_it_consumes() {
     assert_eq!((bulk.pending, bulk.succeeded_total), (20, 0));
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_of_32_slots_never_start_a_limited_type_faster_than_its_rate() {
+    // Arrange: 300 jobs of a type limited to 100 starts a second.
+    let redis = RedisServer::start().await;
+    let q = queues(&redis);
+    let mut queue_settings = QueueSettings::default();
+    queue_settings
+        .rate_limits
+        .insert("sleep".into(), shared::queue::Rate::parse("100/s").unwrap());
+    let jobs: Vec<NewJob> = (0..300)
+        .map(|_| NewJob::of(&Sleep { millis: 1 }).unwrap())
+        .collect();
+    let ids: Vec<String> = q
+        .push_bulk(&jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+
+    // Act: four workers of 32 slots, all at once.
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let mut s = settings(&redis, queue_settings.clone());
+        (s.routes, s.consume) = (routes(), Consume::default());
+        (s.concurrency, s.prefetch) = (32, 32);
+        workers.push(start(s, worker::jobs::registry()).await);
+    }
+    let bulk = q.get("bulk").unwrap().clone();
+    let mut starts = Vec::new();
+    for id in &ids {
+        let r = wait_for(&bulk, id, &[JobState::Succeeded], LONG).await;
+        assert_eq!(r.attempts, 1, "a deferral spent an attempt");
+        starts.push(r.started_at.unwrap());
+    }
+    for w in workers {
+        w.stop().await;
+    }
+
+    // Assert: on the Redis clock, every start came at least one interval
+    // (10 ms) after the previous one, so no window saw more than its share.
+    starts.sort_unstable();
+    let gaps: Vec<i64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= 10),
+        "a gap under 10 ms: {:?}",
+        gaps.iter().min()
+    );
+    let busiest = starts
+        .iter()
+        .map(|t| {
+            starts
+                .iter()
+                .filter(|s| **s >= *t && **s < t + 1_000)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 100, "{busiest} starts in one second");
+    let deferred = q.get("bulk").unwrap().depths().await.unwrap();
+    assert_eq!(deferred.succeeded_total, 300);
+}

@@ -1,0 +1,98 @@
+//! Pausing a queue, and global rate limits, in the fetch script.
+
+use std::time::Duration;
+
+use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Rate, Sleep};
+use shared::testing::{RedisKind, TestRedis};
+
+shared::redis_suite!(
+    a_paused_queue_hands_out_nothing_and_still_takes_pushes,
+    jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt,
+);
+
+async fn a_paused_queue_hands_out_nothing_and_still_takes_pushes(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let q = Queue::new(redis.pool("pq"), "pq", "default", QueueSettings::default());
+    let running = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let leased = q.fetch("w", 1).await.unwrap().remove(0);
+    assert_eq!(leased.id, running);
+
+    q.pause().await.unwrap();
+    let later = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let got = q.fetch_batch("w", 10).await.unwrap();
+
+    assert!(got.paused && got.jobs.is_empty());
+    let d = q.depths().await.unwrap();
+    assert!(d.paused);
+    assert_eq!((d.pending, d.running), (1, 1));
+    // A job running when the queue was paused finishes normally.
+    assert!(
+        q.complete(&leased, JobState::Succeeded, &serde_json::json!(1))
+            .await
+            .unwrap()
+    );
+
+    q.resume().await.unwrap();
+    let got = q.fetch_batch("w", 10).await.unwrap();
+    assert!(!got.paused);
+    assert_eq!(
+        got.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [later.as_str()]
+    );
+    assert!(!q.depths().await.unwrap().paused);
+}
+
+async fn jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let mut settings = QueueSettings::default();
+    settings
+        .rate_limits
+        .insert("sleep".into(), Rate::parse("2/s").unwrap());
+    let q = Queue::new(redis.pool("rl"), "rl", "default", settings);
+    for _ in 0..5 {
+        q.push(NewJob::of(&Sleep { millis: 1 }).unwrap())
+            .await
+            .unwrap();
+    }
+    // A type without a limit is not held back.
+    q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
+
+    let got = q.fetch_batch("w", 10).await.unwrap();
+
+    let names: Vec<&str> = got.jobs.iter().map(|j| j.record.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["sleep", "noop"],
+        "one sleep admitted, the noop unlimited"
+    );
+    assert_eq!(got.deferred, 4);
+    let d = q.depths().await.unwrap();
+    assert_eq!((d.pending, d.delayed, d.running), (0, 4, 2));
+    // The deferred ones wait as scheduled, one interval (500 ms) apart,
+    // with no attempt spent.
+    let (mut conn, _) = q.pool().get();
+    let due: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg("{rl:default}:delayed")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let first = got.jobs[0].record.started_at.unwrap();
+    for (k, (id, at)) in due.iter().enumerate() {
+        assert_eq!(*at, first + 500 * (k as i64 + 1), "{due:?}");
+        let r = q.status(id).await.unwrap().unwrap().record;
+        assert_eq!((r.state, r.attempts), (JobState::Scheduled, 0));
+    }
+    // When their turn comes they are admitted one by one.
+    shared::testing::eventually(
+        Duration::from_secs(30),
+        "the first deferred job due",
+        || async { q.promote_due().await.unwrap().0 > 0 },
+    )
+    .await;
+    let next = q.fetch_batch("w", 10).await.unwrap();
+    assert_eq!(next.jobs.len(), 1);
+    assert!(next.jobs[0].record.started_at.unwrap() >= first + 500);
+}
