@@ -57,42 +57,114 @@ async fn a_task_reports_its_status_and_an_unknown_id_is_a_404() {
 }
 
 #[tokio::test]
-async fn pending_tasks_can_be_cancelled_and_running_ones_cannot() {
+async fn pending_tasks_are_cancelled_running_ones_revoked_and_finished_ones_refused() {
     let app = spawn_app().await;
     let q = app.state.queues.for_job("noop");
-    let pending = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
     let running = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let pending = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let finished = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
     // FIFO: the first pushed is fetched first.
     let leased = q.fetch("w", 1).await.unwrap();
-    assert_eq!(leased[0].id, pending);
-
-    let resp = app
-        .client
-        .delete(app.url(&format!("/api/v1/tasks/{running}")))
-        .send()
+    assert_eq!(leased[0].id, running);
+    let mut sub = app.state.queues.pool().pubsub().await.unwrap();
+    sub.subscribe(app.state.control_channel.as_ref())
         .await
         .unwrap();
+
+    let delete = |id: &str| {
+        app.client
+            .delete(app.url(&format!("/api/v1/tasks/{id}")))
+            .send()
+    };
+    let resp = delete(&pending).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "cancelled");
 
-    let resp = app
-        .client
-        .delete(app.url(&format!("/api/v1/tasks/{pending}")))
-        .send()
+    // A running task: 202, and the worker holding it is told on the control channel.
+    let resp = delete(&running).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "revoking");
+    assert_eq!(body["status_url"], format!("/api/v1/tasks/{running}"));
+    let msg = {
+        use futures::StreamExt as _;
+        let mut messages = sub.on_message();
+        tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
+            .await
+            .expect("no control message")
+            .unwrap()
+    };
+    let text: String = msg.get_payload().unwrap();
+    assert_eq!(text, format!("revoke default {running}"));
+
+    // Finished: nothing left to cancel.
+    let l = q.fetch("w", 1).await.unwrap().remove(0);
+    assert_eq!(l.id, finished);
+    q.complete(&l, JobState::Succeeded, &serde_json::json!(null))
         .await
         .unwrap();
+    let resp = delete(&finished).await.unwrap();
     assert_eq!(resp.status(), 409);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "conflict");
 
-    let resp = app
-        .client
-        .delete(app.url("/api/v1/tasks/NOPE"))
+    let resp = delete("NOPE").await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn a_queue_is_paused_and_resumed_by_name_and_an_unknown_one_is_a_404() {
+    let token = "s3cret-admin-token-0123";
+    let app = spawn_app_with(|s| s.admin_token = Some(token.into())).await;
+    let q = app.state.queues.get("events").unwrap().clone();
+    let post = |path: &str, bearer: Option<&str>| {
+        let req = app.client.post(app.url(path));
+        match bearer {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
         .send()
+    };
+
+    let anonymous = post("/api/v1/queues/events/pause", None).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(!q.depths().await.unwrap().paused);
+    let wrong = post("/api/v1/queues/events/pause", Some("nope-nope-nope"))
         .await
         .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(wrong.status(), 403);
+
+    let paused = post("/api/v1/queues/events/pause", Some(token))
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200);
+    let body: serde_json::Value = paused.json().await.unwrap();
+    assert_eq!(
+        (body["queue"].as_str(), body["paused"].as_bool()),
+        (Some("events"), Some(true))
+    );
+    assert!(q.depths().await.unwrap().paused);
+    let (s, one) = app.get_json("/api/v1/queues/events").await;
+    assert_eq!((s, one["paused"].as_bool()), (200, Some(true)));
+    let (_, all) = app.get_json("/api/v1/queues").await;
+    assert_eq!(all["queues"]["events"]["paused"], true);
+    assert_eq!(all["queues"]["bulk"]["paused"], false);
+
+    let resumed = post("/api/v1/queues/events/resume", Some(token))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    assert!(!q.depths().await.unwrap().paused);
+
+    let unknown = post("/api/v1/queues/nosuch/pause", Some(token))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+    let (s, body) = app.get_json("/api/v1/queues/nosuch").await;
+    assert_eq!((s, body["error"].as_str()), (404, Some("not_found")));
 }
 
 #[tokio::test]

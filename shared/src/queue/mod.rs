@@ -144,7 +144,7 @@ pub enum JobState {
     Failed,
     /// Finished without doing its work on purpose (e.g. another run held the lock).
     Skipped,
-    /// Cancelled before it started.
+    /// Cancelled: before it started, or revoked while it ran.
     Cancelled,
 }
 

@@ -120,7 +120,8 @@ return {1, id}
 /// {status, deferred, id, description, live, args, ...}: status `paused`
 /// (and nothing else) when the queue is paused, else `ok`; `deferred`
 /// counts the jobs put back as scheduled because their type was over its
-/// rate limit. Cancelled tombstones are dropped.
+/// rate limit. Cancelled tombstones are dropped; neither they nor deferred
+/// jobs count against n (up to 16 pops per call).
 ///
 /// A rate limit is GCRA: a type's theoretical arrival time `tat` (in
 /// `rate[type]`) admits a start at `now` when `tat - now <= interval *
@@ -137,49 +138,57 @@ for i = 0, tonumber(ARGV[4]) - 1 do
   limits[ARGV[5 + 3 * i]] = {tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i]), 0}
 end
 local out = {'ok', 0}
-local ids = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
-if not ids then return out end
+local want = tonumber(ARGV[1])
 local deadline = now + tonumber(ARGV[3])
 local deferred = 0
-for _, id in ipairs(ids) do
-  local r = load(KEYS[6], id)
-  if r and r.state == 'pending' then
-    local lim = limits[r.name]
-    local admit = true
-    if lim then
-      local interval, tolerance = lim[1], lim[1] * (lim[2] - 1)
-      local tat = tonumber(redis.call('HGET', KEYS[9], r.name) or '0')
-      if tat < now then tat = now end
-      if tat - now > tolerance then
-        admit = false
-        r.state = 'scheduled'
-        r.run_at = tat - tolerance + lim[3] * interval
-        lim[3] = lim[3] + 1
+local admitted = 0
+-- Tombstones and deferred jobs do not count against n: pop again, a
+-- bounded number of rounds, so one call's work stays bounded too.
+for _ = 1, 16 do
+  if admitted >= want then break end
+  local ids = redis.call('RPOP', KEYS[1], want - admitted)
+  if not ids then break end
+  for _, id in ipairs(ids) do
+    local r = load(KEYS[6], id)
+    if r and r.state == 'pending' then
+      local lim = limits[r.name]
+      local admit = true
+      if lim then
+        local interval, tolerance = lim[1], lim[1] * (lim[2] - 1)
+        local tat = tonumber(redis.call('HGET', KEYS[9], r.name) or '0')
+        if tat < now then tat = now end
+        if tat - now > tolerance then
+          admit = false
+          r.state = 'scheduled'
+          r.run_at = tat - tolerance + lim[3] * interval
+          lim[3] = lim[3] + 1
+          save(KEYS[6], id, r)
+          redis.call('ZADD', KEYS[10], r.run_at, id)
+          deferred = deferred + 1
+        else
+          redis.call('HSET', KEYS[9], r.name, tat + interval)
+        end
+      end
+      if admit then
+        r.state = 'running'
+        r.attempts = r.attempts + 1
+        r.started = now
+        r.worker = ARGV[2]
+        -- Unique per lease: a resurrected job restarts its attempt count.
+        r.token = ARGV[2] .. ':' .. r.attempts .. ':' .. now
+        r.run_at = ''
+        local uniq = redis.call('HGET', KEYS[7], id)
+        if uniq and redis.call('HGET', KEYS[5], uniq) == id then
+          redis.call('HDEL', KEYS[5], uniq)
+        end
         save(KEYS[6], id, r)
-        redis.call('ZADD', KEYS[10], r.run_at, id)
-        deferred = deferred + 1
-      else
-        redis.call('HSET', KEYS[9], r.name, tat + interval)
+        redis.call('ZADD', KEYS[2], deadline, id)
+        out[#out + 1] = id
+        out[#out + 1] = redis.call('HGET', KEYS[3], id) or ''
+        out[#out + 1] = redis.call('HGET', KEYS[6], id)
+        out[#out + 1] = redis.call('HGET', KEYS[4], id) or ''
+        admitted = admitted + 1
       end
-    end
-    if admit then
-      r.state = 'running'
-      r.attempts = r.attempts + 1
-      r.started = now
-      r.worker = ARGV[2]
-      -- Unique per lease: a resurrected job restarts its attempt count.
-      r.token = ARGV[2] .. ':' .. r.attempts .. ':' .. now
-      r.run_at = ''
-      local uniq = redis.call('HGET', KEYS[7], id)
-      if uniq and redis.call('HGET', KEYS[5], uniq) == id then
-        redis.call('HDEL', KEYS[5], uniq)
-      end
-      save(KEYS[6], id, r)
-      redis.call('ZADD', KEYS[2], deadline, id)
-      out[#out + 1] = id
-      out[#out + 1] = redis.call('HGET', KEYS[3], id) or ''
-      out[#out + 1] = redis.call('HGET', KEYS[6], id)
-      out[#out + 1] = redis.call('HGET', KEYS[4], id) or ''
     end
   end
 end

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Rate, Sleep};
+use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Rate, RevokeOutcome, Sleep};
 use shared::testing::{RedisKind, TestRedis};
 
 shared::redis_suite!(
     a_paused_queue_hands_out_nothing_and_still_takes_pushes,
     jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt,
+    a_revoke_whose_worker_died_cancels_the_job_when_its_lease_is_reaped,
 );
 
 async fn a_paused_queue_hands_out_nothing_and_still_takes_pushes(kind: RedisKind) {
@@ -95,4 +96,42 @@ async fn jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt(
     let next = q.fetch_batch("w", 10).await.unwrap();
     assert_eq!(next.jobs.len(), 1);
     assert!(next.jobs[0].record.started_at.unwrap() >= first + 500);
+}
+
+async fn a_revoke_whose_worker_died_cancels_the_job_when_its_lease_is_reaped(kind: RedisKind) {
+    // Arrange: a job leased by a worker that then dies (it never heartbeats).
+    let redis = TestRedis::start(kind).await;
+    let settings = QueueSettings {
+        lease: Duration::from_millis(300),
+        ..QueueSettings::default()
+    };
+    let q = Queue::new(redis.pool("rv"), "rv", "default", settings);
+    let id = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let pending = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let leased = q.fetch("dead-worker", 1).await.unwrap().remove(0);
+    assert_eq!(leased.id, id);
+
+    // Act: revoke it; only a pending job is not revocable (it is cancelled instead).
+    let outcome = q.revoke(&id, "rv:control").await.unwrap();
+    let not_running = q.revoke(&pending, "rv:control").await.unwrap();
+    let unknown = q.revoke("no-such-job", "rv:control").await.unwrap();
+    shared::testing::eventually(Duration::from_secs(30), "the lease was reaped", || async {
+        q.reap_expired().await.unwrap();
+        q.status(&id).await.unwrap().unwrap().record.state != JobState::Running
+    })
+    .await;
+
+    // Assert: cancelled, not retried, and its slot is free for the next job.
+    assert_eq!(outcome, RevokeOutcome::Revoking);
+    assert_eq!(not_running, RevokeOutcome::NotRunning(JobState::Pending));
+    assert_eq!(unknown, RevokeOutcome::NotFound);
+    let record = q.status(&id).await.unwrap().unwrap().record;
+    assert_eq!(record.state, JobState::Cancelled);
+    assert_eq!(record.attempts, 1);
+    let next = q.fetch("w", 10).await.unwrap();
+    assert_eq!(
+        next.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [pending.as_str()]
+    );
+    assert_eq!(q.depths().await.unwrap().running, 1);
 }
