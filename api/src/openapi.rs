@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
 use crate::model::{BatchRequest, BatchResponse, PriceDetail, PriceRequest, PriceSource};
-use crate::routes::{events, ops, price, queues, tasks};
+use crate::routes::{events, ops, price, queues, tasks, workers};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -33,6 +33,7 @@ use crate::routes::{events, ops, price, queues, tasks};
         queues::resume,
         tasks::recalculate_all,
         events::publish,
+        workers::list,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
@@ -40,12 +41,14 @@ use crate::routes::{events, ops, price, queues, tasks};
         tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::Revoking, tasks::Triggered, queues::QueueDepths, queues::QueueDetail,
         shared::queue::JobState, shared::queue::Depths,
         events::EventPublished,
+        workers::WorkerList, shared::workers::WorkerInfo, shared::workers::WorkerReport, shared::workers::HeldJob,
     )),
     tags(
         (name = "prices", description = "Price reads"),
         (name = "tasks", description = "Job status, the dead set, cancel and re-enqueue"),
         (name = "queues", description = "Queue depths; pause and resume"),
         (name = "events", description = "Market events for the listener"),
+        (name = "workers", description = "The live worker registry and the schedules"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -49,6 +49,7 @@ impl Application {
         let keys = Keys::new(&settings.redis.namespace);
         let events = shared::events::EventBus::new(pool.clone(), &keys, settings.events.clone());
         let control_channel = keys.control_channel();
+        let workers = shared::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
         let cache = PriceCache::new(pool, keys, settings.cache.ttl);
         let listener = TcpListener::bind(settings.addr)
             .await
@@ -60,6 +61,7 @@ impl Application {
                 store,
                 queues,
                 control_channel: control_channel.into(),
+                workers: Arc::new(workers),
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
                 recalc_retry: settings.recalc_retry,
                 events: Arc::new(events),

@@ -24,6 +24,8 @@ pub struct AppState {
     pub recalc_retry: shared::queue::RetryPolicy,
     /// Publishes market events (stream + channel).
     pub events: Arc<shared::events::EventBus>,
+    /// The live worker registry.
+    pub workers: Arc<shared::workers::WorkerRegistry>,
     /// The channel that tells workers to revoke a job.
     pub control_channel: Arc<str>,
     /// Renders `/metrics`.

@@ -139,11 +139,16 @@ impl Keys {
         format!("{}:control", self.namespace)
     }
 
-    /// The live worker registry: worker id → what it reports, and when each
-    /// last reported (one slot, for the script that writes both).
-    pub fn workers(&self) -> (String, String) {
+    /// The live worker registry, in one slot for the scripts that write it:
+    /// worker id → its report (JSON), → its last heartbeat (ms, Redis
+    /// clock), and the ids by the time their registration expires.
+    pub fn workers(&self) -> [String; 3] {
         let tag = format!("{{{}:workers}}", self.namespace);
-        (format!("{tag}:info"), format!("{tag}:seen"))
+        [
+            format!("{tag}:info"),
+            format!("{tag}:beats"),
+            format!("{tag}:expires"),
+        ]
     }
 
     /// The schedules the workers run: name → their definition (JSON).

@@ -21,6 +21,7 @@
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future every binary stops on.
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its two implementations,
 //!   SQLite and PostgreSQL, plus the deterministic seed generator and the CSV importer.
+//! - [`workers`]: the live worker registry (each worker's report, by heartbeat).
 //! - `testing` (feature `test-support`): starts a real `redis-server` and a real PostgreSQL on
 //!   free ports for tests, and a test CA for servers with TLS.
 //! - `otlp_receiver` (feature `test-support`): an in-process OTLP/gRPC trace receiver for tests.
@@ -39,6 +40,7 @@ pub mod redis_pool;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod workers;
 
 #[cfg(feature = "test-support")]
 pub mod otlp_receiver;

@@ -5,7 +5,8 @@
 //!
 //! - the **heartbeat**, which extends the leases of every job this process
 //!   holds, so a long job is never handed to another worker while this one
-//!   is alive;
+//!   is alive, and reports the worker to the live registry
+//!   ([`shared::workers`]: what it runs now; a graceful stop leaves it);
 //! - the **maintenance** loop, which any worker may run: it moves due
 //!   scheduled jobs and retries into the queue, takes back jobs whose worker
 //!   died (expired lease), and deletes records past their retention;
@@ -81,15 +82,20 @@ pub struct Worker {
 /// A unique identity per process start: host, pid and a random suffix, so a
 /// restarted worker never collides with (or waits for) its former self.
 pub fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "worker".into());
+    let host = hostname();
     let suffix = ulid::Ulid::new().to_string();
     format!(
         "{host}-{}-{}",
         std::process::id(),
         &suffix[suffix.len() - 6..]
     )
+}
+
+/// This machine's host name (`worker` when it cannot be read).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into())
 }
 
 impl Worker {
@@ -157,10 +163,37 @@ impl Worker {
         );
 
         let running = running::Running::default();
+        let reporter = Reporter {
+            registry: shared::workers::WorkerRegistry::new(
+                self.queues.pool().clone(),
+                &self.settings.redis.namespace,
+            ),
+            running: running.clone(),
+            report: shared::workers::WorkerReport {
+                id: self.worker_id.clone(),
+                host: hostname(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_at: chrono::Utc::now(),
+                queues: self
+                    .settings
+                    .consume
+                    .queues()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                concurrency: self.settings.concurrency,
+                busy: 0,
+                jobs: Vec::new(),
+            },
+            ttl: self.settings.queue.lease,
+        };
+        reporter.beat().await;
         let heartbeat = tokio::spawn(heartbeat(
             self.queues.clone(),
             self.inflight.clone(),
             running.clone(),
+            reporter.clone(),
             self.settings.clone(),
             stop_rx.clone(),
         ));
@@ -253,6 +286,9 @@ impl Worker {
         }
         let _ = stop_tx.send(true);
         let _ = tokio::join!(heartbeat, maintenance);
+        if let Err(e) = reporter.registry.remove(&self.worker_id).await {
+            tracing::warn!(error = %e, "could not leave the worker registry; it drops out after its lease");
+        }
         control.abort();
         server.abort();
         result.context("running the worker")?;
@@ -270,7 +306,12 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         .get(&job.queue)
         .cloned()
         .unwrap_or_else(|| shared.queues.for_job(&job.name).clone());
-    let guard = shared.running.start(&job.id);
+    let guard = shared.running.start(shared::workers::HeldJob {
+        id: job.id.clone(),
+        job_type: job.name.clone(),
+        queue: job.queue.clone(),
+        started_at: shared::queue::ms_to_datetime(job.started_at),
+    });
     let ctx = JobContext {
         cancel: guard.cancel.clone(),
         id: job.id.clone(),
@@ -318,12 +359,38 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
     }
 }
 
-/// Extends this process's leases every `JOB_HEARTBEAT_SECS` until stopped,
-/// and cancels the held jobs the heartbeat finds revoked.
+/// Writes this worker's entry in the live registry.
+#[derive(Clone)]
+struct Reporter {
+    registry: shared::workers::WorkerRegistry,
+    running: running::Running,
+    /// The fixed part; busy and jobs are filled in on each beat.
+    report: shared::workers::WorkerReport,
+    ttl: Duration,
+}
+
+impl Reporter {
+    async fn beat(&self) {
+        let jobs = self.running.held();
+        let report = shared::workers::WorkerReport {
+            busy: jobs.len(),
+            jobs,
+            ..self.report.clone()
+        };
+        if let Err(e) = self.registry.beat(&report, self.ttl).await {
+            tracing::warn!(error = %e, "could not report to the worker registry");
+        }
+    }
+}
+
+/// Every `JOB_HEARTBEAT_SECS` until stopped: extends this process's leases,
+/// cancels the held jobs the heartbeat finds revoked, and reports this
+/// worker to the live registry.
 async fn heartbeat(
     queues: Queues,
     inflight: InFlight,
     running: running::Running,
+    reporter: Reporter,
     settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -332,6 +399,7 @@ async fn heartbeat(
             _ = stop.changed() => return,
             () = tokio::time::sleep(settings.queue.heartbeat) => {}
         }
+        reporter.beat().await;
         for (name, held) in inflight.leases_by_queue() {
             let Some(queue) = queues.get(&name) else {
                 continue;

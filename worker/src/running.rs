@@ -21,12 +21,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared::queue::{JobError, JobOutcome, TimeLimit};
+use shared::workers::HeldJob;
 use tokio_util::sync::CancellationToken;
 
 /// The reason a revoked job's result gives.
 pub const REVOKED: &str = "revoked";
 
 struct Entry {
+    /// The job, as the worker registry shows it.
+    job: HeldJob,
     /// Fired to ask the handler to stop.
     cancel: CancellationToken,
     /// Fired to drop it.
@@ -63,7 +66,9 @@ impl Running {
 
     /// Registers a handler about to start; a job revoked while it waited
     /// starts cancelled.
-    pub fn start(&self, id: &str) -> Guard {
+    pub fn start(&self, job: HeldJob) -> Guard {
+        let id = job.id.clone();
+        let id = id.as_str();
         let (cancel, kill) = (CancellationToken::new(), CancellationToken::new());
         let revoked = Arc::new(AtomicBool::new(false));
         let mut inner = self.lock();
@@ -75,6 +80,7 @@ impl Running {
         inner.running.insert(
             id.to_string(),
             Entry {
+                job,
                 cancel: cancel.clone(),
                 kill: kill.clone(),
                 revoked: revoked.clone(),
@@ -113,6 +119,18 @@ impl Running {
             }
             None => false,
         }
+    }
+
+    /// The jobs whose handlers run now, by start time.
+    pub fn held(&self) -> Vec<HeldJob> {
+        let mut jobs: Vec<HeldJob> = self
+            .lock()
+            .running
+            .values()
+            .map(|e| e.job.clone())
+            .collect();
+        jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        jobs
     }
 
     /// How many handlers run now.

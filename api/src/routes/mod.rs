@@ -5,6 +5,7 @@ pub mod ops;
 pub mod price;
 pub mod queues;
 pub mod tasks;
+pub mod workers;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(queues::router())
         .merge(events::router())
+        .merge(workers::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -373,3 +373,41 @@ async fn admin_endpoints_need_the_bearer_token_when_one_is_set() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+#[tokio::test]
+async fn the_live_workers_are_listed_with_what_they_run() {
+    let app = spawn_app().await;
+    let (s, body) = app.get_json("/api/v1/workers").await;
+    assert_eq!((s, body["workers"].as_array().map(Vec::len)), (200, Some(0)));
+    let report = shared::workers::WorkerReport {
+        id: "host-1-ABCDEF".into(),
+        host: "host".into(),
+        pid: 1,
+        version: "1.2.3".into(),
+        started_at: chrono::Utc::now(),
+        queues: vec!["events".into(), "bulk".into()],
+        concurrency: 8,
+        busy: 1,
+        jobs: vec![shared::workers::HeldJob {
+            id: "01JOB".into(),
+            job_type: "recalculate_all_prices".into(),
+            queue: "bulk".into(),
+            started_at: Some(chrono::Utc::now()),
+        }],
+    };
+    app.state
+        .workers
+        .beat(&report, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let (s, body) = app.get_json("/api/v1/workers").await;
+
+    assert_eq!(s, 200);
+    let w = &body["workers"][0];
+    assert_eq!(w["id"], "host-1-ABCDEF");
+    assert_eq!(w["queues"], json!(["events", "bulk"]));
+    assert_eq!((w["concurrency"].as_u64(), w["busy"].as_u64()), (Some(8), Some(1)));
+    assert_eq!(w["jobs"][0]["type"], "recalculate_all_prices");
+    assert!(w["last_heartbeat"].is_string() && w["started_at"].is_string());
+}

@@ -11,3 +11,4 @@ mod lifecycle;
 mod queues;
 mod recalc;
 mod retries;
+mod workers;

@@ -1,0 +1,206 @@
+//! The live worker registry (`celery inspect active`): every worker reports
+//! itself on each heartbeat, and `GET /api/v1/workers` lists those whose
+//! registration has not expired.
+//!
+//! A report lives in three fields of one hash slot ([`crate::keys::Keys::workers`]):
+//! the report's JSON, the Redis-clock time of its last heartbeat, and its
+//! expiry (that time plus the worker's lease) in a sorted set. A worker that
+//! stops heartbeating drops out of the list once its lease has passed (and
+//! its fields are deleted by the next heartbeat of any worker); a graceful
+//! stop removes it at once.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Keys;
+use crate::redis_pool::RedisPool;
+
+/// Registrations expired longer than this are deleted, a bounded number
+/// per heartbeat.
+const PRUNE_BATCH: usize = 100;
+
+/// A job a worker holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeldJob {
+    /// The task id.
+    pub id: String,
+    /// Its job type.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Its queue.
+    pub queue: String,
+    /// When this attempt started (Redis clock).
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// What a worker says about itself on each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerReport {
+    /// The worker id (host, pid, a random suffix).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its version (the worker crate's).
+    pub version: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// The queues it consumes, in its `WORKER_QUEUES` order.
+    pub queues: Vec<String>,
+    /// Its slots (`WORKER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Slots running a handler now.
+    pub busy: usize,
+    /// The jobs it runs now.
+    pub jobs: Vec<HeldJob>,
+}
+
+/// A live worker as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerInfo {
+    /// Its report.
+    #[serde(flatten)]
+    pub report: WorkerReport,
+    /// Its last heartbeat (Redis clock).
+    pub last_heartbeat: Option<DateTime<Utc>>,
+}
+
+/// KEYS: info, beats, expires. ARGV: id, report (JSON), ttl_ms, prune batch.
+/// Writes the report and deletes a bounded batch of expired registrations.
+static BEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], now)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(gone) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+return #gone
+"#,
+    )
+});
+
+/// KEYS: info, beats, expires. Returns {id, report, beat, ...} for every
+/// registration that has not expired.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')) do
+  local report = redis.call('HGET', KEYS[1], id)
+  if report then
+    out[#out + 1] = id
+    out[#out + 1] = report
+    out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+  end
+end
+return out
+"#,
+    )
+});
+
+/// KEYS: info, beats, expires. ARGV: id.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[3], ARGV[1])
+"#,
+    )
+});
+
+/// The registry, over one namespace.
+#[derive(Clone)]
+pub struct WorkerRegistry {
+    pool: RedisPool,
+    keys: [String; 3],
+}
+
+impl WorkerRegistry {
+    /// The registry of namespace `namespace`.
+    pub fn new(pool: RedisPool, namespace: &str) -> Self {
+        Self {
+            pool,
+            keys: Keys::new(namespace).workers(),
+        }
+    }
+
+    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for k in &self.keys {
+            inv.key(k);
+        }
+        inv
+    }
+
+    /// Registers (or refreshes) `report`, valid for `ttl` unless refreshed.
+    pub async fn beat(&self, report: &WorkerReport, ttl: Duration) -> redis::RedisResult<()> {
+        let json = serde_json::to_string(report).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "encoding a worker report",
+                e.to_string(),
+            ))
+        })?;
+        let (mut conn, tracker) = self.pool.get();
+        let _: i64 = tracker.track(
+            self.invocation(&BEAT)
+                .arg(&report.id)
+                .arg(json)
+                .arg(ttl.as_millis() as u64)
+                .arg(PRUNE_BATCH)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(())
+    }
+
+    /// Removes worker `id` (a graceful stop).
+    pub async fn remove(&self, id: &str) -> redis::RedisResult<()> {
+        let (mut conn, tracker) = self.pool.get();
+        let _: i64 = tracker.track(
+            self.invocation(&REMOVE)
+                .arg(id)
+                .invoke_async(&mut conn)
+                .await,
+        )?;
+        Ok(())
+    }
+
+    /// Every live worker, by id. A report that does not decode (written by
+    /// another version) is logged and left out.
+    pub async fn list(&self) -> redis::RedisResult<Vec<WorkerInfo>> {
+        let (mut conn, tracker) = self.pool.get();
+        let flat: Vec<String> =
+            tracker.track(self.invocation(&LIST).invoke_async(&mut conn).await)?;
+        let mut out: Vec<WorkerInfo> = flat
+            .chunks_exact(3)
+            .filter_map(|c| match serde_json::from_str::<WorkerReport>(&c[1]) {
+                Ok(report) => Some(WorkerInfo {
+                    report,
+                    last_heartbeat: c[2].parse().ok().and_then(crate::queue::ms_to_datetime),
+                }),
+                Err(e) => {
+                    tracing::warn!(worker = %c[0], error = %e, "unreadable worker report; left out");
+                    None
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.report.id.cmp(&b.report.id));
+        Ok(out)
+    }
+}
