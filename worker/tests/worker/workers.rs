@@ -96,7 +96,7 @@ async fn each_live_worker_reports_itself_and_the_jobs_it_runs() {
         .into_iter()
         .map(|w| w.report.id)
         .collect();
-    assert_eq!(left, [b.id.clone()]);
+    assert_eq!(left, std::slice::from_ref(&b.id));
     b.stop().await;
     assert!(reg.list().await.unwrap().is_empty());
 }
