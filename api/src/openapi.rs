@@ -34,6 +34,7 @@ use crate::routes::{events, ops, price, queues, tasks, workers};
         tasks::recalculate_all,
         events::publish,
         workers::list,
+        workers::schedules,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
@@ -42,6 +43,7 @@ use crate::routes::{events, ops, price, queues, tasks, workers};
         shared::queue::JobState, shared::queue::Depths,
         events::EventPublished,
         workers::WorkerList, shared::workers::WorkerInfo, shared::workers::WorkerReport, shared::workers::HeldJob,
+        workers::ScheduleList, workers::ScheduleStatus, shared::queue::schedule::ScheduleDef, shared::queue::schedule::Missed, shared::queue::LastRun,
     )),
     tags(
         (name = "prices", description = "Price reads"),

@@ -151,11 +151,6 @@ impl Keys {
         ]
     }
 
-    /// The schedules the workers run: name → their definition (JSON).
-    pub fn schedules(&self) -> String {
-        format!("{}:schedules", self.namespace)
-    }
-
     /// A pattern matching every price-cache hash of this namespace, for SCAN.
     pub fn price_pattern(&self) -> String {
         format!("{}*", self.price_prefix)

@@ -38,7 +38,7 @@ pub struct HeldJob {
 }
 
 /// What a worker says about itself on each heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerReport {
     /// The worker id (host, pid, a random suffix).
     pub id: String,
@@ -58,10 +58,13 @@ pub struct WorkerReport {
     pub busy: usize,
     /// The jobs it runs now.
     pub jobs: Vec<HeldJob>,
+    /// The schedules its scheduler runs.
+    #[serde(default)]
+    pub schedules: Vec<crate::queue::schedule::ScheduleDef>,
 }
 
 /// A live worker as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     /// Its report.
     #[serde(flatten)]

@@ -151,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         job_timeout: Duration::from_secs(60),
         time_limits: Default::default(),
         revoke_grace: std::time::Duration::from_secs(10),
+        schedules: Default::default(),
         metrics_addr: "127.0.0.1:0".parse()?,
     };
     let w = worker::Worker::build(settings, worker::jobs::registry()).await?;

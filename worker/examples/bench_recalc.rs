@@ -105,6 +105,7 @@ async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figur
         job_timeout: Duration::from_secs(3600),
         time_limits: Default::default(),
         revoke_grace: std::time::Duration::from_secs(10),
+        schedules: Default::default(),
         metrics_addr: "127.0.0.1:0".parse()?,
     };
     let registry = worker::full_registry(&settings).await?;

@@ -7,6 +7,7 @@ use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range,
     env_or,
 };
+use shared::queue::schedule::ScheduleSettings;
 use shared::queue::{Consume, QueueSettings, Routes, TimeLimit};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
@@ -54,6 +55,10 @@ pub struct Settings {
     /// after its cancellation token fires, before it is dropped (0–3,600).
     /// Defaults to 10.
     pub revoke_grace: Duration,
+    /// `SCHEDULE_<NAME>`, `SCHEDULE_<NAME>_ARGS`, `SCHEDULE_MISSED`: the
+    /// periodic jobs this worker's scheduler queues (see
+    /// [`shared::queue::schedule`]).
+    pub schedules: ScheduleSettings,
     /// `WORKER_METRICS_ADDR`: where `/metrics` and `/health` are served.
     /// Defaults to `127.0.0.1:9101`; port 0 picks a free port.
     pub metrics_addr: SocketAddr,
@@ -154,6 +159,7 @@ impl Settings {
                 0,
                 3_600,
             )?),
+            schedules: ScheduleSettings::from_env()?,
             metrics_addr: env_or(
                 "WORKER_METRICS_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 9101)),

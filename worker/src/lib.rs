@@ -21,6 +21,7 @@
 //! - [`backend`]: the apalis backend and the outcome recorder.
 //! - [`registry`]: job name → handler.
 //! - [`running`]: the running handlers; time limits and revokes.
+//! - [`scheduler`]: the periodic jobs, each tick queued once by whichever worker sees it first.
 //! - [`jobs`]: the built-in handlers.
 //! - [`metrics`]: the worker's series and its metrics server.
 //! - [`Worker`]: build, run, stop.
@@ -31,6 +32,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod running;
+pub mod scheduler;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,6 +93,26 @@ pub fn worker_id() -> String {
     )
 }
 
+/// Every schedule must queue a job type this worker knows, with arguments
+/// that type accepts: checked before anything starts, so a typo stops the
+/// worker with one line rather than failing every tick.
+fn check_schedules(
+    settings: &Settings,
+    registry: &Registry,
+) -> Result<(), shared::config::ConfigError> {
+    for s in &settings.schedules.schedules {
+        if let Err(reason) = registry.new_job(&s.job_type, &s.args) {
+            let var = format!("SCHEDULE_{}", s.name.to_ascii_uppercase());
+            return Err(shared::config::ConfigError::new(
+                Box::leak(var.into_boxed_str()),
+                &s.expression,
+                reason,
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// This machine's host name (`worker` when it cannot be read).
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -101,6 +123,7 @@ fn hostname() -> String {
 impl Worker {
     /// Connects the queue and binds the metrics server.
     pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
+        check_schedules(&settings, &registry)?;
         let pool = RedisPool::open(&settings.redis).await?;
         let queues = Queues::new(
             pool,
@@ -185,6 +208,18 @@ impl Worker {
                 concurrency: self.settings.concurrency,
                 busy: 0,
                 jobs: Vec::new(),
+                schedules: self
+                    .settings
+                    .schedules
+                    .schedules
+                    .iter()
+                    .map(|s| {
+                        s.definition(
+                            self.queues.for_job(&s.job_type).name(),
+                            self.settings.schedules.missed,
+                        )
+                    })
+                    .collect(),
             },
             ttl: self.settings.queue.lease,
         };
@@ -204,6 +239,16 @@ impl Worker {
             self.settings.clone(),
             stop_rx.clone(),
         ));
+        let scheduler = tokio::spawn(
+            scheduler::Scheduler::new(
+                self.settings.schedules.schedules.clone(),
+                self.settings.schedules.missed,
+                self.queues.clone(),
+                self.registry.clone(),
+                self.worker_id.clone(),
+            )
+            .run(stop_rx.clone()),
+        );
         let maintenance = tokio::spawn(maintenance(self.queues.clone(), stop_rx));
 
         let shared = Arc::new(Shared {
@@ -285,7 +330,7 @@ impl Worker {
             tracing::info!(requeued, "put unfinished jobs back in the queue");
         }
         let _ = stop_tx.send(true);
-        let _ = tokio::join!(heartbeat, maintenance);
+        let _ = tokio::join!(heartbeat, maintenance, scheduler);
         if let Err(e) = reporter.registry.remove(&self.worker_id).await {
             tracing::warn!(error = %e, "could not leave the worker registry; it drops out after its lease");
         }

@@ -45,6 +45,13 @@ pub fn record_time_limited(job: &str, limit: &'static str) {
         .increment(1);
 }
 
+/// Counts what a scheduler pass did with a schedule's tick: `enqueued`
+/// (by this worker), `taken` (another worker had) or `skipped` (missed).
+pub fn record_schedule_tick(schedule: &str, outcome: &'static str) {
+    metrics::counter!("schedule_ticks_total", "schedule" => schedule.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
 /// Counts a job cancelled by a revoke.
 pub fn record_revoked(job: &str) {
     metrics::counter!("jobs_revoked_total", "job_type" => job.to_string()).increment(1);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use shared::queue::{JobError, JobOutcome, JobSpec, Queue, Queues};
+use shared::queue::{JobError, JobOutcome, JobSpec, NewJob, Queue, Queues};
 
 /// What a handler knows about the job it runs.
 #[derive(Clone)]
@@ -45,10 +45,14 @@ type Handler = Arc<
         + Sync,
 >;
 
+/// Decodes a job type's arguments, to check them before a job is queued.
+type Checker = Arc<dyn Fn(&serde_json::Value) -> Result<(), String> + Send + Sync>;
+
 /// Job name → handler.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<&'static str, Handler>,
+    specs: HashMap<&'static str, (shared::queue::RetryPolicy, Checker)>,
 }
 
 impl Registry {
@@ -65,6 +69,12 @@ impl Registry {
         Fut: Future<Output = Result<JobOutcome, JobError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
+        let check: Checker = Arc::new(|args: &serde_json::Value| {
+            J::deserialize(args)
+                .map(drop)
+                .map_err(|e| format!("invalid arguments for {}: {e}", J::NAME))
+        });
+        self.specs.insert(J::NAME, (J::RETRY, check));
         self.handlers.insert(
             J::NAME,
             Arc::new(move |args: serde_json::Value, ctx: JobContext| {
@@ -79,6 +89,27 @@ impl Registry {
             }),
         );
         self
+    }
+
+    /// A job of type `name` with `args` and that type's retry policy, for
+    /// the scheduler: an unknown type or arguments that do not decode are
+    /// an error, before anything is queued.
+    pub fn new_job(&self, name: &str, args: &serde_json::Value) -> Result<NewJob, String> {
+        let (retry, check) = self
+            .specs
+            .get(name)
+            .ok_or_else(|| format!("no handler for job type {name:?}"))?;
+        check(args)?;
+        Ok(NewJob {
+            name: name.to_string(),
+            args: args.clone(),
+            retry: *retry,
+            run_at: None,
+            unique_key: None,
+            traceparent: None,
+            tracestate: None,
+            tick: None,
+        })
     }
 
     /// Whether a handler exists for `name`.

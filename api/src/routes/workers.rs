@@ -1,9 +1,12 @@
-//! The live worker registry: who runs, and what each runs now.
+//! The live worker registry (who runs, and what each runs now), and the
+//! schedules those workers run.
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use shared::queue::LastRun;
+use shared::queue::schedule::ScheduleDef;
 use shared::workers::WorkerInfo;
 use utoipa::ToSchema;
 
@@ -12,7 +15,9 @@ use crate::state::AppState;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/workers", get(list))
+    Router::new()
+        .route("/api/v1/workers", get(list))
+        .route("/api/v1/schedules", get(schedules))
 }
 
 /// Every live worker.
@@ -32,9 +37,81 @@ pub struct WorkerList {
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
     ))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
-    let workers = state.workers.list().await.map_err(|e| {
+    Ok(Json(WorkerList {
+        workers: live_workers(&state).await?,
+    }))
+}
+
+async fn live_workers(state: &AppState) -> Result<Vec<WorkerInfo>, ApiError> {
+    state.workers.list().await.map_err(|e| {
         tracing::error!(error = %e, "worker registry unavailable");
         ApiError::Unavailable("the worker registry (Redis) is unavailable; retry later".into())
-    })?;
-    Ok(Json(WorkerList { workers }))
+    })
+}
+
+/// Every schedule the live workers run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    /// By name.
+    pub schedules: Vec<ScheduleStatus>,
+}
+
+/// One schedule: its definition, its last and next run.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleStatus {
+    /// The definition (as the first live worker, by id, reports it).
+    #[serde(flatten)]
+    pub definition: ScheduleDef,
+    /// Its last claimed tick and the job queued for it; `null` before the first.
+    pub last_run: Option<LastRun>,
+    /// Its next tick.
+    pub next_run: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many live workers run its scheduler (any of them queues each tick, once).
+    pub workers: usize,
+}
+
+/// The schedules of the live workers (`SCHEDULE_<NAME>`), each with its
+/// last run (the tick, the task queued for it and the worker that queued
+/// it) and its next run. A schedule no live worker runs is not listed.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "workers",
+    responses(
+        (status = 200, description = "The schedules", body = ScheduleList),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody),
+    ))]
+pub async fn schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
+    let mut by_name: std::collections::BTreeMap<String, (ScheduleDef, usize)> = Default::default();
+    for w in live_workers(&state).await? {
+        for def in w.report.schedules {
+            by_name
+                .entry(def.name.clone())
+                .or_insert_with(|| (def, 0))
+                .1 += 1;
+        }
+    }
+    let mut last_runs = std::collections::HashMap::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut schedules = Vec::with_capacity(by_name.len());
+    for (name, (definition, workers)) in by_name {
+        if !last_runs.contains_key(&definition.queue)
+            && let Some(q) = state.queues.get(&definition.queue)
+        {
+            last_runs.insert(definition.queue.clone(), q.last_runs().await?);
+        }
+        let last_run = last_runs
+            .get(&definition.queue)
+            .and_then(|runs| runs.get(&name))
+            .cloned();
+        let next_run = definition
+            .schedule()
+            .ok()
+            .and_then(|s| s.next_after(now))
+            .and_then(shared::queue::ms_to_datetime);
+        schedules.push(ScheduleStatus {
+            definition,
+            last_run,
+            next_run,
+            workers,
+        });
+    }
+    Ok(Json(ScheduleList { schedules }))
 }

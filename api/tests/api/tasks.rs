@@ -378,7 +378,10 @@ async fn admin_endpoints_need_the_bearer_token_when_one_is_set() {
 async fn the_live_workers_are_listed_with_what_they_run() {
     let app = spawn_app().await;
     let (s, body) = app.get_json("/api/v1/workers").await;
-    assert_eq!((s, body["workers"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(
+        (s, body["workers"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
     let report = shared::workers::WorkerReport {
         id: "host-1-ABCDEF".into(),
         host: "host".into(),
@@ -394,6 +397,14 @@ async fn the_live_workers_are_listed_with_what_they_run() {
             queue: "bulk".into(),
             started_at: Some(chrono::Utc::now()),
         }],
+        schedules: vec![shared::queue::schedule::ScheduleDef {
+            name: "recalculate_all".into(),
+            job: "recalculate_all_prices".into(),
+            queue: "bulk".into(),
+            expression: "0 */15 * * * *".into(),
+            args: json!({}),
+            missed: shared::queue::schedule::Missed::Skip,
+        }],
     };
     app.state
         .workers
@@ -407,7 +418,35 @@ async fn the_live_workers_are_listed_with_what_they_run() {
     let w = &body["workers"][0];
     assert_eq!(w["id"], "host-1-ABCDEF");
     assert_eq!(w["queues"], json!(["events", "bulk"]));
-    assert_eq!((w["concurrency"].as_u64(), w["busy"].as_u64()), (Some(8), Some(1)));
+    assert_eq!(
+        (w["concurrency"].as_u64(), w["busy"].as_u64()),
+        (Some(8), Some(1))
+    );
     assert_eq!(w["jobs"][0]["type"], "recalculate_all_prices");
     assert!(w["last_heartbeat"].is_string() && w["started_at"].is_string());
+
+    // Its schedule: defined, never run yet, next run on a quarter hour.
+    let (s, body) = app.get_json("/api/v1/schedules").await;
+    assert_eq!(s, 200);
+    let sched = &body["schedules"][0];
+    assert_eq!(
+        (
+            sched["name"].as_str(),
+            sched["job"].as_str(),
+            sched["queue"].as_str()
+        ),
+        (
+            Some("recalculate_all"),
+            Some("recalculate_all_prices"),
+            Some("bulk")
+        )
+    );
+    assert_eq!(
+        (sched["workers"].as_u64(), &sched["last_run"]),
+        (Some(1), &json!(null))
+    );
+    let next: chrono::DateTime<chrono::Utc> = sched["next_run"].as_str().unwrap().parse().unwrap();
+    assert!(next > chrono::Utc::now());
+    assert_eq!(chrono::Timelike::minute(&next) % 15, 0);
+    assert_eq!(chrono::Timelike::second(&next), 0);
 }

@@ -151,6 +151,7 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
         job_timeout: Duration::from_secs(60),
         time_limits: Default::default(),
         revoke_grace: std::time::Duration::from_secs(10),
+        schedules: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };
     let registry = worker::full_registry(&worker_settings).await.unwrap();

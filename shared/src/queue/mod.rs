@@ -21,6 +21,10 @@
 //! | `unique`, `uniq_of` | hash | unique key → id of the waiting (pending, scheduled or retrying) job holding it, and back |
 //! | `finished` | zset | finished ids, by the time their record expires |
 //! | `stats` | hash | counters: succeeded, failed, retried, skipped |
+//! | `paused` | string | present while the queue is paused |
+//! | `rate` | hash | job type → its rate limit's theoretical arrival time (GCRA) |
+//! | `revoked` | hash | id → when a running job was revoked, until it ends |
+//! | `sched` | hash | schedule → its last claimed tick, the job queued for it, who queued it |
 //!
 //! A fetch moves jobs from `wait` to `active` under a lease (default 30 s)
 //! in the same script that marks them running, so a job leaves the queue
@@ -33,13 +37,14 @@
 
 pub mod limits;
 pub mod routing;
+pub mod schedule;
 pub mod scripts;
 
 pub use limits::{Rate, TimeLimit};
 
 pub use routing::{BULK_QUEUE, Consume, EVENTS_QUEUE, Queues, Routes};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -183,6 +188,10 @@ pub struct JobRecord {
     pub traceparent: Option<String>,
     /// W3C trace state that goes with `traceparent`.
     pub tracestate: Option<String>,
+    /// The schedule that queued it, if one did.
+    pub schedule: Option<String>,
+    /// The schedule's tick it runs for (ms since the epoch).
+    pub tick: Option<i64>,
 }
 
 /// Converts a Redis-clock millisecond timestamp to a `DateTime`.
@@ -373,10 +382,31 @@ pub struct NewJob {
     pub traceparent: Option<String>,
     /// W3C trace state to carry to the worker.
     pub tracestate: Option<String>,
-    /// For a scheduled run: the schedule's name and the tick (ms since the
-    /// epoch). The push claims the tick: a second push of it, by any worker,
-    /// queues nothing.
-    pub tick: Option<(String, i64)>,
+    /// For a scheduled run: the tick it is. The push claims the tick: a
+    /// second push of it (or of an earlier one), by any worker, queues nothing.
+    pub tick: Option<Tick>,
+}
+
+/// A schedule's tick, as a push claims it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tick {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The tick's time (ms since the epoch, UTC).
+    pub at: i64,
+    /// Who pushes it (a worker id), for the schedule's last-run record.
+    pub by: String,
+}
+
+/// A schedule's last claimed tick, as its queue records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LastRun {
+    /// The tick's time.
+    pub tick: DateTime<Utc>,
+    /// The job queued for it.
+    pub task_id: String,
+    /// The worker that queued it.
+    pub enqueued_by: String,
 }
 
 impl NewJob {
@@ -579,7 +609,6 @@ pub struct QueueKeys {
     uniq_of: String,
     paused: String,
     rate: String,
-    ticks: String,
     sched: String,
     revoked: String,
 }
@@ -605,18 +634,16 @@ impl QueueKeys {
             uniq_of: k("uniq_of"),
             paused: k("paused"),
             rate: k("rate"),
-            ticks: k("ticks"),
             sched: k("sched"),
             revoked: k("revoked"),
         }
     }
 
     /// Every key, for tests that check the hash tag and for cleanup.
-    pub fn all(&self) -> [&str; 18] {
+    pub fn all(&self) -> [&str; 17] {
         [
             &self.paused,
             &self.rate,
-            &self.ticks,
             &self.sched,
             &self.revoked,
             &self.live,
@@ -669,6 +696,10 @@ struct Description {
     traceparent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tracestate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tick: Option<i64>,
 }
 
 fn corrupt(id: &str, reason: impl std::fmt::Display) -> QueueError {
@@ -710,6 +741,8 @@ fn decode_record(
         backoff: d.backoff,
         traceparent: d.traceparent,
         tracestate: d.tracestate,
+        schedule: d.schedule,
+        tick: d.tick,
     })
 }
 
@@ -768,6 +801,8 @@ impl Queue {
             unique_key: job.unique_key.clone(),
             traceparent,
             tracestate,
+            schedule: job.tick.as_ref().map(|t| t.schedule.clone()),
+            tick: job.tick.as_ref().map(|t| t.at),
         };
         let description =
             serde_json::to_string(&description).map_err(|e| QueueError::Encode(e.to_string()))?;
@@ -784,7 +819,6 @@ impl Queue {
             .key(&self.keys.unique)
             .key(&self.keys.live)
             .key(&self.keys.uniq_of)
-            .key(&self.keys.ticks)
             .key(&self.keys.sched)
             .arg(id)
             .arg(description)
@@ -792,8 +826,9 @@ impl Queue {
             .arg(delay_ms)
             .arg(job.unique_key.as_deref().unwrap_or(""))
             .arg(&job.name)
-            .arg(job.tick.as_ref().map_or("", |(s, _)| s.as_str()))
-            .arg(job.tick.as_ref().map_or(0, |(_, t)| *t));
+            .arg(job.tick.as_ref().map_or("", |t| t.schedule.as_str()))
+            .arg(job.tick.as_ref().map_or(0, |t| t.at))
+            .arg(job.tick.as_ref().map_or("", |t| t.by.as_str()));
         Ok(())
     }
 
@@ -1021,6 +1056,30 @@ impl Queue {
             cancelled_total: stat("cancelled"),
             paused,
         })
+    }
+
+    /// The last claimed tick of every schedule that queues into this queue.
+    pub async fn last_runs(&self) -> Result<BTreeMap<String, LastRun>, QueueError> {
+        let (mut conn, tracker) = self.pool.get();
+        let all: BTreeMap<String, String> = tracker.track(
+            redis::cmd("HGETALL")
+                .arg(&self.keys.sched)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(name, v)| {
+                let mut f = v.splitn(3, ' ');
+                let tick = f.next()?.parse().ok().and_then(ms_to_datetime)?;
+                let run = LastRun {
+                    tick,
+                    task_id: f.next()?.to_string(),
+                    enqueued_by: f.next().unwrap_or_default().to_string(),
+                };
+                Some((name, run))
+            })
+            .collect())
     }
 
     /// Pauses the queue: fetches hand out nothing until [`Self::resume`];
@@ -1500,6 +1559,8 @@ fn corrupt_stub(token: String) -> JobRecord {
         },
         traceparent: None,
         tracestate: None,
+        schedule: None,
+        tick: None,
     }
 }
 

@@ -65,22 +65,25 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// KEYS: wait, delayed, jobs, args, unique, live, uniq_of, ticks, sched.
+/// KEYS: wait, delayed, jobs, args, unique, live, uniq_of, sched.
 /// ARGV: id, description, args, delay_ms (0 = now), unique_key ('' = none),
-/// job type, schedule ('' = none), tick (ms).
+/// job type, schedule ('' = none), tick (ms), pushed by.
 /// Returns {1, id} when queued, {0, existing_id} when a pending job with the
-/// same unique key already exists, {2, ''} when the schedule's tick was
-/// already claimed (by another worker: every tick is queued once).
+/// same unique key already exists, {2, ''} when the schedule's tick (or a
+/// later one) was already claimed: by another worker, so every tick is
+/// queued once, and never one older than the last.
+/// `sched[schedule]` holds the last claimed tick: "tick id pushed_by".
 pub(crate) static PUSH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local id, uniq = ARGV[1], ARGV[5]
 local schedule = ARGV[7]
 if schedule ~= '' then
-  if redis.call('ZADD', KEYS[8], 'NX', ARGV[8], schedule .. '@' .. ARGV[8]) == 0 then
+  local last = redis.call('HGET', KEYS[8], schedule)
+  if last and tonumber(string.match(last, '^%-?%d+')) >= tonumber(ARGV[8]) then
     return {2, ''}
   end
-  redis.call('HSET', KEYS[9], schedule, ARGV[8] .. ' ' .. id)
+  redis.call('HSET', KEYS[8], schedule, ARGV[8] .. ' ' .. id .. ' ' .. ARGV[9])
 end
 if uniq ~= '' then
   local existing = redis.call('HGET', KEYS[5], uniq)

@@ -9,6 +9,7 @@ shared::redis_suite!(
     a_paused_queue_hands_out_nothing_and_still_takes_pushes,
     jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt,
     a_revoke_whose_worker_died_cancels_the_job_when_its_lease_is_reaped,
+    a_schedule_tick_is_queued_once_and_never_behind_the_last_one,
 );
 
 async fn a_paused_queue_hands_out_nothing_and_still_takes_pushes(kind: RedisKind) {
@@ -134,4 +135,40 @@ async fn a_revoke_whose_worker_died_cancels_the_job_when_its_lease_is_reaped(kin
         [pending.as_str()]
     );
     assert_eq!(q.depths().await.unwrap().running, 1);
+}
+
+async fn a_schedule_tick_is_queued_once_and_never_behind_the_last_one(kind: RedisKind) {
+    let redis = TestRedis::start(kind).await;
+    let q = Queue::new(redis.pool("tk"), "tk", "default", QueueSettings::default());
+    let tick = |at: i64, by: &str| {
+        let mut job = NewJob::of(&Noop {}).unwrap();
+        job.tick = Some(shared::queue::Tick {
+            schedule: "every_second".into(),
+            at,
+            by: by.into(),
+        });
+        job
+    };
+    let t = 1_800_000_000_000;
+
+    let first = q.push(tick(t, "w1")).await.unwrap();
+    let again = q.push(tick(t, "w2")).await.unwrap();
+    let older = q.push(tick(t - 1_000, "w3")).await.unwrap();
+    let next = q.push(tick(t + 1_000, "w2")).await.unwrap();
+
+    assert!(!first.tick_taken && !next.tick_taken);
+    assert!(again.tick_taken && older.tick_taken);
+    assert_eq!(q.depths().await.unwrap().pending, 2);
+    let runs = q.last_runs().await.unwrap();
+    let last = &runs["every_second"];
+    assert_eq!(last.tick.timestamp_millis(), t + 1_000);
+    assert_eq!(
+        (last.task_id.as_str(), last.enqueued_by.as_str()),
+        (next.id.as_str(), "w2")
+    );
+    let record = q.status(&next.id).await.unwrap().unwrap().record;
+    assert_eq!(
+        (record.schedule.as_deref(), record.tick),
+        (Some("every_second"), Some(t + 1_000))
+    );
 }

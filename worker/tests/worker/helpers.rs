@@ -40,6 +40,7 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
         job_timeout: Duration::from_secs(600),
         time_limits: Default::default(),
         revoke_grace: std::time::Duration::from_secs(10),
+        schedules: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }
 }

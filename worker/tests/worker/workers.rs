@@ -116,6 +116,7 @@ async fn a_worker_that_stops_heartbeating_leaves_the_list_after_its_lease() {
         concurrency: 1,
         busy: 0,
         jobs: Vec::new(),
+        schedules: Vec::new(),
     };
     reg.beat(&report, Duration::from_millis(300)).await.unwrap();
     assert_eq!(reg.list().await.unwrap().len(), 1);
