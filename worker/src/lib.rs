@@ -101,11 +101,22 @@ fn check_schedules(
     registry: &Registry,
 ) -> Result<(), shared::config::ConfigError> {
     for s in &settings.schedules.schedules {
+        let var = format!("SCHEDULE_{}", s.name.to_ascii_uppercase());
+        // Name the variable that holds the mistake: the job type, or its args.
+        let (var, value) = if !registry.knows(&s.job_type) {
+            let var = if s.job_type == s.name {
+                var
+            } else {
+                format!("{var}_JOB")
+            };
+            (var, s.job_type.clone())
+        } else {
+            (format!("{var}_ARGS"), s.args.to_string())
+        };
         if let Err(reason) = registry.new_job(&s.job_type, &s.args) {
-            let var = format!("SCHEDULE_{}", s.name.to_ascii_uppercase());
             return Err(shared::config::ConfigError::new(
                 Box::leak(var.into_boxed_str()),
-                &s.expression,
+                &value,
                 reason,
             ));
         }

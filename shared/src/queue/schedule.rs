@@ -4,8 +4,10 @@
 //! expression (five fields, or six with seconds first; UTC) or an interval
 //! (`@every 30s`, units `s`, `m`, `h`, `d`, aligned to the epoch), and
 //! `SCHEDULE_<NAME>_ARGS` the job's arguments as JSON (default `{}`). The
-//! job type is `<name>` in lower case; `SCHEDULE_RECALCULATE_ALL` is short
-//! for `SCHEDULE_RECALCULATE_ALL_PRICES`.
+//! job type is `SCHEDULE_<NAME>_JOB` if set (so two schedules can queue one
+//! type with different arguments, as Celery beat's named entries do), else
+//! `<name>` in lower case; `SCHEDULE_RECALCULATE_ALL` is short for
+//! `SCHEDULE_RECALCULATE_ALL_PRICES`.
 //!
 //! **Exactly once.** Every worker runs the scheduler. A tick is queued by a
 //! push that claims it in the same script (`sched[schedule]` holds the last
@@ -232,7 +234,10 @@ impl ScheduleSettings {
                 out.missed = Missed::parse(value).map_err(|r| fail(var, value, r))?;
                 continue;
             }
-            if let Some(base) = suffix.strip_suffix("_ARGS") {
+            if let Some(base) = suffix
+                .strip_suffix("_ARGS")
+                .or_else(|| suffix.strip_suffix("_JOB"))
+            {
                 if !vars.contains_key(&format!("{PREFIX}{base}")) {
                     return Err(fail(var, value, format!("no {PREFIX}{base} to go with it")));
                 }
@@ -253,8 +258,10 @@ impl ScheduleSettings {
                 ));
             }
             let name = suffix.to_ascii_lowercase();
-            let job_type = match name.as_str() {
-                "recalculate_all" => {
+            let job_var = format!("{var}_JOB");
+            let job_type = match (vars.get(&job_var), name.as_str()) {
+                (Some(j), _) if !j.trim().is_empty() => j.trim().to_string(),
+                (_, "recalculate_all") => {
                     <crate::jobs::RecalculateAllPrices as crate::queue::JobSpec>::NAME.to_string()
                 }
                 _ => name.clone(),
@@ -337,6 +344,8 @@ mod tests {
                 "SCHEDULE_RECALCULATE_PRICES_ARGS",
                 r#"{"product_ids":["p1"]}"#,
             ),
+            ("SCHEDULE_NIGHTLY", "0 0 3 * * *"),
+            ("SCHEDULE_NIGHTLY_JOB", "recalculate_prices"),
             ("SCHEDULE_MISSED", "once"),
         ]))
         .unwrap();
@@ -349,11 +358,12 @@ mod tests {
         assert_eq!(
             names,
             [
+                ("nightly", "recalculate_prices"),
                 ("recalculate_all", "recalculate_all_prices"),
                 ("recalculate_prices", "recalculate_prices")
             ]
         );
-        assert_eq!(s.schedules[1].args["product_ids"][0], "p1");
+        assert_eq!(s.schedules[2].args["product_ids"][0], "p1");
 
         let err = |v: &[(&str, &str)]| ScheduleSettings::from_vars(vars(v)).unwrap_err();
         let e = err(&[("SCHEDULE_RECALCULATE_ALL", "0 */15 * * *  *  * *")]);
@@ -367,6 +377,10 @@ mod tests {
         assert_eq!(
             err(&[("SCHEDULE_NOOP_ARGS", "{}")]).var,
             "SCHEDULE_NOOP_ARGS"
+        );
+        assert_eq!(
+            err(&[("SCHEDULE_NOOP_JOB", "noop")]).var,
+            "SCHEDULE_NOOP_JOB"
         );
         assert_eq!(
             err(&[("SCHEDULE_no-op", "@every 1s")]).var,

@@ -214,3 +214,63 @@ fn a_bad_queue_rate_or_time_limit_stops_startup_in_one_line_naming_it() {
         );
     }
 }
+
+#[test]
+fn a_bad_schedule_stops_startup_in_one_line_naming_the_variable() {
+    /// The variables set, the variable the line must name, the value it must show.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &[("SCHEDULE_NOOP", "61 * * * * *")],
+            "SCHEDULE_NOOP",
+            "61 * * * * *",
+        ),
+        (
+            &[("SCHEDULE_NOOP", "@every 1parsec")],
+            "SCHEDULE_NOOP",
+            "@every 1parsec",
+        ),
+        (&[("SCHEDULE_NOPE", "@every 1s")], "SCHEDULE_NOPE", "nope"),
+        (
+            &[
+                ("SCHEDULE_HOURLY", "@every 1h"),
+                ("SCHEDULE_HOURLY_JOB", "nope"),
+            ],
+            "SCHEDULE_HOURLY_JOB",
+            "nope",
+        ),
+        (
+            &[("SCHEDULE_RECALCULATE_PRICES", "@every 1m")],
+            "SCHEDULE_RECALCULATE_PRICES_ARGS",
+            "{}",
+        ),
+        (
+            &[
+                ("SCHEDULE_NOOP", "@every 1s"),
+                ("SCHEDULE_NOOP_ARGS", "[1,"),
+            ],
+            "SCHEDULE_NOOP_ARGS",
+            "[1,",
+        ),
+        (
+            &[("SCHEDULE_MISSED", "sometimes")],
+            "SCHEDULE_MISSED",
+            "sometimes",
+        ),
+    ];
+    for (vars, var, value) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .env("WORKER_METRICS_ADDR", "127.0.0.1:0")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{vars:?} started");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{vars:?}: {stderr}");
+        assert!(
+            lines[0].contains(var) && lines[0].contains(value),
+            "{vars:?} should name {var}={value}: {stderr}"
+        );
+    }
+}

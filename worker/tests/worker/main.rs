@@ -11,4 +11,5 @@ mod lifecycle;
 mod queues;
 mod recalc;
 mod retries;
+mod schedules;
 mod workers;
