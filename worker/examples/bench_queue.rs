@@ -4,12 +4,15 @@
 //!
 //! Modes: push one at a time (one producer, each push awaited), push one at
 //! a time from 32 concurrent producers, push in bulk (pipelines of 1,000),
-//! and drain a backlog of N jobs with one worker process.
+//! and drain a backlog of N jobs with one worker process: from one queue,
+//! from three named queues (strict order, then weighted 5:1:1), and from one
+//! queue under a rate limit far above the drain rate; the last three are
+//! also printed as ratios against the one-queue drain of the same run.
 
 use std::time::{Duration, Instant};
 
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::queue::{NewJob, Noop, Queue, QueueSettings};
+use shared::queue::{Consume, DEFAULT_QUEUE, NewJob, Noop, Queue, QueueSettings, Rate};
 use shared::redis_pool::RedisPool;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -118,16 +121,197 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
 
-    // 3. Bulk pushes, then 4. drain that backlog with one worker.
+    // 3. Bulk pushes, then 4. drain that backlog with one worker; then the
+    // same drain over three named queues, and under a rate limit far above
+    // the drain rate, as ratios against the one-queue drain. The drains run
+    // in ROUNDS rounds, each in a rotated order, from an emptied namespace,
+    // and each mode's median is compared: the machine's drift between
+    // drains would otherwise pass for a difference between modes.
     let ns = "bench-drain";
     let q = queue(&url, ns);
     let cpu = redis_cpu_usec(&q).await;
     let t = Instant::now();
     push_bulk(&q, n).await;
     report(&q, "push in bulk (pipelines of 1,000)", n, t.elapsed(), cpu).await;
+    forget(&url, ns).await?;
 
+    let rounds = env_usize("ROUNDS", 3).max(1);
+    let modes = DrainMode::all();
+    let mut runs: Vec<Vec<Drained>> = modes.iter().map(|_| Vec::new()).collect();
+    let mut deferred_total = 0;
+    for round in 0..rounds {
+        for k in 0..modes.len() {
+            let i = (k + round) % modes.len();
+            let mode = &modes[i];
+            for (j, name) in mode.queues.iter().enumerate() {
+                let part = n / mode.queues.len() + usize::from(j < n % mode.queues.len());
+                push_bulk(&named(&url, ns, name, mode.limits), part).await;
+            }
+            let mut run = drain(&url, ns, mode, n, concurrency).await?;
+            // The counter is the process's running total: keep this drain's part.
+            (run.deferred, deferred_total) = (run.deferred - deferred_total, run.deferred);
+            report_drain(mode.label, round + 1, n, &run, concurrency);
+            forget(&url, ns).await?;
+            runs[i].push(run);
+        }
+    }
+    let median = |r: &mut Vec<Drained>| {
+        r.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+        r[r.len() / 2].elapsed.as_secs_f64()
+    };
+    let medians: Vec<f64> = runs.iter_mut().map(median).collect();
+    println!(
+        "drain rate against one queue, medians of {rounds} rotated rounds (1.00 = as fast; the aim is at least 0.90):"
+    );
+    for (i, mode) in modes.iter().enumerate() {
+        let deferred: u64 = runs[i].iter().map(|r| r.deferred).sum();
+        println!(
+            "  {:<44} {:>9.0} jobs/s {:>5.2}  ({deferred} rate-limit deferrals)",
+            mode.label,
+            n as f64 / medians[i],
+            medians[0] / medians[i],
+        );
+    }
+    Ok(())
+}
+
+/// One way of draining the backlog.
+struct DrainMode {
+    label: &'static str,
+    /// The queues the backlog is split over, consumed in this order.
+    queues: &'static [&'static str],
+    limits: Limits,
+    /// Consumed by weight (5 for the first queue, 1 for the others).
+    weighted: bool,
+}
+
+impl DrainMode {
+    /// The baseline (one queue, no limit) first.
+    fn all() -> [Self; 4] {
+        const THREE: &[&str] = &["events", "bulk", DEFAULT_QUEUE];
+        [
+            Self {
+                label: "one queue",
+                queues: &[DEFAULT_QUEUE],
+                limits: Limits::None,
+                weighted: false,
+            },
+            Self {
+                label: "three named queues, strict order",
+                queues: THREE,
+                limits: Limits::None,
+                weighted: false,
+            },
+            Self {
+                label: "three named queues, by weight 5:1:1",
+                queues: THREE,
+                limits: Limits::None,
+                weighted: true,
+            },
+            Self {
+                label: "one queue, RATE_LIMIT_NOOP=1000000/s",
+                queues: &[DEFAULT_QUEUE],
+                limits: Limits::FarAbove,
+                weighted: false,
+            },
+        ]
+    }
+}
+
+/// Deletes every key of namespace `ns`, so the next drain starts from an
+/// empty Redis (finished records would otherwise pile up between drains).
+async fn forget(url: &str, ns: &str) -> anyhow::Result<()> {
+    let pool = RedisPool::new(&RedisSettings::for_url(url, ns))?;
+    let (mut conn, _) = pool.get();
+    for name in ["events", "bulk", DEFAULT_QUEUE] {
+        let keys = shared::queue::QueueKeys::new(ns, name);
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys.all()[..])
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The rate limits a drain runs under.
+#[derive(Clone, Copy)]
+enum Limits {
+    None,
+    /// `noop` limited to 1,000,000 starts a second, far above any drain here.
+    FarAbove,
+}
+
+impl Limits {
+    fn settings(self) -> QueueSettings {
+        let mut s = QueueSettings::default();
+        if let Self::FarAbove = self {
+            s.rate_limits
+                .insert("noop".into(), Rate::parse("1000000/s").expect("rate"));
+        }
+        s
+    }
+}
+
+fn named(url: &str, ns: &str, name: &str, limits: Limits) -> Queue {
+    let pool = RedisPool::new(&RedisSettings::for_url(url, ns)).expect("REDIS_URL");
+    Queue::new(pool, ns, name, limits.settings())
+}
+
+/// The process's `rate_limit_deferrals_total` over every queue, read from
+/// the worker's `/metrics` (the counter is per process: only the
+/// rate-limited drain moves it).
+async fn rate_deferrals(metrics: &str) -> u64 {
+    let text = match reqwest::get(metrics).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0,
+    };
+    text.lines()
+        .filter(|l| l.starts_with("rate_limit_deferrals_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// What one drain measured.
+struct Drained {
+    elapsed: Duration,
+    cpu_usec: f64,
+    /// Rate-limit deferrals (the process's running total, from `drain`).
+    deferred: u64,
+}
+
+fn report_drain(mode: &str, round: usize, n: usize, d: &Drained, concurrency: usize) {
+    println!(
+        "{:<44} {n:>9} jobs {:>8.2} s {:>10.0} jobs/s {:>8.1} us of Redis CPU per job",
+        format!("drain, {mode} (round {round}, 1 worker, concurrency {concurrency})"),
+        d.elapsed.as_secs_f64(),
+        n as f64 / d.elapsed.as_secs_f64(),
+        d.cpu_usec / n as f64
+    );
+}
+
+/// Drains the `n` jobs already queued on `queues` with one worker that
+/// consumes them (strictly in this order, or weighted 5:1:1…).
+async fn drain(
+    url: &str,
+    ns: &str,
+    mode: &DrainMode,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Drained> {
+    let (queues, limits) = (mode.queues, mode.limits);
+    let consume = if mode.weighted {
+        Consume::Weighted(
+            queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (q.to_string(), if i == 0 { 5 } else { 1 }))
+                .collect(),
+        )
+    } else {
+        Consume::Strict(queues.iter().map(|q| q.to_string()).collect())
+    };
     let settings = worker::config::Settings {
-        redis: RedisSettings::for_url(&url, ns),
+        redis: RedisSettings::for_url(url, ns),
         database: DatabaseSettings::for_url("sqlite::memory:", 1),
         telemetry: TelemetrySettings {
             service_name: "bench".into(),
@@ -137,9 +321,9 @@ async fn main() -> anyhow::Result<()> {
             log_format: LogFormat::Pretty,
             log_filter: "warn".into(),
         },
-        queue: QueueSettings::default(),
+        queue: limits.settings(),
         routes: shared::queue::Routes::default(),
-        consume: shared::queue::Consume::default(),
+        consume,
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),
         },
@@ -154,32 +338,38 @@ async fn main() -> anyhow::Result<()> {
         schedules: Default::default(),
         metrics_addr: "127.0.0.1:0".parse()?,
     };
+    let handles: Vec<Queue> = queues.iter().map(|q| named(url, ns, q, limits)).collect();
     let w = worker::Worker::build(settings, worker::jobs::registry()).await?;
+    let metrics = format!("http://{}/metrics", w.metrics_addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cpu = redis_cpu_usec(&q).await;
+    let cpu = redis_cpu_usec(&handles[0]).await;
     let t = Instant::now();
     let handle = tokio::spawn(w.run_until_stopped(async {
         let _ = rx.await;
     }));
     loop {
-        let d = q.depths().await?;
-        if d.succeeded_total as usize >= n {
-            if d.failed_total > 0 || d.dead > 0 {
-                anyhow::bail!("{} jobs failed while draining", d.failed_total);
-            }
+        let (mut done, mut failed) = (0, 0);
+        for q in &handles {
+            let d = q.depths().await?;
+            done += d.succeeded_total as usize;
+            failed += d.failed_total + d.dead as u64;
+        }
+        if failed > 0 {
+            anyhow::bail!("{failed} jobs failed while draining");
+        }
+        if done >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    report(
-        &q,
-        &format!("drain a backlog (1 worker, concurrency {concurrency})"),
-        n,
-        t.elapsed(),
-        cpu,
-    )
-    .await;
+    let elapsed = t.elapsed();
+    let cpu_usec = redis_cpu_usec(&handles[0]).await - cpu;
+    let deferred = rate_deferrals(&metrics).await;
     let _ = tx.send(());
     handle.await??;
-    Ok(())
+    Ok(Drained {
+        elapsed,
+        cpu_usec,
+        deferred,
+    })
 }

@@ -4,10 +4,12 @@
 //! shutdown through its `Monitor`); this module feeds it and records what
 //! happened:
 //!
-//! - [`RedisBackend::poll_next`] leases a batch with one script call and
-//!   hands the jobs out one by one. With nothing pending it blocks on a
-//!   dedicated connection (`BLMOVE wait wait RIGHT RIGHT`) instead of
-//!   polling, so pickup is immediate and an idle worker costs nothing. A
+//! - [`RedisBackend::poll_next`] leases a batch with one script call per
+//!   queue that has jobs and hands the jobs out one by one. A queue found
+//!   empty is watched by a blocking wait on a dedicated connection (`BLMOVE
+//!   wait wait RIGHT RIGHT`) instead of being polled, so pickup is immediate,
+//!   an idle worker costs nothing, and empty queues cost a busy one nothing
+//!   either (see `Watches`). A
 //!   Redis error never reaches apalis (it would stop the worker): the fetch
 //!   retries with backoff until Redis answers again.
 //! - [`QueueAck`], the backend's middleware, sees every handler outcome and
@@ -206,8 +208,8 @@ pub struct RedisBackend {
     worker_id: String,
     prefetch: usize,
     inflight: InFlight,
-    /// One blocking connection per consumed queue, for its wait.
-    blocking: Vec<(Queue, Conn)>,
+    /// Which consumed queues a fetch looks at.
+    watches: Arc<Watches>,
     buffer: VecDeque<Leased>,
     fetch: Option<BoxFuture<'static, Vec<Leased>>>,
 }
@@ -243,17 +245,7 @@ impl RedisBackend {
         prefetch: usize,
         inflight: InFlight,
     ) -> redis::RedisResult<Self> {
-        // Blocking commands get connections of their own: on a shared
-        // multiplexed one they would hold up every command behind them.
-        let blocking = consume
-            .queues()
-            .into_iter()
-            .filter_map(|name| queues.get(name).cloned())
-            .map(|q| {
-                let conn = q.pool().blocking(BLOCK_TIMEOUT + Duration::from_secs(3))?;
-                Ok((q, conn))
-            })
-            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let watches = Arc::new(Watches::spawn(&queues, &consume)?);
         Ok(Self {
             completers: Completers::spawn(&queues),
             queues,
@@ -261,45 +253,155 @@ impl RedisBackend {
             worker_id,
             prefetch: prefetch.max(1),
             inflight,
-            blocking,
+            watches,
             buffer: VecDeque::new(),
             fetch: None,
         })
     }
 }
 
-/// How long to wait before looking again when a queue woke the worker but
-/// no fetch got a job from it (a paused queue, jobs over a rate limit):
-/// without it the worker would spin on a list that is never empty.
+/// How long to wait before looking again when a queue has jobs but no fetch
+/// could start one (all over their rate limit): without it the worker would
+/// spin on a list that is never empty.
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
+
+/// A queue's state for the fetch: look at it, or leave it to its watcher.
+const READY: u8 = 0;
+/// Its last fetch found it empty: its watcher blocks on it until a job comes.
+const DRAINED: u8 = 1;
+/// It is paused: its watcher makes it ready again after [`BLOCK_TIMEOUT`].
+const PAUSED: u8 = 2;
+
+/// One consumed queue's fetch state, shared with its watcher task.
+#[derive(Default)]
+struct QueueWatch {
+    state: std::sync::atomic::AtomicU8,
+    arm: tokio::sync::Notify,
+}
+
+impl QueueWatch {
+    fn is_ready(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::Acquire) == READY
+    }
+
+    /// Hands the queue to its watcher until it has work again.
+    fn park(&self, state: u8) {
+        self.state
+            .store(state, std::sync::atomic::Ordering::Release);
+        self.arm.notify_one();
+    }
+}
+
+/// Which consumed queues a fetch looks at. A queue found empty (or paused)
+/// is left out of later fetches until its watcher, blocked on it with
+/// `BLMOVE wait wait RIGHT RIGHT` on a connection of its own, sees a job
+/// (or [`BLOCK_TIMEOUT`] passes): so a fetch over several queues costs a
+/// round trip per queue that has jobs, not one per queue consumed, and a job
+/// pushed to an idle higher-priority queue is still in the very next fetch.
+/// With every queue empty, the fetch waits for any watcher to wake it.
+struct Watches {
+    queues: HashMap<String, Arc<QueueWatch>>,
+    woke: Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watches {
+    fn spawn(queues: &Queues, consume: &Consume) -> redis::RedisResult<Self> {
+        let woke = Arc::new(tokio::sync::Notify::new());
+        let (mut watched, mut tasks) = (HashMap::new(), Vec::new());
+        for name in consume.queues() {
+            let Some(queue) = queues.get(name).cloned() else {
+                continue;
+            };
+            // Blocking commands get connections of their own: on a shared
+            // multiplexed one they would hold up every command behind them.
+            let conn = queue
+                .pool()
+                .blocking(BLOCK_TIMEOUT + Duration::from_secs(3))?;
+            let w = Arc::new(QueueWatch::default());
+            tasks.push(tokio::spawn(watch(queue, conn, w.clone(), woke.clone())));
+            watched.insert(name.to_string(), w);
+        }
+        Ok(Self {
+            queues: watched,
+            woke,
+            tasks,
+        })
+    }
+
+    fn get(&self, queue: &str) -> Option<&QueueWatch> {
+        self.queues.get(queue).map(|w| &**w)
+    }
+
+    fn any_ready(&self) -> bool {
+        self.queues.values().any(|w| w.is_ready())
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A queue's watcher: each time the fetch parks the queue, waits until it
+/// may have work (a job in its list, or the pause's recheck time), marks it
+/// ready and wakes the fetch.
+async fn watch(queue: Queue, mut conn: Conn, w: Arc<QueueWatch>, woke: Arc<tokio::sync::Notify>) {
+    let mut delay = INITIAL_RECONNECT_DELAY;
+    loop {
+        w.arm.notified().await;
+        match w.state.load(std::sync::atomic::Ordering::Acquire) {
+            DRAINED => match queue.wait_for_work(&mut conn, BLOCK_TIMEOUT).await {
+                Ok(_) => delay = INITIAL_RECONNECT_DELAY,
+                Err(e) => {
+                    tracing::warn!(queue = queue.name(), error = %e, retry_in = ?delay, "waiting for jobs failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+            },
+            PAUSED => tokio::time::sleep(BLOCK_TIMEOUT).await,
+            _ => {}
+        }
+        w.state.store(READY, std::sync::atomic::Ordering::Release);
+        woke.notify_one();
+    }
+}
 
 /// Leases at least one job from the queues, in the order `consume` gives
 /// for each fetch, waiting (and riding out Redis outages) as long as it takes.
 async fn lease_some(
     queues: Queues,
     consume: Consume,
-    blocking: Vec<(Queue, Conn)>,
+    watches: Arc<Watches>,
     worker_id: String,
     n: usize,
     inflight: InFlight,
 ) -> Vec<Leased> {
     let mut delay = INITIAL_RECONNECT_DELAY;
-    let mut woken = false;
     loop {
         let mut jobs = Vec::new();
         let mut failed = false;
-        let mut paused: Vec<&str> = Vec::new();
         for name in consume.fetch_order() {
-            let Some(queue) = queues.get(name) else {
+            let (Some(queue), Some(watch)) = (queues.get(name), watches.get(name)) else {
                 continue;
             };
-            match queue.fetch_batch(&worker_id, n - jobs.len()).await {
+            if !watch.is_ready() {
+                continue;
+            }
+            let want = n - jobs.len();
+            match queue.fetch_batch(&worker_id, want).await {
                 Ok(got) => {
-                    if got.paused {
-                        paused.push(name);
-                    }
                     if got.deferred > 0 {
                         crate::metrics::record_rate_limited(name, got.deferred);
+                    }
+                    if got.paused {
+                        watch.park(PAUSED);
+                    } else if got.jobs.len() < want && got.deferred == 0 {
+                        // The list ran out: nothing more there until a push.
+                        watch.park(DRAINED);
                     }
                     jobs.extend(got.jobs);
                 }
@@ -321,37 +423,14 @@ async fn lease_some(
             delay = (delay * 2).min(MAX_RECONNECT_DELAY);
             continue;
         }
-        if woken {
+        delay = INITIAL_RECONNECT_DELAY;
+        if watches.any_ready() {
+            // Jobs are there but none could start (over a rate limit).
             tokio::time::sleep(IDLE_RECHECK).await;
-        }
-        // A paused queue is not waited on (its list may never be empty);
-        // it is looked at again on every fetch, at least every BLOCK_TIMEOUT.
-        let waiting: Vec<&(Queue, Conn)> = blocking
-            .iter()
-            .filter(|(q, _)| !paused.contains(&q.name()))
-            .collect();
-        if waiting.is_empty() {
-            tokio::time::sleep(BLOCK_TIMEOUT).await;
             continue;
         }
-        // Block until any consumed queue has work (or the wait times out).
-        // A wait cut short on another queue stays queued on its connection
-        // and ends at its timeout; the next wait there runs after it.
-        let waits = waiting.into_iter().map(|(q, conn)| {
-            let (q, mut conn) = (q.clone(), conn.clone());
-            Box::pin(async move { q.wait_for_work(&mut conn, BLOCK_TIMEOUT).await })
-        });
-        match futures::future::select_all(waits).await {
-            (Ok(got), _, _) => {
-                woken = got;
-                delay = INITIAL_RECONNECT_DELAY;
-            }
-            (Err(e), _, _) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "waiting for jobs failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-            }
-        }
+        // Every queue is empty or paused: a watcher wakes us when one is not.
+        watches.woke.notified().await;
     }
 }
 
@@ -416,7 +495,7 @@ impl Backend for RedisBackend {
                 lease_some(
                     self.queues.clone(),
                     self.consume.clone(),
-                    self.blocking.clone(),
+                    self.watches.clone(),
                     self.worker_id.clone(),
                     self.prefetch,
                     self.inflight.clone(),

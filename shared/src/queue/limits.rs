@@ -1,8 +1,9 @@
 //! Global rate limits and time limits per job type, from the environment.
 //!
 //! - **Rate limits** (`RATE_LIMIT_<JOB_TYPE>=100/s`, also `/m` and `/h`,
-//!   optionally `:burst`, e.g. `100/s:20`) hold across every worker and
-//!   machine: the fetch script admits a job of a limited type only when the
+//!   optionally `:burst`, e.g. `100/s:20`; a burst is never less than one
+//!   millisecond of the rate, the resolution of the script's clock) hold
+//!   across every worker and machine: the fetch script admits a job of a limited type only when the
 //!   type's GCRA state in Redis allows it (see [`super::scripts`]), and puts
 //!   a job over the limit back as scheduled for its turn, spending no
 //!   attempt and holding no worker slot. The state lives in the hash tag of
@@ -66,9 +67,18 @@ impl Rate {
         Ok(Self { count, per, burst })
     }
 
-    /// The GCRA emission interval in ms (at least 1).
-    pub fn interval_ms(&self) -> u64 {
-        (self.per.as_millis() as u64 / self.count).max(1)
+    /// The burst the fetch script applies: at least one millisecond's worth
+    /// of the rate, since the script's clock counts whole milliseconds (a
+    /// fetch at one instant admits `1,000/ms` of a `1000000/s` type, not one).
+    pub fn effective_burst(&self) -> u64 {
+        let per_ms = (self.count as f64 / self.per.as_secs_f64() / 1_000.0).ceil() as u64;
+        self.burst.max(per_ms)
+    }
+
+    /// The GCRA emission interval in ms, fractional: rates above 1,000/s
+    /// need intervals under a millisecond (1,000,000/s is 0.001 ms).
+    pub fn interval_ms(&self) -> f64 {
+        self.per.as_nanos() as f64 / self.count as f64 / 1e6
     }
 }
 
@@ -164,9 +174,21 @@ mod tests {
                 burst: 1
             })
         );
-        assert_eq!(Rate::parse("100/s").unwrap().interval_ms(), 10);
+        assert_eq!(Rate::parse("100/s").unwrap().interval_ms(), 10.0);
+        assert_eq!(Rate::parse("1000000/s").unwrap().interval_ms(), 0.001);
+        // Bursts cover at least a millisecond of the rate.
+        let burst = |r: &str| Rate::parse(r).unwrap().effective_burst();
+        assert_eq!(
+            (
+                burst("100/s"),
+                burst("100/s:20"),
+                burst("1000000/s"),
+                burst("2500/s")
+            ),
+            (1, 20, 1_000, 3)
+        );
         assert_eq!(Rate::parse("6000/m:50").unwrap().burst, 50);
-        assert_eq!(Rate::parse("2/h").unwrap().interval_ms(), 1_800_000);
+        assert_eq!(Rate::parse("2/h").unwrap().interval_ms(), 1_800_000.0);
         assert!(
             Rate::parse("10/parsec")
                 .unwrap_err()

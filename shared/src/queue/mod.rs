@@ -1139,7 +1139,9 @@ impl Queue {
             .arg(self.settings.lease.as_millis() as u64)
             .arg(self.settings.rate_limits.len());
         for (job, rate) in &self.settings.rate_limits {
-            inv.arg(job).arg(rate.interval_ms()).arg(rate.burst);
+            inv.arg(job)
+                .arg(rate.interval_ms())
+                .arg(rate.effective_burst());
         }
         let (mut conn, tracker) = self.pool.get();
         let mut flat: Vec<String> = tracker.track(inv.invoke_async(&mut conn).await)?;

@@ -118,7 +118,7 @@ return {1, id}
 
 /// KEYS: wait, active, jobs, args, unique, live, uniq_of, paused, rate, delayed.
 /// ARGV: n, worker, lease_ms, then the rate limits: their count, and per
-/// limit the job type, its emission interval (ms) and its burst.
+/// limit the job type, its emission interval (ms, fractional) and its burst.
 /// Moves up to n pending jobs to running under a lease. Returns
 /// {status, deferred, id, description, live, args, ...}: status `paused`
 /// (and nothing else) when the queue is paused, else `ok`; `deferred`
@@ -163,13 +163,16 @@ for _ = 1, 16 do
         if tat - now > tolerance then
           admit = false
           r.state = 'scheduled'
-          r.run_at = tat - tolerance + lim[3] * interval
+          -- Whole ms for the record; the zset takes the same score.
+          r.run_at = math.ceil(tat - tolerance + lim[3] * interval)
           lim[3] = lim[3] + 1
           save(KEYS[6], id, r)
           redis.call('ZADD', KEYS[10], r.run_at, id)
           deferred = deferred + 1
         else
-          redis.call('HSET', KEYS[9], r.name, tat + interval)
+          -- Fractional ms (a double holds µs exactly at today's epoch ms);
+          -- %.6f keeps them, where tostring's 14 digits would not.
+          redis.call('HSET', KEYS[9], r.name, string.format('%.6f', tat + interval))
         end
       end
       if admit then
