@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let median = |r: &mut Vec<Drained>| {
-        r.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+        r.sort_by_key(|d| d.elapsed);
         r[r.len() / 2].elapsed.as_secs_f64()
     };
     let medians: Vec<f64> = runs.iter_mut().map(median).collect();
