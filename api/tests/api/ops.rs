@@ -87,6 +87,11 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         "POST /api/v1/tasks/{task_id}/retry",
         "GET /api/v1/tasks/dead",
         "GET /api/v1/queues",
+        "GET /api/v1/queues/{name}",
+        "POST /api/v1/queues/{name}/pause",
+        "POST /api/v1/queues/{name}/resume",
+        "GET /api/v1/workers",
+        "GET /api/v1/schedules",
         "POST /api/v1/tasks/recalculate-all",
         "POST /api/v1/publish-market-event",
     ]
@@ -99,7 +104,8 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path
             .replace("{product_id}", "P-1")
-            .replace("{task_id}", "UNKNOWN");
+            .replace("{task_id}", "UNKNOWN")
+            .replace("{name}", "events");
         let req = app.client.request(method.parse().unwrap(), app.url(&path));
         let req = if method == "POST" {
             req.json(&serde_json::json!({"product_id": "P-1", "product_ids": ["P-1"]}))
