@@ -87,6 +87,7 @@ impl Listener {
         let store = shared::store::open(&settings.database).await?;
         let pool = RedisPool::open(&settings.redis).await?;
         let keys = Keys::new(&settings.redis.namespace);
+        move_legacy_dead_letters(&pool, &keys, settings.dead_letter_max).await?;
         let queues = Queues::new(
             pool.clone(),
             &settings.redis.namespace,
@@ -176,6 +177,44 @@ impl Listener {
         tracing::info!("listener stopped");
         Ok(())
     }
+}
+
+/// Moves dead letters a listener before the named queues kept at
+/// `{ns:events}:dead` (now the `events` job queue's dead set, a sorted set)
+/// to their own list, older ones after any kept there since, capped as
+/// usual. One script, so two listeners starting at once move them once.
+pub async fn move_legacy_dead_letters(
+    pool: &RedisPool,
+    keys: &Keys,
+    max: u64,
+) -> redis::RedisResult<usize> {
+    static MOVE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r#"
+if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, item in ipairs(items) do redis.call('RPUSH', KEYS[2], item) end
+redis.call('DEL', KEYS[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+return #items
+"#,
+        )
+    });
+    let (mut conn, tracker) = pool.get();
+    let moved: usize = tracker.track(
+        MOVE.key(keys.legacy_event_dead_letters())
+            .key(keys.event_dead_letters())
+            .arg(max.max(1))
+            .invoke_async(&mut conn)
+            .await,
+    )?;
+    if moved > 0 {
+        tracing::info!(
+            moved,
+            "moved dead letters from the key the events queue now uses"
+        );
+    }
+    Ok(moved)
 }
 
 /// Runs the listener until `shutdown` resolves.

@@ -129,8 +129,17 @@ impl Keys {
         format!("{{{}:events}}:claim:{key}", self.namespace)
     }
 
-    /// The capped list of rejected event messages, newest first.
+    /// The capped list of rejected event messages, newest first. Not
+    /// `…:dead`: the `events` job queue shares this hash tag and keeps its
+    /// dead set there (see [`Self::legacy_event_dead_letters`]).
     pub fn event_dead_letters(&self) -> String {
+        format!("{{{}:events}}:dead_letters", self.namespace)
+    }
+
+    /// Where listeners before the named queues kept their dead letters, the
+    /// key the `events` queue's dead set now uses; the listener moves a list
+    /// found there to [`Self::event_dead_letters`] at startup.
+    pub fn legacy_event_dead_letters(&self) -> String {
         format!("{{{}:events}}:dead", self.namespace)
     }
 
@@ -179,6 +188,25 @@ mod tests {
         assert_eq!(
             keys.price("P-1"),
             format!("pricing:prices:{}", 0x829e_bc95_u32 % PRICE_BUCKETS)
+        );
+    }
+
+    #[test]
+    fn no_event_key_is_a_key_of_the_events_queue() {
+        let keys = Keys::new("pricing");
+        let queue = crate::queue::QueueKeys::new("pricing", crate::queue::EVENTS_QUEUE);
+        for key in [
+            keys.event_stream(),
+            keys.event_done("01J"),
+            keys.event_ingest_claim("id:01J"),
+            keys.event_dead_letters(),
+        ] {
+            assert!(!queue.all().contains(&key.as_str()), "{key} is a queue key");
+        }
+        assert!(
+            queue
+                .all()
+                .contains(&keys.legacy_event_dead_letters().as_str())
         );
     }
 

@@ -831,3 +831,52 @@ async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
         .collect();
     assert_eq!(names, vec!["gone-holding".to_string()]);
 }
+
+#[tokio::test]
+async fn dead_letters_at_the_old_key_move_out_of_the_events_queues_dead_set() {
+    // Arrange: dead letters where listeners before named queues kept them.
+    let redis = RedisServer::start().await;
+    let keys = shared::keys::Keys::new(NS);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("RPUSH")
+        .arg(keys.legacy_event_dead_letters())
+        .arg("old-2")
+        .arg("old-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg(keys.event_dead_letters())
+        .arg("new-1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Act: what a listener does at startup, twice (a second start moves nothing).
+    let p = pool(&redis);
+    let moved = listener::move_legacy_dead_letters(&p, &keys, 10)
+        .await
+        .unwrap();
+    let again = listener::move_legacy_dead_letters(&p, &keys, 10)
+        .await
+        .unwrap();
+
+    // Assert: newest first, the old key gone, and the events queue's dead
+    // set (the old key) usable: its depths read without WRONGTYPE.
+    assert_eq!((moved, again), (2, 0));
+    let kept: Vec<String> = redis::cmd("LRANGE")
+        .arg(keys.event_dead_letters())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["new-1", "old-2", "old-1"]);
+    let q = shared::queue::Queue::new(
+        p,
+        NS,
+        shared::queue::EVENTS_QUEUE,
+        shared::queue::QueueSettings::default(),
+    );
+    assert_eq!(q.depths().await.unwrap().dead, 0);
+}
