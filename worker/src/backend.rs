@@ -666,6 +666,7 @@ impl Acknowledge<JobOutcome> for QueueAck {
 fn verdict_label(v: &Verdict) -> &'static str {
     match v {
         Verdict::Done(o) if o.state == shared::queue::JobState::Skipped => "skipped",
+        Verdict::Done(o) if o.state == shared::queue::JobState::Cancelled => "cancelled",
         Verdict::Done(_) => "succeeded",
         Verdict::Defer(..) => "deferred",
         Verdict::Retry(..) => "retried",

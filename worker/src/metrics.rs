@@ -2,7 +2,7 @@
 //! and `/ready` (Redis reachable) server.
 //!
 //! - `jobs_started_total{job_type}`, and `jobs_finished_total{job_type, outcome}` with
-//!   outcome `succeeded`, `failed`, `retried`, `skipped` or `deferred`.
+//!   outcome `succeeded`, `failed`, `retried`, `skipped`, `deferred` or `cancelled`.
 //! - `job_duration_seconds{job_type}`: handler run time, a histogram.
 //! - `worker_busy_slots`: handlers running now; `worker_leases_held`: jobs leased by this process.
 //! - `rate_limit_deferrals_total{queue}`: jobs put back for being over their type's rate limit.

@@ -20,7 +20,11 @@
 //!   (one `HSET` per cache bucket), so a recalculation that lost its lock
 //!   cannot overwrite newer prices;
 //! - reports `{"processed", "total"}` in its status while it runs, and
-//!   finishes with `{"status": "succeeded", "updated_count", "duration_ms"}`.
+//!   finishes with `{"status": "succeeded", "updated_count", "duration_ms"}`;
+//! - stops at once when its cancellation token fires (a soft time limit or
+//!   a revoke), even while it waits for the store or the feed: the pages
+//!   written stay written, and the attempt ends with a retryable
+//!   `stopped: …` error (a revoke turns that into `cancelled`).
 //!
 //! The targeted recalculation prices the named products the same way and
 //! writes them at once; when a full recalculation that started before it was
@@ -286,7 +290,12 @@ async fn scan_and_cache(
                 continue;
             }
         };
-        let mut page = match rx.recv().await {
+        let next = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Err(stopped(processed, total)),
+            next = rx.recv() => next,
+        };
+        let mut page = match next {
             Some(page) => page?,
             None => return Err(JobError::retryable("the catalog reader stopped")),
         };
@@ -295,7 +304,11 @@ async fn scan_and_cache(
             idle.push(writer);
             continue;
         }
-        apply_feed(deps.feed.as_ref(), &mut page).await?;
+        tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Err(stopped(processed, total)),
+            fed = apply_feed(deps.feed.as_ref(), &mut page) => fed?,
+        }
         // Spawned in the job's span, so the write's Redis span is in its trace.
         let write = write_page(writer, entries(&deps.cache, &page)).in_current_span();
         in_flight.push_back((page.len(), AbortOnDrop(tokio::spawn(write))));
@@ -305,6 +318,13 @@ async fn scan_and_cache(
         "updated_count": processed,
         "duration_ms": started.elapsed().as_millis() as u64,
     })))
+}
+
+/// The error of a recalculation that stopped because it was asked to.
+fn stopped(processed: usize, total: impl std::fmt::Display) -> JobError {
+    JobError::retryable(format!(
+        "stopped: asked to stop (soft time limit or revoke) after {processed} of {total} products"
+    ))
 }
 
 /// Prices the named products and writes them at once, through the feed
@@ -320,13 +340,21 @@ async fn recalculate_some(
 ) -> Result<JobOutcome, JobError> {
     let started = Instant::now();
     let mut updated = 0;
+    let total = ids.len();
     for chunk in ids.chunks(PAGE) {
+        if ctx.cancel.is_cancelled() {
+            return Err(stopped(updated, total));
+        }
         let mut priced = deps
             .store
             .priced_by_ids(chunk)
             .await
             .map_err(JobError::retryable)?;
-        apply_feed(deps.feed.as_ref(), &mut priced).await?;
+        tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Err(stopped(updated, total)),
+            fed = apply_feed(deps.feed.as_ref(), &mut priced) => fed?,
+        }
         let now = Utc::now();
         let fresh: Vec<CachedPrice> = priced
             .iter()

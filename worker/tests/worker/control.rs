@@ -111,12 +111,7 @@ async fn a_handler_that_ignores_its_soft_limit_is_dropped_at_the_hard_one_and_re
     );
     assert_eq!(seen.started.load(Ordering::SeqCst), 2);
     assert_eq!(seen.signalled.load(Ordering::SeqCst), 2);
-    let metrics = reqwest::get(format!("http://{}/metrics", w.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::scrape(&w).await;
     assert!(
         metrics.contains(r#"jobs_time_limited_total{job_type="stubborn",limit="hard"} 2"#),
         "{metrics}"
@@ -187,5 +182,10 @@ async fn a_revoked_job_ends_cancelled_whether_its_handler_listens_or_not() {
     wait_for(&q, &after, &[JobState::Succeeded], LONG).await;
     let d = q.depths().await.unwrap();
     assert_eq!(d.running, 0);
+    let metrics = crate::helpers::scrape(&w).await;
+    for job in ["polite", "stubborn"] {
+        let series = format!("jobs_finished_total{{job_type=\"{job}\",outcome=\"cancelled\"}} 1");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
     w.stop().await;
 }

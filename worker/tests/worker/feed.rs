@@ -407,6 +407,35 @@ async fn gated_prices(
     axum::Json(serde_json::json!({ "prices": prices })).into_response()
 }
 
+/// Starts a feed that holds back the page holding `gate_id`, and worker
+/// settings that read the catalog at `url` through it.
+async fn gated_worker_settings(
+    redis: &RedisServer,
+    url: String,
+    gate_id: String,
+) -> (GatedFeed, worker::config::Settings) {
+    let feed = GatedFeed {
+        gate_id,
+        open: Arc::default(),
+        held: Arc::default(),
+    };
+    let app = axum::Router::new()
+        .route("/competitor-prices", axum::routing::get(gated_prices))
+        .with_state(feed.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut s = settings(redis, QueueSettings::default());
+    s.database.url = url;
+    s.feed = Some(FeedSettings {
+        url: feed_url,
+        extra_roots: Vec::new(),
+        connect_timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(600),
+    });
+    (feed, s)
+}
+
 #[tokio::test]
 async fn a_running_recalculation_shows_its_progress() {
     // Arrange: a page more than there are writers, and some. The job
@@ -419,25 +448,7 @@ async fn a_running_recalculation_shows_its_progress() {
     let (_store, _dir, url) = seeded_store(n as u64).await;
     let mut ids: Vec<String> = (1..=n).map(|i| format!("P-{i}")).collect();
     ids.sort(); // the order the catalog is read in
-    let feed = GatedFeed {
-        gate_id: ids[WRITERS * PAGE].clone(),
-        open: Arc::default(),
-        held: Arc::default(),
-    };
-    let app = axum::Router::new()
-        .route("/competitor-prices", axum::routing::get(gated_prices))
-        .with_state(feed.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let feed_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
-    s.feed = Some(FeedSettings {
-        url: feed_url,
-        extra_roots: Vec::new(),
-        connect_timeout: Duration::from_secs(3),
-        timeout: Duration::from_secs(600),
-    });
+    let (feed, s) = gated_worker_settings(&redis, url, ids[WRITERS * PAGE].clone()).await;
     let registry = worker::full_registry(&s).await.unwrap();
     let w = start(s, registry).await;
     let q = queue(&redis, QueueSettings::default());
@@ -464,5 +475,75 @@ async fn a_running_recalculation_shows_its_progress() {
     wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
     let result = q.status(&id).await.unwrap().unwrap().result.unwrap();
     assert_eq!(result["updated_count"], n);
+    w.stop().await;
+}
+
+/// A recalculation held at its second page by the feed, which never lets it
+/// go: only a handler that listens to its cancellation token can end.
+async fn held_recalculation(
+    tune: impl FnOnce(&mut worker::config::Settings),
+) -> (
+    RedisServer,
+    crate::helpers::RunningWorker,
+    shared::queue::Queue,
+    String,
+    tempfile::TempDir,
+) {
+    use worker::jobs::recalc::PAGE;
+    let n = 2 * PAGE;
+    let redis = RedisServer::start().await;
+    let (_store, dir, url) = seeded_store(n as u64).await;
+    let mut ids: Vec<String> = (1..=n).map(|i| format!("P-{i}")).collect();
+    ids.sort();
+    let (feed, mut s) = gated_worker_settings(&redis, url, ids[PAGE].clone()).await;
+    tune(&mut s);
+    let registry = worker::full_registry(&s).await.unwrap();
+    let w = start(s, registry).await;
+    let q = queue(&redis, QueueSettings::default());
+    let id = q.push(all().retry(quick_retries(1))).await.unwrap().id;
+    feed.held.notified().await;
+    (redis, w, q, id, dir)
+}
+
+#[tokio::test]
+async fn a_full_recalculation_stops_at_its_soft_time_limit_without_the_hard_one() {
+    // Arrange: soft limit 1 s, hard limit 10 minutes, the feed stalled.
+    let (_redis, w, q, id, _dir) = held_recalculation(|s| {
+        s.time_limits.insert(
+            "recalculate_all_prices".into(),
+            shared::queue::TimeLimit {
+                soft: Duration::from_secs(1),
+                hard: Duration::from_secs(600),
+            },
+        );
+    })
+    .await;
+
+    // Act / Assert: the attempt ends at the soft limit, failed (one attempt
+    // allowed) with the reason; the hard limit was never needed.
+    let rec = wait_for(&q, &id, &[JobState::Failed, JobState::Succeeded], LONG).await;
+    assert_eq!(rec.state, JobState::Failed);
+    let error = rec.error.unwrap_or_default();
+    assert!(error.contains("stopped: asked to stop"), "{error}");
+    assert!(error.ends_with("of 10000 products"), "{error}");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_full_recalculation_stops_long_before_the_grace() {
+    // Arrange: a ten-minute grace, so only a cooperative stop ends it in time.
+    let (_redis, w, q, id, _dir) = held_recalculation(|s| {
+        s.revoke_grace = Duration::from_secs(600);
+    })
+    .await;
+    let control = shared::keys::Keys::new(NS).control_channel();
+
+    // Act
+    let outcome = q.revoke(&id, &control).await.unwrap();
+
+    // Assert
+    assert_eq!(outcome, shared::queue::RevokeOutcome::Revoking);
+    let rec = wait_for(&q, &id, &[JobState::Cancelled], LONG).await;
+    assert_eq!(rec.attempts, 1);
     w.stop().await;
 }

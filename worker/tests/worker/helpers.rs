@@ -119,3 +119,13 @@ pub async fn wait_for(queue: &Queue, id: &str, states: &[JobState], within: Dura
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The worker's `/metrics` text.
+pub async fn scrape(w: &RunningWorker) -> String {
+    reqwest::get(format!("http://{}/metrics", w.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

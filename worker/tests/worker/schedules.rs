@@ -8,7 +8,7 @@ use shared::queue::schedule::{Missed, Schedule, ScheduleSettings};
 use shared::queue::{DEFAULT_QUEUE, Queue, QueueSettings};
 use shared::testing::RedisServer;
 
-use crate::helpers::{queue, settings, start};
+use crate::helpers::{queue, scrape, settings, start};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -69,12 +69,7 @@ async fn three_workers_queue_each_tick_of_a_one_second_schedule_exactly_once() {
         async move { ticks_of(&q, "beat3").await.len() >= 5 }
     })
     .await;
-    let metrics = reqwest::get(format!("http://{}/metrics", workers[0].metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&workers[0]).await;
     for w in workers {
         w.stop().await;
     }
@@ -177,15 +172,6 @@ fn long_missed(name: &str, missed: Missed) -> ScheduleSettings {
         ],
         missed,
     }
-}
-
-async fn scrape(w: &crate::helpers::RunningWorker) -> String {
-    reqwest::get(format!("http://{}/metrics", w.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
