@@ -24,6 +24,16 @@ fn registry(redis: &RedisServer) -> WorkerRegistry {
     WorkerRegistry::new(pool, NS)
 }
 
+/// The ids of the workers listed now.
+async fn listed_ids(reg: &WorkerRegistry) -> Vec<String> {
+    reg.list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.report.id)
+        .collect()
+}
+
 #[tokio::test]
 async fn each_live_worker_reports_itself_and_the_jobs_it_runs() {
     // Arrange: two workers, one running a long job.
@@ -89,14 +99,7 @@ async fn each_live_worker_reports_itself_and_the_jobs_it_runs() {
 
     // A graceful stop leaves the list at once (the job goes back to the queue).
     a.stop().await;
-    let left: Vec<String> = reg
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.report.id)
-        .collect();
-    assert_eq!(left, std::slice::from_ref(&b.id));
+    assert_eq!(listed_ids(&reg).await, std::slice::from_ref(&b.id));
     b.stop().await;
     assert!(reg.list().await.unwrap().is_empty());
 }
@@ -124,14 +127,7 @@ async fn a_worker_that_stops_heartbeating_leaves_the_list_after_its_lease() {
     // Act: a live worker keeps beating meanwhile.
     let w = start(settings(&redis, fast_beats()), worker::jobs::registry()).await;
     shared::testing::eventually(LONG, "the dead worker dropped out", || async {
-        let ids: Vec<String> = reg
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|w| w.report.id)
-            .collect();
-        ids == [w.id.clone()]
+        listed_ids(&reg).await == [w.id.clone()]
     })
     .await;
 
