@@ -5,11 +5,15 @@
 //! claims the tick in Redis, so of all the workers that see it, one queues
 //! it. The loop sleeps until the next tick of any schedule (at most a
 //! second), so a tick whose enqueuer died is queued by another worker
-//! within a second of its time.
+//! within a second of its time. A scheduled full recalculation carries the
+//! api's unique key, so it joins one already waiting instead of queueing a
+//! second.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use shared::jobs::{RECALC_ALL_UNIQUE_KEY, RecalculateAllPrices};
+use shared::queue::JobSpec;
 use shared::queue::schedule::{Missed, Schedule};
 use shared::queue::{Queues, Tick};
 use shared::redis_pool::RedisPool;
@@ -117,6 +121,11 @@ impl Scheduler {
             return Ok(TickOutcome::Skipped);
         }
         let mut job = self.registry.new_job(&s.job_type, &s.args)?;
+        // A scheduled full recalculation joins one already waiting, as a
+        // trigger from the api does (one runs, at most one waits).
+        if s.job_type == <RecalculateAllPrices as JobSpec>::NAME {
+            job.unique_key = Some(RECALC_ALL_UNIQUE_KEY.to_string());
+        }
         job.tick = Some(Tick {
             schedule: s.name.clone(),
             at: tick,
@@ -132,6 +141,9 @@ impl Scheduler {
             .map_err(|e| e.to_string())?;
         if pushed.tick_taken {
             Ok(TickOutcome::Taken)
+        } else if pushed.duplicate {
+            tracing::info!(schedule = %s.name, tick, task_id = %pushed.id, "schedule tick joined the job already waiting");
+            Ok(TickOutcome::Enqueued)
         } else {
             tracing::info!(schedule = %s.name, tick, task_id = %pushed.id, "schedule tick queued");
             Ok(TickOutcome::Enqueued)

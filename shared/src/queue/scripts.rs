@@ -90,6 +90,10 @@ if uniq ~= '' then
   if existing then
     local r = load(KEYS[6], existing)
     if r and (r.state == 'pending' or r.state == 'scheduled' or r.state == 'retrying') then
+      -- A tick that joins a waiting job is run by that job.
+      if schedule ~= '' then
+        redis.call('HSET', KEYS[8], schedule, ARGV[8] .. ' ' .. existing .. ' ' .. ARGV[9])
+      end
       return {0, existing}
     end
   end

@@ -171,4 +171,22 @@ async fn a_schedule_tick_is_queued_once_and_never_behind_the_last_one(kind: Redi
         (record.schedule.as_deref(), record.tick),
         (Some("every_second"), Some(t + 1_000))
     );
+
+    // A tick with a unique key joins the job waiting under it, and the
+    // schedule's last run names that job.
+    let waiting = q
+        .push(NewJob::of(&Noop {}).unwrap().unique("only-one"))
+        .await
+        .unwrap();
+    let joined = q
+        .push(tick(t + 2_000, "w1").unique("only-one"))
+        .await
+        .unwrap();
+    assert!(joined.duplicate && !joined.tick_taken);
+    assert_eq!(joined.id, waiting.id);
+    let last = &q.last_runs().await.unwrap()["every_second"];
+    assert_eq!(
+        (last.tick.timestamp_millis(), last.task_id.as_str()),
+        (t + 2_000, waiting.id.as_str())
+    );
 }
