@@ -37,6 +37,26 @@ pub struct Settings {
     pub recalc_retry: shared::queue::RetryPolicy,
     /// Where market events go (`MARKET_EVENTS_CHANNEL`, `MARKET_EVENTS_STREAM_MAXLEN`).
     pub events: shared::events::EventSettings,
+    /// `JAEGER_UI_URL`: the Jaeger UI (e.g. `http://localhost:16686`) that
+    /// the dashboard links each job's trace to; no links when unset.
+    pub jaeger_ui_url: Option<String>,
+}
+
+fn jaeger_ui_url() -> Result<Option<String>, ConfigError> {
+    let Some(url) = shared::config::env_opt("JAEGER_UI_URL") else {
+        return Ok(None);
+    };
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'<>`".contains(c));
+    if ok {
+        Ok(Some(url.trim_end_matches('/').to_string()))
+    } else {
+        Err(ConfigError::new(
+            "JAEGER_UI_URL",
+            url,
+            "must be an http:// or https:// URL without spaces or quotes",
+        ))
+    }
 }
 
 /// Shortest accepted `ADMIN_TOKEN`: anything shorter is guessable.
@@ -67,6 +87,7 @@ impl Settings {
             admin_token: admin_token()?,
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
             events: shared::events::EventSettings::from_env()?,
+            jaeger_ui_url: jaeger_ui_url()?,
         })
     }
 }

@@ -58,6 +58,10 @@ pub enum ApiError {
     /// 403: the bearer token is wrong.
     #[error("the bearer token is not valid for this endpoint")]
     Forbidden,
+    /// A mutating call sent by a page of another site (its `Sec-Fetch-Site`
+    /// or `Origin` header says so): refused, whatever it carries.
+    #[error("cross-site request refused: a mutating call must come from this api's own origin")]
+    CrossSite,
     /// 404: the product (or route) does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -95,6 +99,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_items"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::CrossSite => (StatusCode::FORBIDDEN, "cross_site"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -134,6 +139,7 @@ impl IntoResponse for ApiError {
         let fields = match &self {
             ApiError::Validation { fields, .. } => fields.clone(),
             ApiError::TooLarge { field, .. } => vec![field.clone()],
+            ApiError::CrossSite => vec!["Origin".to_string()],
             _ => Vec::new(),
         };
         if let ApiError::Internal(cause) = &self {

@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use crate::error::ErrorBody;
 use crate::model::{BatchRequest, BatchResponse, PriceDetail, PriceRequest, PriceSource};
-use crate::routes::{events, ops, price, queues, tasks, workers};
+use crate::routes::{dashboard, events, ops, price, queues, tasks, workers};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -35,6 +35,8 @@ use crate::routes::{events, ops, price, queues, tasks, workers};
         events::publish,
         workers::list,
         workers::schedules,
+        dashboard::overview,
+        dashboard::jobs,
     ),
     components(schemas(
         PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
@@ -44,6 +46,8 @@ use crate::routes::{events, ops, price, queues, tasks, workers};
         events::EventPublished,
         workers::WorkerList, shared::workers::WorkerInfo, shared::workers::WorkerReport, shared::workers::HeldJob,
         workers::ScheduleList, workers::ScheduleStatus, shared::queue::schedule::ScheduleDef, shared::queue::schedule::Missed, shared::queue::LastRun,
+        dashboard::Overview, dashboard::QueueOverview, dashboard::WorkersSummary, dashboard::JobList,
+        shared::queue::Throughput, shared::events::StreamInfo, shared::events::GroupInfo, shared::events::StreamEntry, shared::events::EventKind,
     )),
     tags(
         (name = "prices", description = "Price reads"),
@@ -51,6 +55,7 @@ use crate::routes::{events, ops, price, queues, tasks, workers};
         (name = "queues", description = "Queue depths; pause and resume"),
         (name = "events", description = "Market events for the listener"),
         (name = "workers", description = "The live worker registry and the schedules"),
+        (name = "dashboard", description = "The JSON behind the dashboard at /dashboard: the overview and pages of jobs by state"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

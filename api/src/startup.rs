@@ -66,6 +66,7 @@ impl Application {
                 recalc_retry: settings.recalc_retry,
                 events: Arc::new(events),
                 metrics: crate::metrics::recorder(),
+                jaeger_ui_url: settings.jaeger_ui_url.as_deref().map(Arc::from),
             },
         })
     }

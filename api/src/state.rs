@@ -30,4 +30,6 @@ pub struct AppState {
     pub control_channel: Arc<str>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The Jaeger UI the dashboard links traces to (`JAEGER_UI_URL`).
+    pub jaeger_ui_url: Option<Arc<str>>,
 }

@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: settings.events.clone(),
+        jaeger_ui_url: None,
     };
     let app = api::startup::Application::build(&api_settings).await?;
     let publish_url = format!(

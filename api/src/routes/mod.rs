@@ -1,7 +1,9 @@
 //! The HTTP routes, one module per feature, each exposing `router()`.
 
+pub mod dashboard;
 pub mod events;
 pub mod ops;
+pub mod pages;
 pub mod price;
 pub mod queues;
 pub mod tasks;
@@ -26,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .merge(queues::router())
         .merge(events::router())
         .merge(workers::router())
+        .merge(dashboard::router())
+        .merge(pages::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

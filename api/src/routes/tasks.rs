@@ -55,6 +55,16 @@ pub struct TaskStatus {
     pub error: Option<String>,
     /// The worker that ran its latest attempt.
     pub worker: Option<String>,
+    /// Its arguments, while it may still run (dropped when it succeeds, is
+    /// skipped or cancelled; dead jobs keep them). Left out of listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
+    /// The trace it belongs to (from the trace context it was pushed with).
+    pub trace_id: Option<String>,
+    /// The schedule that queued it, if one did.
+    pub schedule: Option<String>,
+    /// Times its worker was lost while running it.
+    pub leases_lost: u32,
 }
 
 impl TaskStatus {
@@ -76,8 +86,19 @@ impl TaskStatus {
             result: s.result,
             error: r.error,
             worker: r.worker,
+            args: s.args,
+            trace_id: r.traceparent.as_deref().and_then(trace_id_of),
+            schedule: r.schedule,
+            leases_lost: r.leases_lost,
         }
     }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_ascii_lowercase())
 }
 
 /// The dead set.

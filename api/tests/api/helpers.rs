@@ -56,6 +56,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: shared::events::EventSettings::default(),
+        jaeger_ui_url: None,
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod cli;
+mod dashboard;
 mod events;
 mod helpers;
 mod ops;

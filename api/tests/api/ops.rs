@@ -94,6 +94,8 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         "GET /api/v1/schedules",
         "POST /api/v1/tasks/recalculate-all",
         "POST /api/v1/publish-market-event",
+        "GET /api/v1/dashboard/overview",
+        "GET /api/v1/queues/{name}/jobs",
     ]
     .into_iter()
     .map(String::from)

@@ -112,6 +112,16 @@ impl ApiAndWorker {
 }
 
 pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWorker {
+    start_api_and_worker_with(redis, db_url, |_| {}, |_| {}).await
+}
+
+/// [`start_api_and_worker`] with the api's and the worker's settings adjusted first.
+pub async fn start_api_and_worker_with(
+    redis: &RedisServer,
+    db_url: &str,
+    tweak_api: impl FnOnce(&mut api::config::Settings),
+    tweak_worker: impl FnOnce(&mut worker::config::Settings),
+) -> ApiAndWorker {
     shared::telemetry::init_for_tests();
     let database = DatabaseSettings::for_url(db_url, 2);
     let cache = shared::config::CacheSettings {
@@ -128,14 +138,16 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: EventSettings::default(),
+        jaeger_ui_url: None,
     };
     api_settings.telemetry.service_name = "pricing-api-test".into();
+    tweak_api(&mut api_settings);
     let app = api::startup::Application::build(&api_settings)
         .await
         .unwrap();
     let port = app.port();
     let (api_stop, api) = spawn_stoppable(|stop| app.run_until_stopped(stop));
-    let worker_settings = worker::config::Settings {
+    let mut worker_settings = worker::config::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
         database,
         telemetry: telemetry(),
@@ -154,6 +166,7 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
         schedules: Default::default(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };
+    tweak_worker(&mut worker_settings);
     let registry = worker::full_registry(&worker_settings).await.unwrap();
     let w = worker::Worker::build(worker_settings, registry)
         .await

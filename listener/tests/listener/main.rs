@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod dashboard;
 mod helpers;
 
 use std::time::Duration;

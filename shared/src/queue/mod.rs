@@ -20,11 +20,12 @@
 //! | `args`, `results`, `errors` | hash | id → arguments / result (opaque JSON) / latest error |
 //! | `unique`, `uniq_of` | hash | unique key → id of the waiting (pending, scheduled or retrying) job holding it, and back |
 //! | `finished` | zset | finished ids, by the time their record expires |
-//! | `stats` | hash | counters: succeeded, failed, retried, skipped |
+//! | `stats` | hash | counters: started, succeeded, failed, retried, skipped, cancelled |
 //! | `paused` | string | present while the queue is paused |
 //! | `rate` | hash | job type → its rate limit's theoretical arrival time (GCRA) |
 //! | `revoked` | hash | id → when a running job was revoked, until it ends |
 //! | `sched` | hash | schedule → its last claimed tick, the job queued for it, who queued it |
+//! | `history` | zset | samples of `stats` by time, the last two minutes, while a dashboard looks (see [`browse`]) |
 //!
 //! A fetch moves jobs from `wait` to `active` under a lease (default 30 s)
 //! in the same script that marks them running, so a job leaves the queue
@@ -35,11 +36,13 @@
 //! Redis server's clock (`TIME`), so clock skew between machines cannot
 //! shorten a lease.
 
+pub mod browse;
 pub mod limits;
 pub mod routing;
 pub mod schedule;
 pub mod scripts;
 
+pub use browse::{JobPage, Listing, Throughput};
 pub use limits::{Rate, TimeLimit};
 
 pub use routing::{BULK_QUEUE, Consume, EVENTS_QUEUE, Queues, Routes};
@@ -504,6 +507,8 @@ pub struct Depths {
     pub running: u64,
     /// Jobs in the dead set.
     pub dead: u64,
+    /// Attempts started since the queue was created (counted from this release on).
+    pub started_total: u64,
     /// Jobs that succeeded since the queue was created.
     pub succeeded_total: u64,
     /// Jobs that failed for good since the queue was created.
@@ -611,6 +616,7 @@ pub struct QueueKeys {
     rate: String,
     sched: String,
     revoked: String,
+    history: String,
 }
 
 impl QueueKeys {
@@ -636,12 +642,14 @@ impl QueueKeys {
             rate: k("rate"),
             sched: k("sched"),
             revoked: k("revoked"),
+            history: k("history"),
         }
     }
 
     /// Every key, for tests that check the hash tag and for cleanup.
-    pub fn all(&self) -> [&str; 17] {
+    pub fn all(&self) -> [&str; 18] {
         [
+            &self.history,
             &self.paused,
             &self.rate,
             &self.sched,
@@ -672,6 +680,9 @@ pub struct JobStatus {
     pub record: JobRecord,
     /// The result, for finished jobs (JSON).
     pub result: Option<serde_json::Value>,
+    /// The arguments (JSON), while the job may still run: they are dropped
+    /// when it succeeds, is skipped or is cancelled; dead jobs keep them.
+    pub args: Option<serde_json::Value>,
 }
 
 /// A handle on one queue.
@@ -913,13 +924,15 @@ impl Queue {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
-        let (description, live, error, result): Parts = tracker.track(
+        let (description, live, error, result, args): Parts = tracker.track(
             redis::pipe()
                 .hget(&self.keys.jobs, id)
                 .hget(&self.keys.live, id)
                 .hget(&self.keys.errors, id)
                 .hget(&self.keys.results, id)
+                .hget(&self.keys.args, id)
                 .query_async(&mut conn)
                 .await,
         )?;
@@ -930,6 +943,7 @@ impl Queue {
             id: id.to_string(),
             record: decode_record(id, &description, &live, error)?,
             result: result.and_then(|r| serde_json::from_str(&r).ok()),
+            args: args.and_then(|a| serde_json::from_str(&a).ok()),
         }))
     }
 
@@ -997,6 +1011,7 @@ impl Queue {
                         record,
                         id,
                         result: None,
+                        args: None,
                     }),
                     Err(err) => {
                         tracing::warn!(job_id = %id, error = %err, "skipping an unreadable dead job")
@@ -1049,6 +1064,7 @@ impl Queue {
             delayed,
             running,
             dead,
+            started_total: stat("started"),
             succeeded_total: stat("succeeded"),
             failed_total: stat("failed"),
             retried_total: stat("retried"),
@@ -1134,6 +1150,7 @@ impl Queue {
             .key(&self.keys.paused)
             .key(&self.keys.rate)
             .key(&self.keys.delayed)
+            .key(&self.keys.stats)
             .arg(n.max(1))
             .arg(worker)
             .arg(self.settings.lease.as_millis() as u64)

@@ -61,7 +61,7 @@ local function reclaim_unique(unique, uniq_of, live, id)
 end
 "#;
 
-fn script(body: &str) -> Script {
+pub(crate) fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
@@ -120,7 +120,7 @@ return {1, id}
     )
 });
 
-/// KEYS: wait, active, jobs, args, unique, live, uniq_of, paused, rate, delayed.
+/// KEYS: wait, active, jobs, args, unique, live, uniq_of, paused, rate, delayed, stats.
 /// ARGV: n, worker, lease_ms, then the rate limits: their count, and per
 /// limit the job type, its emission interval (ms, fractional) and its burst.
 /// Moves up to n pending jobs to running under a lease. Returns
@@ -203,6 +203,8 @@ for _ = 1, 16 do
   end
 end
 out[2] = deferred
+-- Attempts started, for the dashboard's jobs-started rate.
+if admitted > 0 then redis.call('HINCRBY', KEYS[11], 'started', admitted) end
 return out
 "#,
     )

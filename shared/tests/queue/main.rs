@@ -13,6 +13,7 @@ use shared::queue::{
 };
 use shared::testing::{RedisKind, TestRedis};
 
+mod browse;
 mod control;
 
 async fn queue_with(redis: &TestRedis, settings: QueueSettings) -> Queue {
