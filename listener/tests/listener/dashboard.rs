@@ -114,14 +114,21 @@ async fn text_of(c: &Client, css: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 
-/// Clicks the element `css` names.
+/// Clicks the element `css` names; again if the page's 2 s refresh
+/// replaced it between the find and the click.
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() >= deadline => panic!("cannot click {css}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Waits until the text of `css` contains `needle`.
@@ -344,6 +351,25 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
         .await
         .unwrap();
     wait_for_text(&c, "main", "No failed jobs.").await;
+
+    // The workers page lists the live worker.
+    c.goto(&format!("{api}/dashboard#/workers")).await.unwrap();
+    wait_for_text(&c, "tr[data-worker]", "events, bulk").await;
+
+    // Pause and resume a queue from the overview, with the token.
+    c.goto(&format!("{api}/dashboard#/")).await.unwrap();
+    let bulk = queues.get("bulk").unwrap().clone();
+    click(&c, r#"tr[data-queue="bulk"] button"#).await;
+    eventually("bulk pauses", || async {
+        bulk.depths().await.unwrap().paused
+    })
+    .await;
+    wait_for_text(&c, r#"tr[data-queue="bulk"]"#, "paused").await;
+    click(&c, r#"tr[data-queue="bulk"] button"#).await;
+    eventually("bulk resumes", || async {
+        !bulk.depths().await.unwrap().paused
+    })
+    .await;
 
     // Redis goes away: a banner, the last page kept; it comes back: gone.
     c.goto(&format!("{api}/dashboard#/")).await.unwrap();
