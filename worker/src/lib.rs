@@ -61,6 +61,10 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// How often expired records are deleted.
 const CLEANUP_EVERY: Duration = Duration::from_secs(10);
 
+/// How often maintenance samples each queue's counters for the dashboard's
+/// rates (`Queue::throughput`; any number of workers add one per second at most).
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
 /// State the job function needs.
 struct Shared {
     registry: Registry,
@@ -532,10 +536,12 @@ async fn control(
 async fn maintenance(queues: Queues, mut stop: watch::Receiver<bool>) {
     let mut last_reap = Instant::now() - REAP_EVERY;
     let mut last_cleanup = Instant::now();
+    let mut last_sample = Instant::now() - SAMPLE_EVERY;
     loop {
         let mut pause = MAINTENANCE_TICK;
         let reap = last_reap.elapsed() >= REAP_EVERY;
         let cleanup = last_cleanup.elapsed() >= CLEANUP_EVERY;
+        let sample = last_sample.elapsed() >= SAMPLE_EVERY;
         for (name, queue) in queues.iter() {
             match queue.promote_due().await {
                 Ok((moved, next)) => {
@@ -563,6 +569,12 @@ async fn maintenance(queues: Queues, mut stop: watch::Receiver<bool>) {
             if cleanup && let Err(e) = queue.cleanup().await {
                 tracing::warn!(queue = name, error = %e, "deleting expired records failed");
             }
+            if sample && let Err(e) = queue.throughput(shared::queue::browse::RATE_WINDOW).await {
+                tracing::debug!(queue = name, error = %e, "sampling the queue's counters failed");
+            }
+        }
+        if sample {
+            last_sample = Instant::now();
         }
         if reap {
             last_reap = Instant::now();

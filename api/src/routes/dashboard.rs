@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::events::StreamInfo;
-use shared::queue::browse::MAX_PAGE;
+use shared::queue::browse::{MAX_PAGE, RATE_WINDOW};
 use shared::queue::{Depths, JobState, Throughput};
 use utoipa::{IntoParams, ToSchema};
 
@@ -16,9 +16,6 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidPath, ValidQuery};
 use crate::routes::tasks::TaskStatus;
 use crate::state::AppState;
-
-/// The window of the overview's rates.
-pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Newest market events the overview shows.
 pub const RECENT_EVENTS: usize = 10;

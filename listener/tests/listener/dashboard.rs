@@ -59,7 +59,7 @@ async fn start_chromedriver() -> Chromedriver {
         .expect("start chromedriver");
     let status = format!("http://127.0.0.1:{port}/status");
     let client = reqwest::Client::new();
-    eventually("chromedriver answers", || async {
+    eventually(LONG, "chromedriver answers", || async {
         client
             .get(&status)
             .send()
@@ -97,19 +97,6 @@ async fn browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
         .expect("a WebDriver session in chromium")
 }
 
-/// Waits (bounded) until `check` holds; fails the test after 30 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn text_of(c: &Client, css: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
@@ -133,7 +120,7 @@ async fn click(c: &Client, css: &str) {
 
 /// Waits until the text of `css` contains `needle`.
 async fn wait_for_text(c: &Client, css: &str, needle: &str) {
-    eventually(&format!("{css} shows {needle:?}"), || async {
+    eventually(LONG, &format!("{css} shows {needle:?}"), || async {
         text_of(c, css).await.is_some_and(|t| t.contains(needle))
     })
     .await;
@@ -228,7 +215,7 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
     c.goto(&format!("{api}/dashboard")).await.unwrap();
 
     // The overview shows the depths the API reports.
-    eventually("the overview renders", || async {
+    eventually(LONG, "the overview renders", || async {
         text_of(&c, r#"tr[data-queue="default"] a[data-depth="pending"]"#)
             .await
             .is_some()
@@ -250,6 +237,7 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
     assert_eq!(depth(&api, "default", "pending").await, 12);
     // The listener's group appears, the worker registers, the recalculation runs.
     eventually(
+        LONG,
         "the events, the worker and the recalculation show",
         || async {
             let group = text_of(&c, "main").await.unwrap_or_default();
@@ -332,7 +320,7 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
         .unwrap();
     assert_eq!(stored, json!([TOKEN, 0, ""]));
     click(&c, "#retry").await;
-    eventually("the job leaves the dead set", || async {
+    eventually(LONG, "the job leaves the dead set", || async {
         queues
             .get("default")
             .unwrap()
@@ -360,13 +348,13 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
     c.goto(&format!("{api}/dashboard#/")).await.unwrap();
     let bulk = queues.get("bulk").unwrap().clone();
     click(&c, r#"tr[data-queue="bulk"] button"#).await;
-    eventually("bulk pauses", || async {
+    eventually(LONG, "bulk pauses", || async {
         bulk.depths().await.unwrap().paused
     })
     .await;
     wait_for_text(&c, r#"tr[data-queue="bulk"]"#, "paused").await;
     click(&c, r#"tr[data-queue="bulk"] button"#).await;
-    eventually("bulk resumes", || async {
+    eventually(LONG, "bulk resumes", || async {
         !bulk.depths().await.unwrap().paused
     })
     .await;
@@ -375,7 +363,7 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
     c.goto(&format!("{api}/dashboard#/")).await.unwrap();
     wait_for_text(&c, "#workers-summary", "live").await;
     redis.stop();
-    eventually("the banner shows", || async {
+    eventually(LONG, "the banner shows", || async {
         visible(&c, "#banner").await
     })
     .await;
@@ -385,7 +373,7 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
         "the page went blank"
     );
     redis.restart().await;
-    eventually("the banner goes", || async {
+    eventually(LONG, "the banner goes", || async {
         !visible(&c, "#banner").await
     })
     .await;

@@ -21,9 +21,11 @@
 //!
 //! Throughput comes from samples of the queue's counters that the calls of
 //! [`Queue::throughput`] leave in the queue's `history` sorted set (one per
-//! second at most, kept two windows long, expiring when nobody looks), so
-//! every api replica reports the same rates from the same samples and the
-//! workers' hot scripts pay nothing for them.
+//! second at most, kept two windows long): every worker's maintenance loop
+//! takes one every few seconds, and every dashboard poll another, so every
+//! api replica reports the same rates from the same samples, a dashboard
+//! opened on a busy queue shows the last minute at once, and the workers'
+//! hot scripts pay nothing for them.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -32,6 +34,9 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::{JobState, JobStatus, Queue, QueueError, decode_record, parse_state};
+
+/// The window of the dashboard's rates: samples are kept twice as long.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Most jobs one page lists.
 pub const MAX_PAGE: usize = 200;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use shared::config::RedisSettings;
 use shared::queue::{Consume, JobState, NewJob, Noop, QueueSettings, Queues, Routes, Sleep};
 use shared::redis_pool::RedisPool;
-use shared::testing::RedisServer;
+use shared::testing::{RedisServer, eventually};
 
 use crate::helpers::{NS, settings, start, wait_for};
 
@@ -150,4 +150,53 @@ async fn four_workers_of_32_slots_never_start_a_limited_type_faster_than_its_rat
     assert!(busiest <= 100, "{busiest} starts in one second");
     let deferred = q.get("bulk").unwrap().depths().await.unwrap();
     assert_eq!(deferred.succeeded_total, 300);
+}
+
+#[tokio::test]
+async fn maintenance_samples_the_counters_so_rates_exist_before_a_dashboard_looks() {
+    let redis = RedisServer::start().await;
+    let q = queues(&redis);
+    let mut s = settings(&redis, QueueSettings::default());
+    (s.routes, s.consume) = (routes(), Consume::default());
+    let events = q.get("events").unwrap().clone();
+    let history = format!("{{{NS}:events}}:history");
+    let samples = || async {
+        let mut conn = redis.connection().await;
+        redis::cmd("ZCARD")
+            .arg(&history)
+            .query_async::<u64>(&mut conn)
+            .await
+            .unwrap()
+    };
+    let w = start(s, worker::jobs::registry()).await;
+    // Nothing but the worker reads the queue: its maintenance takes the samples.
+    eventually(LONG, "a sample of the events queue", || async {
+        samples().await > 0
+    })
+    .await;
+    for _ in 0..5 {
+        q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
+    }
+    eventually(LONG, "the events queue drained", || async {
+        events.depths().await.unwrap().succeeded_total == 5
+    })
+    .await;
+    let done = samples().await;
+    eventually(LONG, "a sample after the jobs ran", || async {
+        samples().await > done
+    })
+    .await;
+
+    let t = events
+        .throughput(shared::queue::browse::RATE_WINDOW)
+        .await
+        .unwrap();
+    let secs = t.window_secs.expect("a window between two samples");
+    let finished = t.finished_per_sec.unwrap() * secs;
+    assert!(
+        (finished - 5.0).abs() < 1e-6,
+        "{finished} finished in the window"
+    );
+    assert!((t.started_per_sec.unwrap() * secs - 5.0).abs() < 1e-6);
+    w.stop().await;
 }
