@@ -10,7 +10,7 @@ use std::time::Duration;
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::events::EventSettings;
 use shared::queue::QueueSettings;
-use shared::testing::{RedisServer, seeded_store};
+use testkit::{RedisServer, seeded_store};
 
 const NS: &str = "lg";
 const N: usize = 10_000;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shared::config::DatabaseSettings;
 use shared::store::{self, CatalogStore};
-use shared::testing::{PostgresServer, RedisCluster, RedisServer, free_port};
+use testkit::{PostgresServer, RedisCluster, RedisServer, free_port};
 
 /// A guard against a hang, never a timing check.
 const LONG: Duration = Duration::from_secs(90);
@@ -27,7 +27,7 @@ const NS: &str = "shared-catalog";
 const PRODUCTS: u64 = 300;
 
 fn bin(name: &str) -> PathBuf {
-    shared::testing::sibling_bin(env!("CARGO_BIN_EXE_listener"), name)
+    testkit::sibling_bin(env!("CARGO_BIN_EXE_listener"), name)
 }
 
 /// Polls `check` until it holds (bounded by [`LONG`], a hang guard).
@@ -36,7 +36,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    shared::testing::eventually(LONG, what, check).await
+    testkit::eventually(LONG, what, check).await
 }
 
 /// Service processes, stopped by PID.

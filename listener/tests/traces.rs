@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shared::otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use shared::testing::{RedisServer, free_port, seeded_store};
+use testkit::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use testkit::{RedisServer, free_port, seeded_store};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -23,7 +23,7 @@ const LONG: Duration = Duration::from_secs(60);
 const NS: &str = "tr";
 
 fn bin(name: &str) -> PathBuf {
-    shared::testing::sibling_bin(env!("CARGO_BIN_EXE_listener"), name)
+    testkit::sibling_bin(env!("CARGO_BIN_EXE_listener"), name)
 }
 
 struct Services {
@@ -158,7 +158,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    shared::testing::eventually(LONG, what, check).await
+    testkit::eventually(LONG, what, check).await
 }
 
 /// A description and a predicate a span of the trace must satisfy.

@@ -22,9 +22,6 @@
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its two implementations,
 //!   SQLite and PostgreSQL, plus the deterministic seed generator and the CSV importer.
 //! - [`workers`]: the live worker registry (each worker's report, by heartbeat).
-//! - `testing` (feature `test-support`): starts a real `redis-server` and a real PostgreSQL on
-//!   free ports for tests, and a test CA for servers with TLS.
-//! - `otlp_receiver` (feature `test-support`): an in-process OTLP/gRPC trace receiver for tests.
 
 pub mod cache;
 pub mod config;
@@ -41,8 +38,3 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod workers;
-
-#[cfg(feature = "test-support")]
-pub mod otlp_receiver;
-#[cfg(feature = "test-support")]
-pub mod testing;

@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         let sqlite = format!("sqlite://{}/catalog.db", dir.path().display());
         figures.push(bench(&url, &sqlite, "SQLite", n).await?);
         drop(dir);
-        let pg = shared::testing::PostgresServer::start().await;
+        let pg = testkit::PostgresServer::start().await;
         figures.push(bench(&url, &pg.url(), "PostgreSQL", n).await?);
     }
     println!("\nside by side, {n} products:");

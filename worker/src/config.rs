@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_ca_file_must_hold_pem_certificates() {
-        let ca = shared::testing::TestCa::new();
+        let ca = testkit::TestCa::new();
         let leaf = ca.issue(&["feed.example"]);
         let two = format!("{}\n{}", ca.cert_pem(), leaf.cert_pem);
         assert_eq!(certificates_in(&two).map(|c| c.len()), Ok(2));

@@ -12,7 +12,7 @@ use shared::config::{
 };
 use shared::store::CatalogStore;
 use shared::store::sqlite::SqliteStore;
-use shared::testing::{RedisServer, seeded_store};
+use testkit::{RedisServer, seeded_store};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use api::startup::Application;
 use serde_json::{Value, json};
 use shared::store;
-use shared::testing::{PostgresServer, RedisServer};
+use testkit::{PostgresServer, RedisServer};
 
 use crate::helpers::settings;
 
@@ -25,7 +25,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    shared::testing::eventually(LONG, what, check).await
+    testkit::eventually(LONG, what, check).await
 }
 
 async fn price(client: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {

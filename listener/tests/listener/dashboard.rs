@@ -16,7 +16,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use shared::queue::{JobState, NewJob, Noop, Queues};
-use shared::testing::{RedisServer, seeded_store};
+use testkit::{RedisServer, seeded_store};
 
 use crate::helpers::*;
 
@@ -49,7 +49,7 @@ fn program(var: &str, default: &str) -> String {
 
 async fn start_chromedriver() -> Chromedriver {
     let driver = program("CHROMEDRIVER", "/usr/bin/chromedriver");
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let child = Command::new(driver)
         .arg(format!("--port={port}"))
         .arg("--allowed-ips=127.0.0.1")

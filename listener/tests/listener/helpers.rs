@@ -10,7 +10,7 @@ use shared::events::{EventBus, EventSettings};
 use shared::keys::Keys;
 use shared::queue::{QueueSettings, Queues, Routes};
 use shared::redis_pool::RedisPool;
-use shared::testing::RedisServer;
+use testkit::RedisServer;
 
 pub const NS: &str = "lt";
 pub const LONG: Duration = Duration::from_secs(60);
@@ -239,7 +239,7 @@ pub async fn product_mentions(redis: &RedisServer) -> HashMap<String, usize> {
     out
 }
 
-pub use shared::testing::eventually;
+pub use testkit::eventually;
 
 /// Publishes on the channel with the real `redis-cli`, as the original
 /// service's publishers do; returns the receiver count it printed.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shared::events::MarketEvent;
 use shared::pricing::compute_price_cents;
 use shared::store::CatalogStore;
-use shared::testing::{
+use testkit::{
     RedisOptions, RedisServer, run_until_ready_then_sigterm, seeded_store, temp_store,
 };
 
@@ -680,7 +680,7 @@ async fn an_event_claimed_by_another_live_consumer_is_skipped_unless_taken_over(
     let bridge = listener::bridge::Bridge::new(
         pool(&redis),
         shared::keys::Keys::new(NS),
-        shared::testing::as_dyn(store.clone()),
+        testkit::as_dyn(store.clone()),
         queues(&redis),
         shared::jobs::RECALC_RETRY,
         100_000,
@@ -779,7 +779,7 @@ async fn consumers_of_stopped_listeners_are_pruned_from_the_group() {
     let bridge = listener::bridge::Bridge::new(
         pool(&redis),
         shared::keys::Keys::new(NS),
-        shared::testing::as_dyn(store),
+        testkit::as_dyn(store),
         queues(&redis),
         shared::jobs::RECALC_RETRY,
         100_000,

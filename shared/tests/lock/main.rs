@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shared::lock::{DistributedLock, FENCE_FIELD, FencedWriter};
-use shared::testing::{RedisKind, TestRedis};
+use testkit::{RedisKind, TestRedis};
 
-shared::redis_suite!(
+testkit::redis_suite!(
     fifty_concurrent_triggers_never_hold_the_lock_together,
     a_crashed_holders_lock_expires,
     the_watchdog_keeps_a_long_holders_lock,

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Sleep};
-use shared::testing::{RedisKind, TestRedis};
+use testkit::{RedisKind, TestRedis};
 
-shared::redis_suite!(
+testkit::redis_suite!(
     each_state_lists_from_its_set_in_order_and_pages_follow_the_cursor,
     a_filtered_listing_examines_a_bounded_window_and_says_where_to_go_on,
     throughput_counts_starts_finishes_and_failures_between_samples,

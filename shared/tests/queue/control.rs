@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Rate, RevokeOutcome, Sleep};
-use shared::testing::{RedisKind, TestRedis};
+use testkit::{RedisKind, TestRedis};
 
-shared::redis_suite!(
+testkit::redis_suite!(
     a_paused_queue_hands_out_nothing_and_still_takes_pushes,
     jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt,
     a_revoke_whose_worker_died_cancels_the_job_when_its_lease_is_reaped,
@@ -88,7 +88,7 @@ async fn jobs_over_a_rate_limit_wait_for_their_turn_without_spending_an_attempt(
         assert_eq!((r.state, r.attempts), (JobState::Scheduled, 0));
     }
     // When their turn comes they are admitted one by one.
-    shared::testing::eventually(
+    testkit::eventually(
         Duration::from_secs(30),
         "the first deferred job due",
         || async { q.promote_due().await.unwrap().0 > 0 },
@@ -116,7 +116,7 @@ async fn a_revoke_whose_worker_died_cancels_the_job_when_its_lease_is_reaped(kin
     let outcome = q.revoke(&id, "rv:control").await.unwrap();
     let not_running = q.revoke(&pending, "rv:control").await.unwrap();
     let unknown = q.revoke("no-such-job", "rv:control").await.unwrap();
-    shared::testing::eventually(Duration::from_secs(30), "the lease was reaped", || async {
+    testkit::eventually(Duration::from_secs(30), "the lease was reaped", || async {
         q.reap_expired().await.unwrap();
         q.status(&id).await.unwrap().unwrap().record.state != JobState::Running
     })

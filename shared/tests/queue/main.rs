@@ -11,7 +11,7 @@ use shared::queue::{
     Backoff, CancelOutcome, DeferOutcome, JobState, NewJob, Noop, Queue, QueueSettings,
     ResurrectOutcome, RetryPolicy, Sleep,
 };
-use shared::testing::{RedisKind, TestRedis};
+use testkit::{RedisKind, TestRedis};
 
 mod browse;
 mod control;
@@ -24,7 +24,7 @@ fn noop() -> NewJob {
     NewJob::of(&Noop {}).unwrap()
 }
 
-shared::redis_suite!(
+testkit::redis_suite!(
     a_job_is_fetched_once_and_its_result_recorded,
     only_the_attempt_holding_the_lease_reports_progress,
     an_unknown_id_is_not_found_never_pending,

@@ -8,9 +8,9 @@ use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::keys::{Keys, hash_slot};
 use shared::queue::{NewJob, Noop, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
-use shared::testing::{RedisCluster, RedisKind, TestRedis};
+use testkit::{RedisCluster, RedisKind, TestRedis};
 
-shared::redis_suite!(the_price_cache_reads_and_writes_many_entries_across_hashes);
+testkit::redis_suite!(the_price_cache_reads_and_writes_many_entries_across_hashes);
 
 #[tokio::test]
 async fn our_hash_slots_are_the_clusters() {

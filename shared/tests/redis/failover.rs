@@ -5,7 +5,7 @@
 //! closes that window for every push whose `WAIT` was met.
 //!
 //! The figures (push errors, how long pushes failed, jobs lost) are printed
-//! (`cargo test -p shared --features test-support --test redis failover --
+//! (`cargo test -p shared --test redis failover --
 //! --nocapture`); the test asserts only what the design promises: pushes
 //! work again after the failover on their own, and with `WAIT` met no
 //! acknowledged job is lost.
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use shared::queue::{NewJob, Noop, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
-use shared::testing::RedisCluster;
+use testkit::RedisCluster;
 
 /// Pushes acknowledged before the primary is killed, and after. Few after:
 /// the promoted replica has no replica of its own until the old primary
@@ -79,7 +79,7 @@ async fn kill_the_queues_primary_under_load(wait_replicas: u32) -> Run {
         .collect();
     let count = || acked.lock().unwrap().len() as u64;
     let wait_for = |n: u64| async move {
-        shared::testing::eventually(Duration::from_secs(120), "pushes acknowledged", || async {
+        testkit::eventually(Duration::from_secs(120), "pushes acknowledged", || async {
             count() >= n
         })
         .await

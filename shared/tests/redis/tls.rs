@@ -7,7 +7,7 @@ use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::config::RedisSettings;
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
-use shared::testing::{RedisOptions, RedisServer, RedisTls, TestCa};
+use testkit::{RedisOptions, RedisServer, RedisTls, TestCa};
 
 #[tokio::test]
 async fn rediss_trusts_the_ca_file_and_a_wrong_ca_is_one_error_at_start() {
@@ -78,7 +78,7 @@ async fn rediss_trusts_the_ca_file_and_a_wrong_ca_is_one_error_at_start() {
 async fn an_unreachable_tls_server_does_not_stop_a_service_from_starting() {
     // As with plain Redis, a service starts while Redis is down (its
     // /ready says so); only a refused certificate stops it.
-    let port = shared::testing::free_port();
+    let port = testkit::free_port();
     let settings = RedisSettings::for_url(format!("rediss://127.0.0.1:{port}"), "tls");
     let pool = RedisPool::open(&settings).await.unwrap();
     assert!(pool.ping_all().await.is_err());

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use shared::config::DatabaseSettings;
 use shared::store::{self, CatalogStore};
-use shared::testing::PostgresServer;
+use testkit::PostgresServer;
 use tempfile::TempDir;
 
 /// Which store a contract test runs against.

@@ -1,6 +1,6 @@
 //! The catalog store contract: every test runs against both stores, a
 //! SQLite file and a real PostgreSQL server started for the test
-//! (`shared::testing::PostgresServer`), and expects the same behaviour.
+//! (`testkit::PostgresServer`), and expects the same behaviour.
 //! Each test is a function over a [`Backend`]; `contract!` makes a
 //! `sqlite` and a `postgres` test of it.
 

@@ -4,7 +4,7 @@
 use shared::config::DatabaseSettings;
 use shared::store::postgres::PgStore;
 use shared::store::{self, StoreError};
-use shared::testing::{PostgresOptions, PostgresServer, TestCa};
+use testkit::{PostgresOptions, PostgresServer, TestCa};
 
 #[tokio::test]
 async fn verify_full_trusts_the_named_ca_and_refuses_another_at_start() {

@@ -11,7 +11,7 @@ use shared::queue::{
     Backoff, JobOutcome, JobSpec, JobState, NewJob, QueueSettings, RetryPolicy, RevokeOutcome,
     TimeLimit,
 };
-use shared::testing::RedisServer;
+use testkit::RedisServer;
 use worker::registry::{JobContext, Registry};
 
 use crate::helpers::{queue, settings, start, wait_for};
@@ -152,7 +152,7 @@ async fn a_revoked_job_ends_cancelled_whether_its_handler_listens_or_not() {
     let stubborn = q.push(NewJob::of(&Stubborn {}).unwrap()).await.unwrap().id;
     wait_for(&q, &polite, &[JobState::Running], LONG).await;
     wait_for(&q, &stubborn, &[JobState::Running], LONG).await;
-    shared::testing::eventually(LONG, "both handlers started", || async {
+    testkit::eventually(LONG, "both handlers started", || async {
         seen.started.load(Ordering::SeqCst) == 2
     })
     .await;

@@ -9,7 +9,7 @@ use shared::queue::{
     Backoff, JobError, JobOutcome, JobSpec, JobState, NewJob, Noop, QueueSettings, RetryPolicy,
     Sleep,
 };
-use shared::testing::{RedisOptions, RedisServer};
+use testkit::{RedisOptions, RedisServer};
 use worker::registry::Registry;
 
 use crate::helpers::{queue, settings, start, wait_for};

@@ -13,7 +13,7 @@ use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
 use shared::pricing::compute_price_cents;
 use shared::queue::{Backoff, JobState, NewJob, QueueSettings, RetryPolicy};
 use shared::store::CatalogStore;
-use shared::testing::{RedisServer, seeded_store};
+use testkit::{RedisServer, seeded_store};
 use worker::jobs::feed::FeedSettings;
 
 use crate::helpers::{NS, queue, settings, start, wait_for};
@@ -98,7 +98,7 @@ async fn start_stub(fail_first: usize, failure: Failure) -> (String, Stub) {
 /// made for this test; returns its URL, the stub and the CA's certificate
 /// (PEM), which no system trusts.
 async fn start_tls_stub() -> (String, Stub, String) {
-    let ca = shared::testing::TestCa::new();
+    let ca = testkit::TestCa::new();
     let leaf = ca.issue(&["127.0.0.1"]);
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -219,7 +219,7 @@ async fn run_recalc(
             (url, Some(stub))
         }
         FeedAt::Closed => (
-            format!("http://127.0.0.1:{}", shared::testing::free_port()),
+            format!("http://127.0.0.1:{}", testkit::free_port()),
             None,
         ),
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::queue::{JobRecord, JobState, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
-use shared::testing::RedisServer;
+use testkit::RedisServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::Worker;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use shared::queue::{JobState, NewJob, Noop, QueueSettings, Sleep};
-use shared::testing::{RedisServer, run_until_ready_then_sigterm};
+use testkit::{RedisServer, run_until_ready_then_sigterm};
 
 use crate::helpers::{queue, settings, start, wait_for};
 

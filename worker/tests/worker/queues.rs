@@ -5,7 +5,7 @@ use std::time::Duration;
 use shared::config::RedisSettings;
 use shared::queue::{Consume, JobState, NewJob, Noop, QueueSettings, Queues, Routes, Sleep};
 use shared::redis_pool::RedisPool;
-use shared::testing::{RedisServer, eventually};
+use testkit::{RedisServer, eventually};
 
 use crate::helpers::{NS, settings, start, wait_for};
 
@@ -79,7 +79,7 @@ async fn a_worker_drains_only_the_queues_it_consumes() {
     }
     let w = start(s, worker::jobs::registry()).await;
     let events = q.get("events").unwrap();
-    shared::testing::eventually(LONG, "the events queue drained", || async {
+    testkit::eventually(LONG, "the events queue drained", || async {
         events.depths().await.unwrap().succeeded_total == 20
     })
     .await;

@@ -8,7 +8,7 @@ use shared::lock::DistributedLock;
 use shared::pricing::compute_price_cents;
 use shared::queue::{JobState, NewJob, QueueSettings};
 use shared::store::CatalogStore;
-use shared::testing::{RedisServer, seeded_store};
+use testkit::{RedisServer, seeded_store};
 
 use crate::helpers::{NS, queue, settings, start, wait_for};
 

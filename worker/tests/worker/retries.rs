@@ -8,7 +8,7 @@ use shared::queue::{
     Backoff, JobError, JobOutcome, JobSpec, JobState, NewJob, Noop, QueueSettings,
     ResurrectOutcome, RetryPolicy,
 };
-use shared::testing::RedisServer;
+use testkit::RedisServer;
 use worker::registry::Registry;
 
 use crate::helpers::{queue, settings, start, wait_for};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::queue::schedule::{Missed, Schedule, ScheduleSettings};
 use shared::queue::{DEFAULT_QUEUE, Queue, QueueSettings};
-use shared::testing::RedisServer;
+use testkit::RedisServer;
 
 use crate::helpers::{queue, scrape, settings, start};
 
@@ -64,7 +64,7 @@ async fn three_workers_queue_each_tick_of_a_one_second_schedule_exactly_once() {
     }
 
     // Act: let at least five ticks pass.
-    shared::testing::eventually(LONG, "five ticks queued", || {
+    testkit::eventually(LONG, "five ticks queued", || {
         let q = q.clone();
         async move { ticks_of(&q, "beat3").await.len() >= 5 }
     })
@@ -129,7 +129,7 @@ async fn when_the_worker_that_queued_the_last_tick_is_killed_the_next_tick_still
             .collect(),
     );
     let q2 = q.clone();
-    shared::testing::eventually(LONG, "a first tick queued", || {
+    testkit::eventually(LONG, "a first tick queued", || {
         let q = q2.clone();
         async move { q.last_runs().await.unwrap().contains_key("beat") }
     })
@@ -148,7 +148,7 @@ async fn when_the_worker_that_queued_the_last_tick_is_killed_the_next_tick_still
 
     // Assert: a later tick is queued by a survivor, and no tick was lost.
     let q2 = q.clone();
-    shared::testing::eventually(LONG, "a tick after the kill", || {
+    testkit::eventually(LONG, "a tick after the kill", || {
         let q = q2.clone();
         async move { q.last_runs().await.unwrap()["beat"].tick > after_kill }
     })
@@ -186,7 +186,7 @@ async fn a_missed_tick_is_run_once_under_once_and_skipped_under_skip() {
     let a = start(s.clone(), worker::jobs::registry()).await;
     let b = start(s, worker::jobs::registry()).await;
     let taken = "schedule_ticks_total{schedule=\"missed_once\",outcome=\"taken\"} 1";
-    shared::testing::eventually(LONG, "the second worker saw the tick taken", || {
+    testkit::eventually(LONG, "the second worker saw the tick taken", || {
         let m = scrape(&a);
         async move { m.await.contains(taken) }
     })
@@ -204,7 +204,7 @@ async fn a_missed_tick_is_run_once_under_once_and_skipped_under_skip() {
     s.schedules = long_missed("missed_skip", Missed::Skip);
     let c = start(s, worker::jobs::registry()).await;
     let skipped = "schedule_ticks_total{schedule=\"missed_skip\",outcome=\"skipped\"} 1";
-    shared::testing::eventually(LONG, "the tick counted as skipped", || {
+    testkit::eventually(LONG, "the tick counted as skipped", || {
         let m = scrape(&c);
         async move { m.await.contains(skipped) }
     })

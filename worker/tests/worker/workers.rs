@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use shared::queue::{JobState, NewJob, QueueSettings, Sleep};
 use shared::redis_pool::RedisPool;
-use shared::testing::RedisServer;
+use testkit::RedisServer;
 use shared::workers::{WorkerRegistry, WorkerReport};
 
 use crate::helpers::{NS, queue, settings, start, wait_for};
@@ -53,7 +53,7 @@ async fn each_live_worker_reports_itself_and_the_jobs_it_runs() {
 
     // Act: wait for a heartbeat that shows the job.
     let reg2 = reg.clone();
-    shared::testing::eventually(LONG, "both workers listed, one with the job", || {
+    testkit::eventually(LONG, "both workers listed, one with the job", || {
         let reg = reg2.clone();
         async move {
             let seen = reg.list().await.unwrap();
@@ -126,7 +126,7 @@ async fn a_worker_that_stops_heartbeating_leaves_the_list_after_its_lease() {
 
     // Act: a live worker keeps beating meanwhile.
     let w = start(settings(&redis, fast_beats()), worker::jobs::registry()).await;
-    shared::testing::eventually(LONG, "the dead worker dropped out", || async {
+    testkit::eventually(LONG, "the dead worker dropped out", || async {
         listed_ids(&reg).await == [w.id.clone()]
     })
     .await;
@@ -139,7 +139,7 @@ async fn a_worker_that_stops_heartbeating_leaves_the_list_after_its_lease() {
     .unwrap()
     .get();
     let info = shared::keys::Keys::new(NS).workers()[0].clone();
-    shared::testing::eventually(LONG, "its report was deleted", || {
+    testkit::eventually(LONG, "its report was deleted", || {
         let (info, mut conn) = (info.clone(), conn.clone());
         async move {
             let n: i64 = redis::cmd("HLEN")

@@ -21,7 +21,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use shared::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use testkit::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! An in-process OTLP trace receiver for tests (feature `test-support`).
+//! An in-process OTLP trace receiver for tests (in `testkit`).
 //!
 //! It speaks the real protocols, OTLP/gRPC
 //! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) or

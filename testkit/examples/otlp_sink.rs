@@ -13,9 +13,9 @@ async fn main() -> anyhow::Result<()> {
     // passes its environment on): OTLP/gRPC unless `http/protobuf`.
     let rx = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
         Ok("http/protobuf") => {
-            shared::otlp_receiver::OtlpReceiver::start_http_on(port, true).await?
+            testkit::otlp_receiver::OtlpReceiver::start_http_on(port, true).await?
         }
-        _ => shared::otlp_receiver::OtlpReceiver::start_counting_on(port).await?,
+        _ => testkit::otlp_receiver::OtlpReceiver::start_counting_on(port).await?,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     term.recv().await;

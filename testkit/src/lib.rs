@@ -1,12 +1,23 @@
-//! Test harness: real servers on loopback, torn down by PID.
+//! Test support for the whole workspace: real servers on loopback, torn
+//! down by PID. A dev-dependency only; no service links it.
 //!
-//! [`RedisServer`] starts the real `redis-server` binary (Debian's package,
-//! or `REDIS_SERVER_BIN`) on a free 127.0.0.1 port with its own temporary
-//! data folder, waits until it answers PING, and kills it when dropped. It
-//! can be stopped and restarted on the same port, which is how tests take
-//! Redis away from a running service. [`PostgresServer`] does the same for
-//! PostgreSQL ([`postgres`]). [`temp_store`] opens a fresh SQLite catalog in
-//! a temporary folder. Nothing here needs Docker.
+//! # Layout
+//! - this file: [`RedisServer`] starts the real `redis-server` binary
+//!   (Debian's package, or `REDIS_SERVER_BIN`) on a free 127.0.0.1 port with
+//!   its own temporary data folder, waits until it answers PING, and kills it
+//!   when dropped; it can be stopped and restarted on the same port, which is
+//!   how tests take Redis away from a running service. Also [`temp_store`]
+//!   and [`seeded_store`] (a fresh SQLite catalog), [`eventually`] (a bounded
+//!   poll), [`free_port`], [`sibling_bin`] and
+//!   [`run_until_ready_then_sigterm`].
+//! - `cluster`: [`RedisCluster`] (three primaries, three replicas),
+//!   [`TestRedis`] and the [`redis_suite!`] macro that runs one test on both.
+//! - `postgres`: [`PostgresServer`], a real PostgreSQL started with `initdb`
+//!   and `postgres` as an unprivileged user.
+//! - `tls`: [`TestCa`], a CA made in the test for servers with TLS.
+//! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP).
+//!
+//! Nothing here needs Docker.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -16,15 +27,16 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-pub mod cluster;
-pub mod postgres;
-pub mod tls;
+mod cluster;
+pub mod otlp_receiver;
+mod postgres;
+mod tls;
 pub use cluster::{RedisCluster, RedisKind, TestRedis};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use tls::TestCa;
 
-use crate::store::CatalogStore;
-use crate::store::sqlite::SqliteStore;
+use shared::store::CatalogStore;
+use shared::store::sqlite::SqliteStore;
 
 /// How long a started redis-server may take to answer PING.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -283,10 +295,10 @@ pub async fn temp_store() -> (Arc<SqliteStore>, TempDir, String) {
 }
 
 /// [`temp_store`] holding the synthetic catalog P-1 … P-`products`
-/// ([`crate::store::seed::seed`]).
+/// ([`shared::store::seed::seed`]).
 pub async fn seeded_store(products: u64) -> (Arc<SqliteStore>, TempDir, String) {
     let (store, dir, url) = temp_store().await;
-    crate::store::seed::seed(store.as_ref(), products)
+    shared::store::seed::seed(store.as_ref(), products)
         .await
         .expect("seed the temporary store");
     (store, dir, url)

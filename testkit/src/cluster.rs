@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::free_port;
-use crate::config::RedisSettings;
+use shared::config::RedisSettings;
 
 /// Nodes in the cluster: three primaries, one replica each.
 const NODES: usize = 6;
 
 /// `cluster-node-timeout`: how long a node may be unreachable before the
 /// others mark it failed and its replica takes over.
-pub const NODE_TIMEOUT: Duration = Duration::from_millis(1_000);
+const NODE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// How long forming the cluster, or a failover, may take.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -47,12 +47,12 @@ macro_rules! redis_suite {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn single() {
-                    super::$name($crate::testing::RedisKind::Single).await
+                    super::$name($crate::RedisKind::Single).await
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn cluster() {
-                    super::$name($crate::testing::RedisKind::Cluster).await
+                    super::$name($crate::RedisKind::Cluster).await
                 }
             }
         )*
@@ -62,7 +62,7 @@ macro_rules! redis_suite {
 /// One server or a cluster, for the suites that run on both.
 pub enum TestRedis {
     /// One redis-server.
-    Single(super::RedisServer),
+    Single(crate::RedisServer),
     /// Three primaries and three replicas.
     Cluster(RedisCluster),
 }
@@ -80,7 +80,7 @@ impl TestRedis {
     /// Starts one of `kind`.
     pub async fn start(kind: RedisKind) -> Self {
         match kind {
-            RedisKind::Single => Self::Single(super::RedisServer::start().await),
+            RedisKind::Single => Self::Single(crate::RedisServer::start().await),
             RedisKind::Cluster => Self::Cluster(RedisCluster::start().await),
         }
     }
@@ -94,8 +94,8 @@ impl TestRedis {
     }
 
     /// A pool over it, under `namespace`.
-    pub fn pool(&self, namespace: &str) -> crate::redis_pool::RedisPool {
-        crate::redis_pool::RedisPool::new(&self.settings(namespace)).expect("test redis pool")
+    pub fn pool(&self, namespace: &str) -> shared::redis_pool::RedisPool {
+        shared::redis_pool::RedisPool::new(&self.settings(namespace)).expect("test redis pool")
     }
 }
 
@@ -204,7 +204,7 @@ impl RedisCluster {
 
     /// The port of the primary that serves `key` now.
     pub async fn primary_of(&self, key: &str) -> u16 {
-        let slot = crate::keys::hash_slot(key.as_bytes());
+        let slot = shared::keys::hash_slot(key.as_bytes());
         self.topology()
             .await
             .into_iter()
