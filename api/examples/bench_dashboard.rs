@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use queue::{JobState, NewJob, Noop, Queue, QueueSettings};
 use shared::config::RedisSettings;
-use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
 
 #[tokio::main]

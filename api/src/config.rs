@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 
+use queue::{QueueSettings, Routes};
 use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_or,
 };
-use shared::queue::{QueueSettings, Routes};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-api";
@@ -34,7 +34,7 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Retry policy of the recalculations this api queues
     /// (`RECALC_MAX_RETRIES`, `RECALC_RETRY_BASE_SECS`, `RECALC_RETRY_CAP_SECS`).
-    pub recalc_retry: shared::queue::RetryPolicy,
+    pub recalc_retry: queue::RetryPolicy,
     /// Where market events go (`MARKET_EVENTS_CHANNEL`, `MARKET_EVENTS_STREAM_MAXLEN`).
     pub events: shared::events::EventSettings,
     /// `JAEGER_UI_URL`: the Jaeger UI (e.g. `http://localhost:16686`) that

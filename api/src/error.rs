@@ -121,10 +121,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<shared::queue::QueueError> for ApiError {
-    fn from(e: shared::queue::QueueError) -> Self {
+impl From<queue::QueueError> for ApiError {
+    fn from(e: queue::QueueError) -> Self {
         match e {
-            shared::queue::QueueError::Redis(_) => {
+            queue::QueueError::Redis(_) => {
                 tracing::error!(error = %e, "queue unavailable");
                 ApiError::Unavailable("the job queue (Redis) is unavailable; retry later".into())
             }

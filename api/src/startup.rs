@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use queue::Queues;
 use shared::cache::PriceCache;
 use shared::keys::Keys;
-use shared::queue::Queues;
 use shared::redis_pool::RedisPool;
 use shared::store::{self, CatalogStore};
 use tokio::net::TcpListener;
@@ -49,7 +49,7 @@ impl Application {
         let keys = Keys::new(&settings.redis.namespace);
         let events = shared::events::EventBus::new(pool.clone(), &keys, settings.events.clone());
         let control_channel = keys.control_channel();
-        let workers = shared::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
+        let workers = queue::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
         let cache = PriceCache::new(pool, keys, settings.cache.ttl);
         let listener = TcpListener::bind(settings.addr)
             .await

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use queue::Queues;
 use shared::cache::PriceCache;
-use shared::queue::Queues;
 use shared::store::CatalogStore;
 
 /// One clonable bundle of shared clients; cloning copies a few `Arc`s and
@@ -21,11 +21,11 @@ pub struct AppState {
     /// The bearer token of the admin endpoints, when one is configured.
     pub admin_token: Option<Arc<str>>,
     /// Retry policy given to the recalculations this api queues.
-    pub recalc_retry: shared::queue::RetryPolicy,
+    pub recalc_retry: queue::RetryPolicy,
     /// Publishes market events (stream + channel).
     pub events: Arc<shared::events::EventBus>,
     /// The live worker registry.
-    pub workers: Arc<shared::workers::WorkerRegistry>,
+    pub workers: Arc<queue::workers::WorkerRegistry>,
     /// The channel that tells workers to revoke a job.
     pub control_channel: Arc<str>,
     /// Renders `/metrics`.

@@ -17,10 +17,10 @@
 
 use std::time::{Duration, Instant};
 
+use queue::{Leased, Queue, QueueSettings};
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::events::{EventBus, EventSettings};
 use shared::keys::Keys;
-use shared::queue::{Leased, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
 
 const NS: &str = "bench-events";
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             ..EventSettings::default()
         },
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
+        routes: queue::Routes::default(),
         recalc_retry: shared::jobs::RECALC_RETRY,
         coalesce_window: Duration::from_millis(200),
         claim_idle: Duration::from_secs(30),
@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         },
         telemetry: settings.telemetry.clone(),
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
+        routes: queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: settings.events.clone(),
@@ -154,11 +154,7 @@ async fn main() -> anyhow::Result<()> {
                     job_start.push((started - before) as f64);
                 }
                 queue
-                    .complete(
-                        job,
-                        shared::queue::JobState::Succeeded,
-                        &serde_json::json!({}),
-                    )
+                    .complete(job, queue::JobState::Succeeded, &serde_json::json!({}))
                     .await?;
             }
             // Past the coalescing window, so the next event is processed alone.

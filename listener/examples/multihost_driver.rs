@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use queue::{Depths, JobState, QueueSettings, Queues, Routes};
 use serde_json::{Value, json};
 use shared::cache::CachedPrice;
 use shared::config::{DatabaseSettings, RedisSettings};
 use shared::keys::{Keys, PRICE_BUCKETS};
-use shared::queue::{Depths, JobState, QueueSettings, Queues, Routes};
 use shared::redis_pool::RedisPool;
 
 /// Everything the load did, for the check.

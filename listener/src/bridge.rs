@@ -58,11 +58,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use queue::{NewJob, Queues, RetryPolicy};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use shared::events::{EventData, EventError, EventKind, MAX_PRODUCTS_PER_EVENT, MarketEvent};
 use shared::jobs::{RecalculatePrices, recalculate_all_job};
 use shared::keys::Keys;
-use shared::queue::{NewJob, Queues, RetryPolicy};
 use shared::redis_pool::Conn;
 use shared::redis_pool::RedisPool;
 use shared::store::{CatalogStore, CompetitorPrice, DemandSignal, MarketUpdates, Observed};

@@ -7,9 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use queue::QueueSettings;
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::events::EventSettings;
-use shared::queue::QueueSettings;
 use testkit::{RedisServer, seeded_store};
 
 const NS: &str = "lg";
@@ -47,7 +47,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         events: EventSettings::default(),
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
+        routes: queue::Routes::default(),
         recalc_retry: shared::jobs::RECALC_RETRY,
         coalesce_window: Duration::from_millis(200),
         claim_idle: Duration::from_secs(30),

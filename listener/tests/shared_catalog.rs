@@ -484,11 +484,11 @@ async fn on_a_redis_cluster_the_services_keep_going_through_a_failover_and_lose_
     })
     .await;
     let pool = shared::redis_pool::RedisPool::new(&cluster.settings(NS)).unwrap();
-    let queues = shared::queue::Queues::new(
+    let queues = queue::Queues::new(
         pool,
         NS,
-        shared::queue::Routes::default(),
-        shared::queue::QueueSettings::default(),
+        queue::Routes::default(),
+        queue::QueueSettings::default(),
     );
     wait("every job final", || async {
         for (_, q) in queues.iter() {

@@ -142,13 +142,13 @@ impl Drop for Services {
 }
 
 /// The queue of the events' jobs, to see them finish.
-fn queue(redis: &RedisServer) -> shared::queue::Queue {
+fn queue(redis: &RedisServer) -> queue::Queue {
     let settings = shared::config::RedisSettings::for_url(redis.url(), NS);
-    shared::queue::Queue::new(
+    queue::Queue::new(
         shared::redis_pool::RedisPool::new(&settings).unwrap(),
         NS,
-        shared::queue::EVENTS_QUEUE,
-        shared::queue::QueueSettings::default(),
+        queue::EVENTS_QUEUE,
+        queue::QueueSettings::default(),
     )
 }
 

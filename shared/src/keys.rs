@@ -192,25 +192,6 @@ mod tests {
     }
 
     #[test]
-    fn no_event_key_is_a_key_of_the_events_queue() {
-        let keys = Keys::new("pricing");
-        let queue = crate::queue::QueueKeys::new("pricing", crate::queue::EVENTS_QUEUE);
-        for key in [
-            keys.event_stream(),
-            keys.event_done("01J"),
-            keys.event_ingest_claim("id:01J"),
-            keys.event_dead_letters(),
-        ] {
-            assert!(!queue.all().contains(&key.as_str()), "{key} is a queue key");
-        }
-        assert!(
-            queue
-                .all()
-                .contains(&keys.legacy_event_dead_letters().as_str())
-        );
-    }
-
-    #[test]
     fn keys_used_together_share_a_slot() {
         let keys = Keys::new("pricing");
         let events = hash_slot(keys.event_stream().as_bytes());

@@ -16,12 +16,10 @@
 //! - [`cache`]: the cached price format and its re-validation on read.
 //! - [`events`]: the market-event contract (kinds, validation, the wire envelope) and its settings.
 //! - [`keys`]: Redis key builders under one namespace prefix.
-//! - [`queue`]: the job queue: job contracts, settings, and every Redis operation on it.
 //! - [`redis_pool`]: a small pool of multiplexed, self-reconnecting Redis connections.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future every binary stops on.
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its two implementations,
 //!   SQLite and PostgreSQL, plus the deterministic seed generator and the CSV importer.
-//! - [`workers`]: the live worker registry (each worker's report, by heartbeat).
 
 pub mod cache;
 pub mod config;
@@ -32,9 +30,7 @@ pub mod keys;
 pub mod lock;
 pub mod metrics;
 pub mod pricing;
-pub mod queue;
 pub mod redis_pool;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-pub mod workers;

@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use queue::{Consume, DEFAULT_QUEUE, NewJob, Noop, Queue, QueueSettings, Rate};
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::queue::{Consume, DEFAULT_QUEUE, NewJob, Noop, Queue, QueueSettings, Rate};
 use shared::redis_pool::RedisPool;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -24,12 +24,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn queue(url: &str, ns: &str) -> Queue {
     let pool = RedisPool::new(&RedisSettings::for_url(url, ns)).expect("REDIS_URL");
-    Queue::new(
-        pool,
-        ns,
-        shared::queue::DEFAULT_QUEUE,
-        QueueSettings::default(),
-    )
+    Queue::new(pool, ns, queue::DEFAULT_QUEUE, QueueSettings::default())
 }
 
 /// CPU time the Redis server has used so far (user + system), in µs.
@@ -224,7 +219,7 @@ async fn forget(url: &str, ns: &str) -> anyhow::Result<()> {
     let pool = RedisPool::new(&RedisSettings::for_url(url, ns))?;
     let (mut conn, _) = pool.get();
     for name in ["events", "bulk", DEFAULT_QUEUE] {
-        let keys = shared::queue::QueueKeys::new(ns, name);
+        let keys = queue::QueueKeys::new(ns, name);
         let _: () = redis::cmd("UNLINK")
             .arg(&keys.all()[..])
             .query_async(&mut conn)
@@ -322,7 +317,7 @@ async fn drain(
             log_filter: "warn".into(),
         },
         queue: limits.settings(),
-        routes: shared::queue::Routes::default(),
+        routes: queue::Routes::default(),
         consume,
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),

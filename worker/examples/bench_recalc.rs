@@ -9,11 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+use queue::{JobState, NewJob, Queue, QueueSettings};
 use shared::config::{
     CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,
 };
 use shared::jobs::RecalculateAllPrices;
-use shared::queue::{JobState, NewJob, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
 use shared::store::CatalogStore;
 
@@ -92,8 +92,8 @@ async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figur
             log_filter: "warn".into(),
         },
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
-        consume: shared::queue::Consume::default(),
+        routes: queue::Routes::default(),
+        consume: queue::Consume::default(),
         cache: CacheSettings {
             ttl: Duration::from_secs(3600),
         },
@@ -117,7 +117,7 @@ async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figur
     let q = Queue::new(
         RedisPool::new(&RedisSettings::for_url(url, &ns))?,
         &ns,
-        shared::queue::DEFAULT_QUEUE,
+        queue::DEFAULT_QUEUE,
         QueueSettings::default(),
     );
 

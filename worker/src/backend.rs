@@ -1,4 +1,4 @@
-//! The apalis backend over [`shared::queue::Queue`].
+//! The apalis backend over [`queue::Queue`].
 //!
 //! apalis runs the workers (concurrency, timeouts, panics caught and buried, graceful
 //! shutdown through its `Monitor`); this module feeds it and records what
@@ -31,7 +31,7 @@ use apalis_core::backend::BackendConfig;
 use apalis_core::backend::finalize::Ephemeral;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use shared::queue::{Consume, DeferOutcome, JobError, JobOutcome, Leased, Queue, Queues};
+use queue::{Consume, DeferOutcome, JobError, JobOutcome, Leased, Queue, Queues};
 use shared::redis_pool::Conn;
 use shared::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
 
@@ -665,8 +665,8 @@ impl Acknowledge<JobOutcome> for QueueAck {
 
 fn verdict_label(v: &Verdict) -> &'static str {
     match v {
-        Verdict::Done(o) if o.state == shared::queue::JobState::Skipped => "skipped",
-        Verdict::Done(o) if o.state == shared::queue::JobState::Cancelled => "cancelled",
+        Verdict::Done(o) if o.state == queue::JobState::Skipped => "skipped",
+        Verdict::Done(o) if o.state == queue::JobState::Cancelled => "cancelled",
         Verdict::Done(_) => "succeeded",
         Verdict::Defer(..) => "deferred",
         Verdict::Retry(..) => "retried",

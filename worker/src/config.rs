@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use queue::schedule::ScheduleSettings;
+use queue::{Consume, QueueSettings, Routes, TimeLimit};
 use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range,
     env_or,
 };
-use shared::queue::schedule::ScheduleSettings;
-use shared::queue::{Consume, QueueSettings, Routes, TimeLimit};
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-worker";
@@ -25,7 +25,7 @@ pub struct Settings {
     /// Leases, heartbeat and retention.
     pub queue: QueueSettings,
     /// `QUEUE_ROUTES`: which job type goes to which queue (see
-    /// [`shared::queue::routing`]).
+    /// [`queue::routing`]).
     pub routes: Routes,
     /// `WORKER_QUEUES`: the queues this worker consumes, in strict priority
     /// order or by weight. Defaults to `events,bulk,default`.
@@ -49,7 +49,7 @@ pub struct Settings {
     /// the attempt fails with a retryable error. Defaults to 3,600.
     pub job_timeout: Duration,
     /// `TIME_LIMIT_<JOB_TYPE>`: soft and hard time limits per job type (see
-    /// [`shared::queue::limits`]).
+    /// [`queue::limits`]).
     pub time_limits: std::collections::BTreeMap<String, TimeLimit>,
     /// `WORKER_REVOKE_GRACE_SECS`: how long a revoked job may take to stop
     /// after its cancellation token fires, before it is dropped (0–3,600).
@@ -57,7 +57,7 @@ pub struct Settings {
     pub revoke_grace: Duration,
     /// `SCHEDULE_<NAME>`, `SCHEDULE_<NAME>_ARGS`, `SCHEDULE_MISSED`: the
     /// periodic jobs this worker's scheduler queues (see
-    /// [`shared::queue::schedule`]).
+    /// [`queue::schedule`]).
     pub schedules: ScheduleSettings,
     /// `WORKER_METRICS_ADDR`: where `/metrics` and `/health` are served.
     /// Defaults to `127.0.0.1:9101`; port 0 picks a free port.
@@ -152,7 +152,7 @@ impl Settings {
                 1,
                 7 * 86_400,
             )?),
-            time_limits: shared::queue::limits::time_limits_from_env()?,
+            time_limits: queue::limits::time_limits_from_env()?,
             revoke_grace: Duration::from_secs(env_in_range(
                 "WORKER_REVOKE_GRACE_SECS",
                 10u64,

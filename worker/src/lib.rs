@@ -6,7 +6,7 @@
 //! - the **heartbeat**, which extends the leases of every job this process
 //!   holds, so a long job is never handed to another worker while this one
 //!   is alive, and reports the worker to the live registry
-//!   ([`shared::workers`]: what it runs now; a graceful stop leaves it);
+//!   ([`queue::workers`]: what it runs now; a graceful stop leaves it);
 //! - the **maintenance** loop, which any worker may run: it moves due
 //!   scheduled jobs and retries into the queue, takes back jobs whose worker
 //!   died (expired lease), and deletes records past their retention;
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt as _;
 use apalis::prelude::*;
-use shared::queue::{JobOutcome, Queues};
+use queue::{JobOutcome, Queues};
 use shared::redis_pool::{RedisPool, wait_until_ready};
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -71,7 +71,7 @@ struct Shared {
     queues: Queues,
     worker_id: String,
     running: running::Running,
-    time_limits: std::collections::BTreeMap<String, shared::queue::TimeLimit>,
+    time_limits: std::collections::BTreeMap<String, queue::TimeLimit>,
 }
 
 /// A built worker, ready to run.
@@ -202,12 +202,12 @@ impl Worker {
 
         let running = running::Running::default();
         let reporter = Reporter {
-            registry: shared::workers::WorkerRegistry::new(
+            registry: queue::workers::WorkerRegistry::new(
                 self.queues.pool().clone(),
                 &self.settings.redis.namespace,
             ),
             running: running.clone(),
-            report: shared::workers::WorkerReport {
+            report: queue::workers::WorkerReport {
                 id: self.worker_id.clone(),
                 host: hostname(),
                 pid: std::process::id(),
@@ -366,11 +366,11 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         .get(&job.queue)
         .cloned()
         .unwrap_or_else(|| shared.queues.for_job(&job.name).clone());
-    let guard = shared.running.start(shared::workers::HeldJob {
+    let guard = shared.running.start(queue::workers::HeldJob {
         id: job.id.clone(),
         job_type: job.name.clone(),
         queue: job.queue.clone(),
-        started_at: shared::queue::ms_to_datetime(job.started_at),
+        started_at: queue::ms_to_datetime(job.started_at),
     });
     let ctx = JobContext {
         cancel: guard.cancel.clone(),
@@ -422,17 +422,17 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
 /// Writes this worker's entry in the live registry.
 #[derive(Clone)]
 struct Reporter {
-    registry: shared::workers::WorkerRegistry,
+    registry: queue::workers::WorkerRegistry,
     running: running::Running,
     /// The fixed part; busy and jobs are filled in on each beat.
-    report: shared::workers::WorkerReport,
+    report: queue::workers::WorkerReport,
     ttl: Duration,
 }
 
 impl Reporter {
     async fn beat(&self) {
         let jobs = self.running.held();
-        let report = shared::workers::WorkerReport {
+        let report = queue::workers::WorkerReport {
             busy: jobs.len(),
             jobs,
             ..self.report.clone()
@@ -545,7 +545,7 @@ async fn maintenance(queues: Queues, mut stop: watch::Receiver<bool>) {
         for (name, queue) in queues.iter() {
             match queue.promote_due().await {
                 Ok((moved, next)) => {
-                    if moved >= shared::queue::MAINTENANCE_BATCH {
+                    if moved >= queue::MAINTENANCE_BATCH {
                         pause = Duration::ZERO;
                     } else if let Some(next) = next {
                         pause = pause.min(next.max(Duration::from_millis(1)));
@@ -569,7 +569,7 @@ async fn maintenance(queues: Queues, mut stop: watch::Receiver<bool>) {
             if cleanup && let Err(e) = queue.cleanup().await {
                 tracing::warn!(queue = name, error = %e, "deleting expired records failed");
             }
-            if sample && let Err(e) = queue.throughput(shared::queue::browse::RATE_WINDOW).await {
+            if sample && let Err(e) = queue.throughput(queue::browse::RATE_WINDOW).await {
                 tracing::debug!(queue = name, error = %e, "sampling the queue's counters failed");
             }
         }

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::queue::Queues;
+use queue::Queues;
 
 use crate::backend::InFlight;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use shared::queue::{JobError, JobOutcome, JobSpec, NewJob, Queue, Queues};
+use queue::{JobError, JobOutcome, JobSpec, NewJob, Queue, Queues};
 
 /// What a handler knows about the job it runs.
 #[derive(Clone)]
@@ -52,7 +52,7 @@ type Checker = Arc<dyn Fn(&serde_json::Value) -> Result<(), String> + Send + Syn
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<&'static str, Handler>,
-    specs: HashMap<&'static str, (shared::queue::RetryPolicy, Checker)>,
+    specs: HashMap<&'static str, (queue::RetryPolicy, Checker)>,
 }
 
 impl Registry {

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared::queue::{JobError, JobOutcome, TimeLimit};
-use shared::workers::HeldJob;
+use queue::workers::HeldJob;
+use queue::{JobError, JobOutcome, TimeLimit};
 use tokio_util::sync::CancellationToken;
 
 /// The reason a revoked job's result gives.

@@ -1,4 +1,4 @@
-//! The scheduler loop every worker runs (see [`shared::queue::schedule`]).
+//! The scheduler loop every worker runs (see [`queue::schedule`]).
 //!
 //! Each pass reads the Redis clock, and for every schedule whose latest
 //! tick this process has not handled yet, pushes that tick's job: the push
@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use queue::JobSpec;
+use queue::schedule::{Missed, Schedule};
+use queue::{Queues, Tick};
 use shared::jobs::{RECALC_ALL_UNIQUE_KEY, RecalculateAllPrices};
-use shared::queue::JobSpec;
-use shared::queue::schedule::{Missed, Schedule};
-use shared::queue::{Queues, Tick};
 use shared::redis_pool::RedisPool;
 use tokio::sync::watch;
 use tracing::Instrument as _;

@@ -1,15 +1,15 @@
 //! The JSON behind the dashboard: one overview call, and pages of a
 //! queue's jobs by state. Both are bounded work in Redis whatever the
-//! backlog (see `shared::queue::browse`); neither walks the keyspace.
+//! backlog (see `queue::browse`); neither walks the keyspace.
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use queue::browse::{MAX_PAGE, RATE_WINDOW};
+use queue::{Depths, JobState, Throughput};
 use serde::{Deserialize, Serialize};
 use shared::events::StreamInfo;
-use shared::queue::browse::{MAX_PAGE, RATE_WINDOW};
-use shared::queue::{Depths, JobState, Throughput};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use queue::{Depths, Queue};
 use serde::{Deserialize, Serialize};
-use shared::queue::{Depths, Queue};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};

@@ -5,9 +5,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use queue::{CancelOutcome, JobState, JobStatus, ResurrectOutcome, RevokeOutcome};
 use serde::{Deserialize, Serialize};
 use shared::jobs::recalculate_all_job;
-use shared::queue::{CancelOutcome, JobState, JobStatus, ResurrectOutcome, RevokeOutcome};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -70,7 +70,7 @@ pub struct TaskStatus {
 impl TaskStatus {
     /// The status of a task of `queue`.
     pub fn of(queue: &str, s: JobStatus) -> Self {
-        let t = |ms: Option<i64>| ms.and_then(shared::queue::ms_to_datetime);
+        let t = |ms: Option<i64>| ms.and_then(queue::ms_to_datetime);
         let r = s.record;
         TaskStatus {
             task_id: s.id,

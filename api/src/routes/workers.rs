@@ -4,10 +4,10 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use queue::LastRun;
+use queue::schedule::ScheduleDef;
+use queue::workers::WorkerInfo;
 use serde::{Deserialize, Serialize};
-use shared::queue::LastRun;
-use shared::queue::schedule::ScheduleDef;
-use shared::workers::WorkerInfo;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
@@ -105,7 +105,7 @@ pub async fn schedules(State(state): State<AppState>) -> Result<Json<ScheduleLis
             .schedule()
             .ok()
             .and_then(|s| s.next_after(now))
-            .and_then(shared::queue::ms_to_datetime);
+            .and_then(queue::ms_to_datetime);
         schedules.push(ScheduleStatus {
             definition,
             last_run,

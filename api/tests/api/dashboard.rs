@@ -3,8 +3,8 @@
 //! 100,000-job backlog listed without keyspace scans, the pages' security
 //! headers, and the refusal of cross-site mutating calls.
 
+use queue::{NewJob, Noop};
 use serde_json::{Value, json};
-use shared::queue::{NewJob, Noop};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 

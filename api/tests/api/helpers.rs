@@ -12,8 +12,8 @@ use shared::config::{
 };
 use shared::store::CatalogStore;
 use shared::store::sqlite::SqliteStore;
-use testkit::{RedisServer, seeded_store};
 use tempfile::TempDir;
+use testkit::{RedisServer, seeded_store};
 use tokio::sync::oneshot;
 
 /// Products seeded into every test catalog.
@@ -51,8 +51,8 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
         },
-        queue: shared::queue::QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
+        queue: queue::QueueSettings::default(),
+        routes: queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: shared::events::EventSettings::default(),

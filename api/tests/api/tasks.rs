@@ -1,7 +1,7 @@
 //! The task API over the real queue.
 
+use queue::{JobState, NewJob, Noop};
 use serde_json::json;
-use shared::queue::{JobState, NewJob, Noop};
 
 use crate::helpers::{spawn_app, spawn_app_with};
 
@@ -382,7 +382,7 @@ async fn the_live_workers_are_listed_with_what_they_run() {
         (s, body["workers"].as_array().map(Vec::len)),
         (200, Some(0))
     );
-    let report = shared::workers::WorkerReport {
+    let report = queue::workers::WorkerReport {
         id: "host-1-ABCDEF".into(),
         host: "host".into(),
         pid: 1,
@@ -391,19 +391,19 @@ async fn the_live_workers_are_listed_with_what_they_run() {
         queues: vec!["events".into(), "bulk".into()],
         concurrency: 8,
         busy: 1,
-        jobs: vec![shared::workers::HeldJob {
+        jobs: vec![queue::workers::HeldJob {
             id: "01JOB".into(),
             job_type: "recalculate_all_prices".into(),
             queue: "bulk".into(),
             started_at: Some(chrono::Utc::now()),
         }],
-        schedules: vec![shared::queue::schedule::ScheduleDef {
+        schedules: vec![queue::schedule::ScheduleDef {
             name: "recalculate_all".into(),
             job: "recalculate_all_prices".into(),
             queue: "bulk".into(),
             expression: "0 */15 * * * *".into(),
             args: json!({}),
-            missed: shared::queue::schedule::Missed::Skip,
+            missed: queue::schedule::Missed::Skip,
         }],
     };
     app.state

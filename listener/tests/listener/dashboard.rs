@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use queue::{JobState, NewJob, Noop, Queues};
 use serde_json::{Value, json};
-use shared::queue::{JobState, NewJob, Noop, Queues};
 use testkit::{RedisServer, seeded_store};
 
 use crate::helpers::*;
@@ -174,7 +174,7 @@ async fn the_dashboard_in_chromium_shows_the_queues_and_retries_a_dead_job_with_
             a.admin_token = Some(TOKEN.into());
             a.jaeger_ui_url = Some(JAEGER.into());
         },
-        |w| w.consume = shared::queue::Consume::Strict(vec!["events".into(), "bulk".into()]),
+        |w| w.consume = queue::Consume::Strict(vec!["events".into(), "bulk".into()]),
     )
     .await;
     let listener = start_listener(settings(&redis, &db_url)).await;

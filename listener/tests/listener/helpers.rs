@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use queue::{QueueSettings, Queues, Routes};
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
 use shared::events::{EventBus, EventSettings};
 use shared::keys::Keys;
-use shared::queue::{QueueSettings, Queues, Routes};
 use shared::redis_pool::RedisPool;
 use testkit::RedisServer;
 
@@ -34,7 +34,7 @@ pub fn settings(redis: &RedisServer, db_url: &str) -> listener::config::Settings
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         events: EventSettings::default(),
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
+        routes: queue::Routes::default(),
         recalc_retry: shared::jobs::RECALC_RETRY,
         coalesce_window: Duration::from_millis(200),
         claim_idle: Duration::from_secs(30),
@@ -134,7 +134,7 @@ pub async fn start_api_and_worker_with(
         cache,
         telemetry: telemetry(),
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
+        routes: queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: EventSettings::default(),
@@ -152,8 +152,8 @@ pub async fn start_api_and_worker_with(
         database,
         telemetry: telemetry(),
         queue: QueueSettings::default(),
-        routes: shared::queue::Routes::default(),
-        consume: shared::queue::Consume::default(),
+        routes: queue::Routes::default(),
+        consume: queue::Consume::default(),
         cache,
         feed: None,
         recalc_lock_ttl: Duration::from_secs(30),

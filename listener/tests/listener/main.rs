@@ -10,9 +10,7 @@ use std::time::Duration;
 use shared::events::MarketEvent;
 use shared::pricing::compute_price_cents;
 use shared::store::CatalogStore;
-use testkit::{
-    RedisOptions, RedisServer, run_until_ready_then_sigterm, seeded_store, temp_store,
-};
+use testkit::{RedisOptions, RedisServer, run_until_ready_then_sigterm, seeded_store, temp_store};
 
 use helpers::*;
 
@@ -873,11 +871,6 @@ async fn dead_letters_at_the_old_key_move_out_of_the_events_queues_dead_set() {
         .await
         .unwrap();
     assert_eq!(kept, ["new-1", "old-2", "old-1"]);
-    let q = shared::queue::Queue::new(
-        p,
-        NS,
-        shared::queue::EVENTS_QUEUE,
-        shared::queue::QueueSettings::default(),
-    );
+    let q = queue::Queue::new(p, NS, queue::EVENTS_QUEUE, queue::QueueSettings::default());
     assert_eq!(q.depths().await.unwrap().dead, 0);
 }

@@ -6,7 +6,6 @@ use chrono::Utc;
 use futures::StreamExt as _;
 use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::keys::{Keys, hash_slot};
-use shared::queue::{NewJob, Noop, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
 use testkit::{RedisCluster, RedisKind, TestRedis};
 
@@ -108,28 +107,4 @@ async fn a_message_published_through_any_node_reaches_a_subscriber_on_another() 
     got.sort();
     expected.sort();
     assert_eq!(got, expected);
-}
-
-#[tokio::test]
-async fn wait_counts_the_replicas_that_hold_a_write() {
-    let cluster = RedisCluster::start().await;
-    // One replica per primary: waiting for one is met, for two is not.
-    for (want, short) in [(1, false), (2, true)] {
-        let mut settings = cluster.settings(&format!("w{want}"));
-        settings.wait_replicas = want;
-        settings.wait_timeout = Duration::from_millis(200);
-        let pool = RedisPool::new(&settings).unwrap();
-        let q = Queue::new(
-            pool.clone(),
-            &format!("w{want}"),
-            "default",
-            QueueSettings::default(),
-        );
-        for _ in 0..5 {
-            // The push succeeds either way: the job is on its primary.
-            q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
-        }
-        assert_eq!(q.depths().await.unwrap().pending, 5);
-        assert_eq!(pool.state().waits_short > 0, short, "waiting for {want}");
-    }
 }

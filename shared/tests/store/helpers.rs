@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use shared::config::DatabaseSettings;
 use shared::store::{self, CatalogStore};
-use testkit::PostgresServer;
 use tempfile::TempDir;
+use testkit::PostgresServer;
 
 /// Which store a contract test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

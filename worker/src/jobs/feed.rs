@@ -27,9 +27,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
+use queue::JobError;
 use reqwest::StatusCode;
 use serde::Deserialize;
-use shared::queue::JobError;
 
 /// Most product ids in one feed request.
 pub const FEED_BATCH: usize = 1_000;

@@ -10,8 +10,8 @@ pub mod recalc;
 
 use std::time::Duration;
 
+use queue::{JobError, JobOutcome, Noop, Sleep};
 use serde_json::json;
-use shared::queue::{JobError, JobOutcome, Noop, Sleep};
 
 use crate::registry::{JobContext, Registry};
 

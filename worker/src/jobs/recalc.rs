@@ -41,13 +41,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use queue::{JobError, JobOutcome};
 use serde_json::json;
 use shared::cache::{CachedPrice, PriceBatch, PriceCache};
 use shared::domain::{MarketSignals, Product};
 use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
 use shared::lock::{DistributedLock, FencedWriter};
 use shared::pricing::compute_price_cents;
-use shared::queue::{JobError, JobOutcome};
 use shared::store::CatalogStore;
 use tracing::Instrument as _;
 

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use shared::queue::{
+use queue::{
     Backoff, JobOutcome, JobSpec, JobState, NewJob, QueueSettings, RetryPolicy, RevokeOutcome,
     TimeLimit,
 };
+use serde::{Deserialize, Serialize};
 use testkit::RedisServer;
 use worker::registry::{JobContext, Registry};
 
@@ -175,7 +175,7 @@ async fn a_revoked_job_ends_cancelled_whether_its_handler_listens_or_not() {
     }
     assert_eq!(seen.signalled.load(Ordering::SeqCst), 2);
     let after = q
-        .push(NewJob::of(&shared::queue::Noop {}).unwrap())
+        .push(NewJob::of(&queue::Noop {}).unwrap())
         .await
         .unwrap()
         .id;

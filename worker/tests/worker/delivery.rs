@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use shared::queue::{
+use queue::{
     Backoff, JobError, JobOutcome, JobSpec, JobState, NewJob, Noop, QueueSettings, RetryPolicy,
     Sleep,
 };
+use serde::{Deserialize, Serialize};
 use testkit::{RedisOptions, RedisServer};
 use worker::registry::Registry;
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use queue::{Backoff, JobState, NewJob, QueueSettings, RetryPolicy};
 use shared::domain::MarketSignals;
 use shared::jobs::{RecalculateAllPrices, RecalculatePrices};
 use shared::pricing::compute_price_cents;
-use shared::queue::{Backoff, JobState, NewJob, QueueSettings, RetryPolicy};
 use shared::store::CatalogStore;
 use testkit::{RedisServer, seeded_store};
 use worker::jobs::feed::FeedSettings;
@@ -198,7 +198,7 @@ async fn run_recalc(
 ) -> (
     RedisServer,
     Arc<dyn CatalogStore>,
-    shared::queue::JobRecord,
+    queue::JobRecord,
     usize,
     tempfile::TempDir,
     Vec<Option<String>>,
@@ -218,10 +218,7 @@ async fn run_recalc(
             }
             (url, Some(stub))
         }
-        FeedAt::Closed => (
-            format!("http://127.0.0.1:{}", testkit::free_port()),
-            None,
-        ),
+        FeedAt::Closed => (format!("http://127.0.0.1:{}", testkit::free_port()), None),
     };
     let mut s = settings(&redis, QueueSettings::default());
     s.database.url = url;
@@ -485,7 +482,7 @@ async fn held_recalculation(
 ) -> (
     RedisServer,
     crate::helpers::RunningWorker,
-    shared::queue::Queue,
+    queue::Queue,
     String,
     tempfile::TempDir,
 ) {
@@ -511,7 +508,7 @@ async fn a_full_recalculation_stops_at_its_soft_time_limit_without_the_hard_one(
     let (_redis, w, q, id, _dir) = held_recalculation(|s| {
         s.time_limits.insert(
             "recalculate_all_prices".into(),
-            shared::queue::TimeLimit {
+            queue::TimeLimit {
                 soft: Duration::from_secs(1),
                 hard: Duration::from_secs(600),
             },
@@ -542,7 +539,7 @@ async fn a_revoked_full_recalculation_stops_long_before_the_grace() {
     let outcome = q.revoke(&id, &control).await.unwrap();
 
     // Assert
-    assert_eq!(outcome, shared::queue::RevokeOutcome::Revoking);
+    assert_eq!(outcome, queue::RevokeOutcome::Revoking);
     let rec = wait_for(&q, &id, &[JobState::Cancelled], LONG).await;
     assert_eq!(rec.attempts, 1);
     w.stop().await;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use queue::{JobRecord, JobState, Queue, QueueSettings};
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::queue::{JobRecord, JobState, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
 use testkit::RedisServer;
 use tokio::sync::oneshot;
@@ -27,8 +27,8 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
             log_filter: "info".into(),
         },
         queue,
-        routes: shared::queue::Routes::default(),
-        consume: shared::queue::Consume::default(),
+        routes: queue::Routes::default(),
+        consume: queue::Consume::default(),
         cache: shared::config::CacheSettings {
             ttl: Duration::from_secs(3600),
         },
@@ -47,7 +47,7 @@ pub fn settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
 
 pub fn queue(redis: &RedisServer, settings: QueueSettings) -> Queue {
     let pool = RedisPool::new(&RedisSettings::for_url(redis.url(), NS)).unwrap();
-    Queue::new(pool, NS, shared::queue::DEFAULT_QUEUE, settings)
+    Queue::new(pool, NS, queue::DEFAULT_QUEUE, settings)
 }
 
 pub struct RunningWorker {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shared::queue::{JobState, NewJob, Noop, QueueSettings, Sleep};
+use queue::{JobState, NewJob, Noop, QueueSettings, Sleep};
 use testkit::{RedisServer, run_until_ready_then_sigterm};
 
 use crate::helpers::{queue, settings, start, wait_for};
@@ -103,7 +103,7 @@ async fn delayed_jobs_run_once_due() {
         JobState::Scheduled
     );
     let rec = wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
-    let started = shared::queue::ms_to_datetime(rec.started_at.unwrap()).unwrap();
+    let started = queue::ms_to_datetime(rec.started_at.unwrap()).unwrap();
     assert!(
         started - pushed_at >= chrono::Duration::milliseconds(690),
         "{started} vs {pushed_at}"

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use queue::{Consume, JobState, NewJob, Noop, QueueSettings, Queues, Routes, Sleep};
 use shared::config::RedisSettings;
-use shared::queue::{Consume, JobState, NewJob, Noop, QueueSettings, Queues, Routes, Sleep};
 use shared::redis_pool::RedisPool;
 use testkit::{RedisServer, eventually};
 
@@ -97,7 +97,7 @@ async fn four_workers_of_32_slots_never_start_a_limited_type_faster_than_its_rat
     let mut queue_settings = QueueSettings::default();
     queue_settings
         .rate_limits
-        .insert("sleep".into(), shared::queue::Rate::parse("100/s").unwrap());
+        .insert("sleep".into(), queue::Rate::parse("100/s").unwrap());
     let jobs: Vec<NewJob> = (0..300)
         .map(|_| NewJob::of(&Sleep { millis: 1 }).unwrap())
         .collect();
@@ -187,10 +187,7 @@ async fn maintenance_samples_the_counters_so_rates_exist_before_a_dashboard_look
     })
     .await;
 
-    let t = events
-        .throughput(shared::queue::browse::RATE_WINDOW)
-        .await
-        .unwrap();
+    let t = events.throughput(queue::browse::RATE_WINDOW).await.unwrap();
     let secs = t.window_secs.expect("a window between two samples");
     let finished = t.finished_per_sec.unwrap() * secs;
     assert!(

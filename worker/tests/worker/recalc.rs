@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use queue::{JobState, NewJob, QueueSettings};
 use shared::cache::CachedPrice;
 use shared::jobs::{RecalculateAllPrices, RecalculatePrices, recalculate_all_job};
 use shared::lock::DistributedLock;
 use shared::pricing::compute_price_cents;
-use shared::queue::{JobState, NewJob, QueueSettings};
 use shared::store::CatalogStore;
 use testkit::{RedisServer, seeded_store};
 
@@ -91,7 +91,7 @@ async fn a_full_recalculation_caches_every_price() {
     w.stop().await;
 }
 
-fn recalc_lock(q: &shared::queue::Queue) -> DistributedLock {
+fn recalc_lock(q: &queue::Queue) -> DistributedLock {
     DistributedLock::new(
         q.pool().clone(),
         shared::keys::Keys::new(NS).recalc_lock(),

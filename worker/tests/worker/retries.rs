@@ -3,11 +3,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use shared::queue::{
+use queue::{
     Backoff, JobError, JobOutcome, JobSpec, JobState, NewJob, Noop, QueueSettings,
     ResurrectOutcome, RetryPolicy,
 };
+use serde::{Deserialize, Serialize};
 use testkit::RedisServer;
 use worker::registry::Registry;
 
@@ -219,7 +219,7 @@ async fn unknown_job_types_and_bad_arguments_are_dead_lettered_and_the_worker_go
 
     let mut unknown = NewJob::of(&Noop {}).unwrap();
     unknown.name = "no_such_job".into();
-    let mut bad_args = NewJob::of(&shared::queue::Sleep { millis: 1 }).unwrap();
+    let mut bad_args = NewJob::of(&queue::Sleep { millis: 1 }).unwrap();
     bad_args.args = serde_json::json!({"millis": "soon"});
     let a = q.push(unknown).await.unwrap().id;
     let b = q.push(bad_args).await.unwrap().id;

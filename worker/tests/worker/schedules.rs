@@ -4,8 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shared::queue::schedule::{Missed, Schedule, ScheduleSettings};
-use shared::queue::{DEFAULT_QUEUE, Queue, QueueSettings};
+use queue::schedule::{Missed, Schedule, ScheduleSettings};
+use queue::{DEFAULT_QUEUE, Queue, QueueSettings};
 use testkit::RedisServer;
 
 use crate::helpers::{queue, scrape, settings, start};

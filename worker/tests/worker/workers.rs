@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use shared::queue::{JobState, NewJob, QueueSettings, Sleep};
+use queue::workers::{WorkerRegistry, WorkerReport};
+use queue::{JobState, NewJob, QueueSettings, Sleep};
 use shared::redis_pool::RedisPool;
 use testkit::RedisServer;
-use shared::workers::{WorkerRegistry, WorkerReport};
 
 use crate::helpers::{NS, queue, settings, start, wait_for};
 
@@ -87,7 +87,7 @@ async fn each_live_worker_reports_itself_and_the_jobs_it_runs() {
     let record = q.status(&id).await.unwrap().unwrap().record;
     assert_eq!(
         held.started_at,
-        record.started_at.and_then(shared::queue::ms_to_datetime)
+        record.started_at.and_then(queue::ms_to_datetime)
     );
     for w in &seen {
         assert_eq!(w.report.pid, std::process::id());

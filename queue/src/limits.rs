@@ -4,7 +4,7 @@
 //!   optionally `:burst`, e.g. `100/s:20`; a burst is never less than one
 //!   millisecond of the rate, the resolution of the script's clock) hold
 //!   across every worker and machine: the fetch script admits a job of a limited type only when the
-//!   type's GCRA state in Redis allows it (see [`super::scripts`]), and puts
+//!   type's GCRA state in Redis allows it (see `scripts`), and puts
 //!   a job over the limit back as scheduled for its turn, spending no
 //!   attempt and holding no worker slot. The state lives in the hash tag of
 //!   the queue the type routes to; every worker must carry the same limits.
@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::ConfigError;
+use shared::config::ConfigError;
 
 /// One job type's rate: `count` starts per `per`, in bursts of at most `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

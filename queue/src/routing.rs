@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{JobStatus, NewJob, Pushed, Queue, QueueError, QueueSettings};
-use crate::config::{ConfigError, env_opt};
-use crate::redis_pool::RedisPool;
+use crate::{JobStatus, NewJob, Pushed, Queue, QueueError, QueueSettings};
+use shared::config::{ConfigError, env_opt};
+use shared::redis_pool::RedisPool;
 
 /// The queue of the full recalculation.
 pub const BULK_QUEUE: &str = "bulk";
@@ -30,7 +30,7 @@ pub const BULK_QUEUE: &str = "bulk";
 pub const EVENTS_QUEUE: &str = "events";
 
 /// The queues every deployment has, besides route targets.
-pub const BUILT_IN_QUEUES: [&str; 3] = [EVENTS_QUEUE, BULK_QUEUE, super::DEFAULT_QUEUE];
+pub const BUILT_IN_QUEUES: [&str; 3] = [EVENTS_QUEUE, BULK_QUEUE, crate::DEFAULT_QUEUE];
 
 /// Whether `name` can name a queue: 1–32 of `[a-z0-9_-]` (it is part of
 /// every key of the queue and of the api's paths).
@@ -99,7 +99,7 @@ impl Routes {
     pub fn queue_of(&self, job: &str) -> &str {
         self.routes
             .get(job)
-            .map_or(super::DEFAULT_QUEUE, String::as_str)
+            .map_or(crate::DEFAULT_QUEUE, String::as_str)
     }
 
     /// Every queue there is: the built-in ones and every route target.

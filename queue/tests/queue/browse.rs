@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Sleep};
+use queue::{JobState, NewJob, Noop, Queue, QueueSettings, Sleep};
 use testkit::{RedisKind, TestRedis};
 
 testkit::redis_suite!(
@@ -110,7 +110,7 @@ async fn a_filtered_listing_examines_a_bounded_window_and_says_where_to_go_on(ki
     }
     let first = q.list(JobState::Pending, 0, 50).await.unwrap();
     assert_eq!(first.set_size, 1_500);
-    assert_eq!(first.examined, shared::queue::browse::SCAN_BUDGET);
+    assert_eq!(first.examined, queue::browse::SCAN_BUDGET);
     assert!(first.jobs.is_empty(), "nothing pending in the first window");
     assert_eq!(first.next_cursor, Some(1_000));
 
@@ -118,7 +118,7 @@ async fn a_filtered_listing_examines_a_bounded_window_and_says_where_to_go_on(ki
     let mut cursor = first.next_cursor;
     while let Some(c) = cursor {
         let page = q.list(JobState::Pending, c, 50).await.unwrap();
-        assert!(page.examined <= shared::queue::browse::SCAN_BUDGET);
+        assert!(page.examined <= queue::browse::SCAN_BUDGET);
         assert!(page.jobs.len() <= 50);
         seen.extend(page.jobs.into_iter().map(|j| j.id));
         cursor = page.next_cursor;

@@ -33,7 +33,8 @@ use std::time::Duration;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use super::{JobState, JobStatus, Queue, QueueError, decode_record, parse_state};
+use crate::record::{decode_record, parse_state};
+use crate::{JobState, JobStatus, Queue, QueueError};
 
 /// The window of the dashboard's rates: samples are kept twice as long.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -119,30 +120,8 @@ const SAMPLED: [&str; 5] = ["started", "succeeded", "failed", "skipped", "cancel
 /// younger than every_ms, drops samples older than two windows, and returns
 /// {now, the sample of now, the oldest sample within the window, the
 /// enqueue time of the job next to run ('' when none)}.
-static SAMPLE: LazyLock<Script> = LazyLock::new(|| {
-    super::scripts::script(
-        r#"
-local window, every = tonumber(ARGV[1]), tonumber(ARGV[2])
-local vals = redis.call('HMGET', KEYS[1], 'started', 'succeeded', 'failed', 'skipped', 'cancelled')
-for i = 1, #vals do vals[i] = tonumber(vals[i]) or 0 end
-local sample = now .. ':' .. table.concat(vals, ':')
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last == 0 or now - tonumber(last[2]) >= every then
-  redis.call('ZADD', KEYS[2], now, sample)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - 2 * window))
-redis.call('PEXPIRE', KEYS[2], 2 * window)
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf', 'LIMIT', 0, 1)
-local enqueued = ''
-local next_id = redis.call('LINDEX', KEYS[3], -1)
-if next_id then
-  local r = load(KEYS[4], next_id)
-  if r then enqueued = r.enqueued end
-end
-return {tostring(now), sample, old[1] or sample, enqueued}
-"#,
-    )
-});
+static SAMPLE: LazyLock<Script> =
+    LazyLock::new(|| crate::scripts::script(include_str!("lua/sample.lua")));
 
 /// Parses a sample `t:v1:v2:…` into its time and values.
 fn parse_sample(s: &str) -> Option<(f64, [f64; SAMPLED.len()])> {

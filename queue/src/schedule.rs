@@ -28,7 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use shared::config::ConfigError;
 
 /// How long after its time a tick still counts as on time.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -262,7 +262,7 @@ impl ScheduleSettings {
             let job_type = match (vars.get(&job_var), name.as_str()) {
                 (Some(j), _) if !j.trim().is_empty() => j.trim().to_string(),
                 (_, "recalculate_all") => {
-                    <crate::jobs::RecalculateAllPrices as crate::queue::JobSpec>::NAME.to_string()
+                    <shared::jobs::RecalculateAllPrices as shared::jobs::JobSpec>::NAME.to_string()
                 }
                 _ => name.clone(),
             };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shared::queue::{JobState, NewJob, Noop, Queue, QueueSettings, Rate, RevokeOutcome, Sleep};
+use queue::{JobState, NewJob, Noop, Queue, QueueSettings, Rate, RevokeOutcome, Sleep};
 use testkit::{RedisKind, TestRedis};
 
 testkit::redis_suite!(
@@ -142,7 +142,7 @@ async fn a_schedule_tick_is_queued_once_and_never_behind_the_last_one(kind: Redi
     let q = Queue::new(redis.pool("tk"), "tk", "default", QueueSettings::default());
     let tick = |at: i64, by: &str| {
         let mut job = NewJob::of(&Noop {}).unwrap();
-        job.tick = Some(shared::queue::Tick {
+        job.tick = Some(queue::Tick {
             schedule: "every_second".into(),
             at,
             by: by.into(),

@@ -6,15 +6,16 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use shared::queue::{
+use queue::{
     Backoff, CancelOutcome, DeferOutcome, JobState, NewJob, Noop, Queue, QueueSettings,
     ResurrectOutcome, RetryPolicy, Sleep,
 };
+use serde_json::json;
 use testkit::{RedisKind, TestRedis};
 
 mod browse;
 mod control;
+mod failover;
 
 async fn queue_with(redis: &TestRedis, settings: QueueSettings) -> Queue {
     Queue::new(redis.pool("t"), "t", "default", settings)

@@ -2,7 +2,7 @@
 //! itself on each heartbeat, and `GET /api/v1/workers` lists those whose
 //! registration has not expired.
 //!
-//! A report lives in three fields of one hash slot ([`crate::keys::Keys::workers`]):
+//! A report lives in three fields of one hash slot ([`shared::keys::Keys::workers`]):
 //! the report's JSON, the Redis-clock time of its last heartbeat, and its
 //! expiry (that time plus the worker's lease) in a sorted set. A worker that
 //! stops heartbeating drops out of the list once its lease has passed (and
@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::Keys;
-use crate::redis_pool::RedisPool;
+use shared::keys::Keys;
+use shared::redis_pool::RedisPool;
 
 /// Registrations expired longer than this are deleted, a bounded number
 /// per heartbeat.
@@ -60,7 +60,7 @@ pub struct WorkerReport {
     pub jobs: Vec<HeldJob>,
     /// The schedules its scheduler runs.
     #[serde(default)]
-    pub schedules: Vec<crate::queue::schedule::ScheduleDef>,
+    pub schedules: Vec<crate::schedule::ScheduleDef>,
 }
 
 /// A live worker as listed.
@@ -75,56 +75,15 @@ pub struct WorkerInfo {
 
 /// KEYS: info, beats, expires. ARGV: id, report (JSON), ttl_ms, prune batch.
 /// Writes the report and deletes a bounded batch of expired registrations.
-static BEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], now)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-for _, id in ipairs(gone) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-end
-return #gone
-"#,
-    )
-});
+static BEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/worker_beat.lua")));
 
 /// KEYS: info, beats, expires. Returns {id, report, beat, ...} for every
 /// registration that has not expired.
-static LIST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')) do
-  local report = redis.call('HGET', KEYS[1], id)
-  if report then
-    out[#out + 1] = id
-    out[#out + 1] = report
-    out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
-  end
-end
-return out
-"#,
-    )
-});
+static LIST: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/worker_list.lua")));
 
 /// KEYS: info, beats, expires. ARGV: id.
-static REMOVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return redis.call('ZREM', KEYS[3], ARGV[1])
-"#,
-    )
-});
+static REMOVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/worker_remove.lua")));
 
 /// The registry, over one namespace.
 #[derive(Clone)]
@@ -195,7 +154,7 @@ impl WorkerRegistry {
             .filter_map(|c| match serde_json::from_str::<WorkerReport>(&c[1]) {
                 Ok(report) => Some(WorkerInfo {
                     report,
-                    last_heartbeat: c[2].parse().ok().and_then(crate::queue::ms_to_datetime),
+                    last_heartbeat: c[2].parse().ok().and_then(crate::ms_to_datetime),
                 }),
                 Err(e) => {
                     tracing::warn!(worker = %c[0], error = %e, "unreadable worker report; left out");

@@ -5,7 +5,7 @@
 //! closes that window for every push whose `WAIT` was met.
 //!
 //! The figures (push errors, how long pushes failed, jobs lost) are printed
-//! (`cargo test -p shared --test redis failover --
+//! (`cargo test -p queue --test queue failover --
 //! --nocapture`); the test asserts only what the design promises: pushes
 //! work again after the failover on their own, and with `WAIT` met no
 //! acknowledged job is lost.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shared::queue::{NewJob, Noop, Queue, QueueSettings};
+use queue::{NewJob, Noop, Queue, QueueSettings};
 use shared::redis_pool::RedisPool;
 use testkit::RedisCluster;
 
@@ -155,4 +155,28 @@ async fn without_wait_pushes_go_on_after_a_primary_dies() {
     eprintln!("failover, REDIS_WAIT_REPLICAS=0: {run:?}");
     assert!(run.acknowledged as u64 >= BEFORE + AFTER);
     assert_eq!(run.wait_replicas, 0);
+}
+
+#[tokio::test]
+async fn wait_counts_the_replicas_that_hold_a_write() {
+    let cluster = RedisCluster::start().await;
+    // One replica per primary: waiting for one is met, for two is not.
+    for (want, short) in [(1, false), (2, true)] {
+        let mut settings = cluster.settings(&format!("w{want}"));
+        settings.wait_replicas = want;
+        settings.wait_timeout = Duration::from_millis(200);
+        let pool = RedisPool::new(&settings).unwrap();
+        let q = Queue::new(
+            pool.clone(),
+            &format!("w{want}"),
+            "default",
+            QueueSettings::default(),
+        );
+        for _ in 0..5 {
+            // The push succeeds either way: the job is on its primary.
+            q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap();
+        }
+        assert_eq!(q.depths().await.unwrap().pending, 5);
+        assert_eq!(pool.state().waits_short > 0, short, "waiting for {want}");
+    }
 }
