@@ -32,7 +32,7 @@ pub enum Command {
         #[arg(long)]
         if_empty: bool,
     },
-    /// Load a catalog from a CSV file (format in the README).
+    /// Load a catalog from a CSV file (format in docs/catalog-store.md, "Seed and import").
     Import {
         /// The CSV file.
         file: PathBuf,

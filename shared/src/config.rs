@@ -3,7 +3,7 @@
 //! Each binary builds its own `Settings` from the pieces defined here
 //! ([`RedisSettings`], [`DatabaseSettings`], [`TelemetrySettings`],
 //! [`CacheSettings`]). Every field documents its variable and default, and the
-//! same list lives in `.env.example` and in the README. A value that does not
+//! same list lives in `.env.example` and in docs/configuration.md. A value that does not
 //! parse stops startup with a [`ConfigError`] naming the variable, instead of
 //! silently falling back to a default.
 

@@ -6,7 +6,7 @@
 //! same price in every process: that is what lets the api, the worker and a
 //! replica on another machine agree, and what makes a cached price valid.
 //!
-//! The formula, step by step (the README has the same text):
+//! The formula, step by step (docs/pricing.md has the same text):
 //!
 //! 1. **Competition.** With a lowest competitor price `c`, move half-way
 //!    from the base price `b` towards it: `p₁ = b + 0.5 × (c − b)`.

@@ -58,7 +58,7 @@ impl From<EventError> for ApiError {
 
 /// Publishes one market event.
 #[utoipa::path(post, path = "/api/v1/publish-market-event", tag = "events",
-    request_body(content = String, description = "A market event envelope (JSON), empty, or `Recalculate_Triggered_v1`; see the README for the kinds and their data", content_type = "application/json"),
+    request_body(content = String, description = "A market event envelope (JSON), empty, or `Recalculate_Triggered_v1`; see docs/market-events.md for the kinds and their data", content_type = "application/json"),
     responses(
         (status = 202, description = "Appended to the event stream and published", body = EventPublished),
         (status = 400, description = "Not JSON", body = ErrorBody),

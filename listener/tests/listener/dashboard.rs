@@ -7,7 +7,7 @@
 //! a dead job needs the admin token and takes it off the dead list, that a
 //! lost Redis raises the banner and its return clears it, and it saves a
 //! screenshot of the overview (`DASHBOARD_SCREENSHOT_DIR`, default the
-//! target's temporary folder; the README's image comes from here).
+//! target's temporary folder; the image in docs/ comes from here).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
