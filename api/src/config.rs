@@ -36,7 +36,7 @@ pub struct Settings {
     /// (`RECALC_MAX_RETRIES`, `RECALC_RETRY_BASE_SECS`, `RECALC_RETRY_CAP_SECS`).
     pub recalc_retry: queue::RetryPolicy,
     /// Where market events go (`MARKET_EVENTS_CHANNEL`, `MARKET_EVENTS_STREAM_MAXLEN`).
-    pub events: shared::events::EventSettings,
+    pub events: shared::event_bus::EventSettings,
     /// `JAEGER_UI_URL`: the Jaeger UI (e.g. `http://localhost:16686`) that
     /// the dashboard links each job's trace to; no links when unset.
     pub jaeger_ui_url: Option<String>,
@@ -86,7 +86,7 @@ impl Settings {
             routes: Routes::from_env()?,
             admin_token: admin_token()?,
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
-            events: shared::events::EventSettings::from_env()?,
+            events: shared::event_bus::EventSettings::from_env()?,
             jaeger_ui_url: jaeger_ui_url()?,
         })
     }

@@ -74,13 +74,12 @@ pub fn cache_miss(reason: &'static str) {
     metrics::counter!("cache_misses_total", "reason" => reason).increment(1);
 }
 
-/// Samples the pool state into gauges, then renders the exposition text.
-pub fn render(handle: &PrometheusHandle, pool: &RedisPool) -> String {
+/// Samples the pool state into gauges, before a scrape renders them.
+pub fn sample_pool(pool: &RedisPool) {
     let state = pool.state();
     metrics::gauge!("redis_pool_connections").set(state.size as f64);
     metrics::gauge!("redis_pool_healthy_connections").set(state.healthy as f64);
     metrics::counter!("redis_pool_command_errors_total").absolute(state.errors);
-    handle.render()
 }
 
 /// Middleware: times every request into [`HTTP_DURATION`].

@@ -47,10 +47,12 @@ impl Application {
             settings.queue.clone(),
         );
         let keys = Keys::new(&settings.redis.namespace);
-        let events = shared::events::EventBus::new(pool.clone(), &keys, settings.events.clone());
+        let events = shared::event_bus::EventBus::new(pool.clone(), &keys, settings.events.clone());
         let control_channel = keys.control_channel();
         let workers = queue::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
         let cache = PriceCache::new(pool, keys, settings.cache.ttl);
+        // Installs the recorder and describes the api's series.
+        crate::metrics::recorder();
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.addr))?;
@@ -65,7 +67,6 @@ impl Application {
                 admin_token: settings.admin_token.as_deref().map(Arc::from),
                 recalc_retry: settings.recalc_retry,
                 events: Arc::new(events),
-                metrics: crate::metrics::recorder(),
                 jaeger_ui_url: settings.jaeger_ui_url.as_deref().map(Arc::from),
             },
         })

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use queue::Queues;
 use shared::cache::PriceCache;
 use shared::store::CatalogStore;
@@ -23,13 +22,11 @@ pub struct AppState {
     /// Retry policy given to the recalculations this api queues.
     pub recalc_retry: queue::RetryPolicy,
     /// Publishes market events (stream + channel).
-    pub events: Arc<shared::events::EventBus>,
+    pub events: Arc<shared::event_bus::EventBus>,
     /// The live worker registry.
     pub workers: Arc<queue::workers::WorkerRegistry>,
     /// The channel that tells workers to revoke a job.
     pub control_channel: Arc<str>,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
     /// The Jaeger UI the dashboard links traces to (`JAEGER_UI_URL`).
     pub jaeger_ui_url: Option<Arc<str>>,
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use queue::{Leased, Queue, QueueSettings};
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::events::{EventBus, EventSettings};
+use shared::event_bus::{EventBus, EventSettings};
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
 

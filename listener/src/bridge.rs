@@ -71,7 +71,7 @@ use tracing::Instrument as _;
 use crate::metrics;
 
 /// The consumer group every listener replica joins.
-pub use shared::events::LISTENER_GROUP as GROUP;
+pub use shared::event_bus::LISTENER_GROUP as GROUP;
 
 /// Entries one read returns at most.
 pub const READ_COUNT: usize = 1_000;

@@ -7,7 +7,7 @@ use queue::{QueueSettings, RetryPolicy, Routes};
 use shared::config::{
     ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range, env_or,
 };
-use shared::events::EventSettings;
+use shared::event_bus::EventSettings;
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "pricing-listener";

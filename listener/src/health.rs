@@ -16,10 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-
 /// How long after its last return the stream side counts as stuck: well
 /// above one blocking read, and above a slow batch of events being stored
 /// and queued.
@@ -99,18 +95,17 @@ pub(crate) struct HealthState {
 }
 
 /// `GET /health`: always 200; `status` says whether both paths work.
-pub(crate) async fn health(State(s): State<HealthState>) -> Json<serde_json::Value> {
-    Json(s.health.body(&s.consumer))
-}
+impl shared::ops::Probe for HealthState {
+    type Health = serde_json::Value;
+    type Readiness = serde_json::Value;
 
-/// `GET /ready`: 200 while both paths take events, else 503.
-pub(crate) async fn ready(State(s): State<HealthState>) -> (StatusCode, Json<serde_json::Value>) {
-    let status = if s.health.ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(s.health.body(&s.consumer)))
+    async fn health(&self) -> serde_json::Value {
+        self.health.body(&self.consumer)
+    }
+
+    async fn readiness(&self) -> (bool, serde_json::Value) {
+        (self.health.ready(), self.health.body(&self.consumer))
+    }
 }
 
 #[cfg(test)]

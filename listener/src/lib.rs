@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::routing::get;
 use futures::StreamExt as _;
 use queue::Queues;
 use shared::keys::Keys;
@@ -46,27 +45,11 @@ use crate::bridge::{Bridge, Entry, READ_BLOCK};
 use crate::config::Settings;
 
 fn router(state: health::HealthState) -> axum::Router {
-    shared::metrics::recorder();
+    let router = shared::ops::router().with_state(state);
+    // The recorder is installed now: describe and zero the series first.
     metrics::describe();
     metrics::register_zeroes();
-    axum::Router::new()
-        .route("/metrics", get(|| async { shared::metrics::exposition() }))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .with_state(state)
-}
-
-/// A unique consumer name: host, pid and a random suffix.
-pub fn consumer_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "listener".into());
-    let suffix = ulid::Ulid::new().to_string();
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &suffix[suffix.len() - 6..]
-    )
+    router
 }
 
 /// A listener ready to run.
@@ -102,7 +85,7 @@ impl Listener {
             settings.recalc_retry,
             settings.events.stream_maxlen,
             settings.dead_letter_max,
-            consumer_name(),
+            shared::ops::instance_id("listener"),
             settings.claim_idle,
         );
         let health = health::Health::default();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use queue::QueueSettings;
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::events::EventSettings;
+use shared::event_bus::EventSettings;
 use testkit::{RedisServer, seeded_store};
 
 const NS: &str = "lg";

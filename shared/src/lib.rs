@@ -24,11 +24,13 @@
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod event_bus;
 pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod lock;
 pub mod metrics;
+pub mod ops;
 pub mod pricing;
 pub mod redis_pool;
 pub mod shutdown;

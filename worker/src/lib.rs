@@ -10,7 +10,7 @@
 //! - the **maintenance** loop, which any worker may run: it moves due
 //!   scheduled jobs and retries into the queue, takes back jobs whose worker
 //!   died (expired lease), and deletes records past their retention;
-//! - the `/metrics` and `/health` server on `WORKER_METRICS_ADDR`.
+//! - the `/metrics`, `/health` and `/ready` server on `WORKER_METRICS_ADDR` ([`ops`]).
 //!
 //! On SIGTERM the worker stops fetching, lets in-flight jobs finish for up to
 //! `WORKER_SHUTDOWN_TIMEOUT_SECS`, then puts whatever it still holds back at
@@ -23,13 +23,15 @@
 //! - [`running`]: the running handlers; time limits and revokes.
 //! - [`scheduler`]: the periodic jobs, each tick queued once by whichever worker sees it first.
 //! - [`jobs`]: the built-in handlers.
-//! - [`metrics`]: the worker's series and its metrics server.
+//! - [`metrics`]: the worker's Prometheus series.
+//! - [`ops`]: `/health`, `/ready` and `/metrics` on `WORKER_METRICS_ADDR`.
 //! - [`Worker`]: build, run, stop.
 
 pub mod backend;
 pub mod config;
 pub mod jobs;
 pub mod metrics;
+pub mod ops;
 pub mod registry;
 pub mod running;
 pub mod scheduler;
@@ -85,18 +87,6 @@ pub struct Worker {
     metrics_server: Option<std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
 }
 
-/// A unique identity per process start: host, pid and a random suffix, so a
-/// restarted worker never collides with (or waits for) its former self.
-pub fn worker_id() -> String {
-    let host = hostname();
-    let suffix = ulid::Ulid::new().to_string();
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &suffix[suffix.len() - 6..]
-    )
-}
-
 /// Every schedule must queue a job type this worker knows, with arguments
 /// that type accepts: checked before anything starts, so a typo stops the
 /// worker with one line rather than failing every tick.
@@ -128,13 +118,6 @@ fn check_schedules(
     Ok(())
 }
 
-/// This machine's host name (`worker` when it cannot be read).
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "worker".into())
-}
-
 impl Worker {
     /// Connects the queue and binds the metrics server.
     pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
@@ -146,9 +129,13 @@ impl Worker {
             settings.routes.clone(),
             settings.queue.clone(),
         );
-        let worker_id = worker_id();
+        let worker_id = shared::ops::instance_id("worker");
         let inflight = InFlight::default();
-        let router = metrics::router(queues.clone(), inflight.clone(), worker_id.clone());
+        let router = ops::router(ops::WorkerProbe {
+            queues: queues.clone(),
+            inflight: inflight.clone(),
+            worker_id: worker_id.clone(),
+        });
         let (metrics_addr, server) = shared::metrics::bind(settings.metrics_addr, router)
             .await
             .with_context(|| format!("binding WORKER_METRICS_ADDR {}", settings.metrics_addr))?;
@@ -163,7 +150,7 @@ impl Worker {
         })
     }
 
-    /// Where `/metrics` and `/health` are served.
+    /// Where `/metrics`, `/health` and `/ready` are served.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
     }
@@ -209,7 +196,7 @@ impl Worker {
             running: running.clone(),
             report: queue::workers::WorkerReport {
                 id: self.worker_id.clone(),
-                host: hostname(),
+                host: shared::ops::hostname("worker"),
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 started_at: chrono::Utc::now(),

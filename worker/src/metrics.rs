@@ -1,5 +1,4 @@
-//! The worker's Prometheus series and its `/metrics`, `/health` (liveness)
-//! and `/ready` (Redis reachable) server.
+//! The worker's Prometheus series (served by [`crate::ops`]).
 //!
 //! - `jobs_started_total{job_type}`, and `jobs_finished_total{job_type, outcome}` with
 //!   outcome `succeeded`, `failed`, `retried`, `skipped`, `deferred` or `cancelled`.
@@ -14,14 +13,6 @@
 //! The job's name is the label `job_type`, not `job`: Prometheus gives every
 //! scraped series its own `job` label (the scrape job) and would rename ours
 //! to `exported_job`.
-
-use axum::extract::State;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
-use queue::Queues;
-
-use crate::backend::InFlight;
 
 /// Counts a handler start.
 pub fn record_start(job: &str) {
@@ -79,30 +70,8 @@ impl Drop for BusySlot {
     }
 }
 
-#[derive(Clone)]
-struct MetricsState {
-    queues: Queues,
-    inflight: InFlight,
-    worker_id: String,
-}
-
-/// The `/metrics` and `/health` router.
-pub fn router(queues: Queues, inflight: InFlight, worker_id: String) -> Router {
-    // Install the recorder now, before any job is counted.
-    shared::metrics::recorder();
-    describe();
-    Router::new()
-        .route("/metrics", get(render))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .with_state(MetricsState {
-            queues,
-            inflight,
-            worker_id,
-        })
-}
-
-fn describe() {
+/// Describes the worker's series to the process-wide recorder.
+pub fn describe() {
     metrics::describe_counter!("jobs_started_total", "Job attempts started, by job type");
     metrics::describe_counter!(
         "jobs_finished_total",
@@ -128,50 +97,4 @@ fn describe() {
         "queue_depth",
         "Jobs in each queue by state, sampled at scrape"
     );
-}
-
-async fn render(State(s): State<MetricsState>) -> impl IntoResponse {
-    metrics::gauge!("worker_leases_held").set(s.inflight.len() as f64);
-    for (name, queue) in s.queues.iter() {
-        match queue.depths().await {
-            Ok(d) => {
-                for (state, n) in [
-                    ("pending", d.pending),
-                    ("delayed", d.delayed),
-                    ("running", d.running),
-                    ("dead", d.dead),
-                ] {
-                    metrics::gauge!("queue_depth", "queue" => name.to_string(), "state" => state)
-                        .set(n as f64);
-                }
-            }
-            Err(e) => tracing::warn!(queue = name, error = %e, "cannot sample queue depths"),
-        }
-    }
-    shared::metrics::exposition()
-}
-
-/// 200 while Redis answers, 503 (with the error) while it does not.
-async fn ready(State(s): State<MetricsState>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    match s.queues.pool().ping_all().await {
-        Ok(()) => (
-            axum::http::StatusCode::OK,
-            Json(serde_json::json!({"status": "ready", "redis": {"ok": true}})),
-        ),
-        Err(e) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({"status": "degraded", "redis": {"ok": false, "error": e.to_string()}}),
-            ),
-        ),
-    }
-}
-
-async fn health(State(s): State<MetricsState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "service": crate::config::SERVICE_NAME,
-        "worker_id": s.worker_id,
-        "leases_held": s.inflight.len(),
-    }))
 }

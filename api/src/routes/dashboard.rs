@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use queue::browse::{MAX_PAGE, RATE_WINDOW};
 use queue::{Depths, JobState, Throughput};
 use serde::{Deserialize, Serialize};
-use shared::events::StreamInfo;
+use shared::event_bus::StreamInfo;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};

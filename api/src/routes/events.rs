@@ -95,7 +95,7 @@ pub async fn publish(
 async fn publish_traced(
     state: &AppState,
     event: &mut shared::events::MarketEvent,
-) -> redis::RedisResult<shared::events::Published> {
+) -> redis::RedisResult<shared::event_bus::Published> {
     use tracing::Instrument as _;
     let span = shared::telemetry::producer_span(state.events.channel());
     span.record("messaging.message.id", event.event_id.as_str());

@@ -1,12 +1,10 @@
-//! Operations endpoints: `/health` (liveness), `/ready` (dependencies) and
-//! `/metrics` (Prometheus).
+//! Operations endpoints: `/health` (liveness), `/ready` (Redis and the
+//! store) and `/metrics` (Prometheus), built by [`shared::ops::router`] over
+//! the api's [`Probe`].
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
+use shared::ops::Probe;
 use utoipa::ToSchema;
 
 use crate::config::SERVICE_NAME;
@@ -14,10 +12,7 @@ use crate::state::AppState;
 
 /// Routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+    shared::ops::router()
 }
 
 /// Liveness answer.
@@ -67,46 +62,34 @@ impl Check {
     }
 }
 
-/// Liveness: the process is up.
-#[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "Alive", body = Health)))]
-pub async fn health() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        service: SERVICE_NAME.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    })
-}
+impl Probe for AppState {
+    type Health = Health;
+    type Readiness = Readiness;
 
-/// Readiness: Redis and the store both answer.
-#[utoipa::path(get, path = "/ready", tag = "operations",
-    responses(
-        (status = 200, description = "Redis and the store answer", body = Readiness),
-        (status = 503, description = "At least one dependency is down; each is reported", body = Readiness),
-    ))]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let (redis, store) = tokio::join!(state.cache.pool().ping_all(), state.store.ping());
-    let (redis, store) = (Check::from(redis), Check::from(store));
-    let ok = redis.ok && store.ok;
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = Readiness {
-        status: if ok { "ready" } else { "degraded" }.into(),
-        redis,
-        store,
-    };
-    (status, Json(body))
-}
+    /// The process is up.
+    async fn health(&self) -> Health {
+        Health {
+            status: "ok".into(),
+            service: SERVICE_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 
-/// Prometheus exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&state.metrics, state.cache.pool()),
-    )
+    /// Redis and the store both answer.
+    async fn readiness(&self) -> (bool, Readiness) {
+        let (redis, store) = tokio::join!(self.cache.pool().ping_all(), self.store.ping());
+        let (redis, store) = (Check::from(redis), Check::from(store));
+        let ok = redis.ok && store.ok;
+        let body = Readiness {
+            status: if ok { "ready" } else { "degraded" }.into(),
+            redis,
+            store,
+        };
+        (ok, body)
+    }
+
+    /// The Redis pool's state, sampled at scrape.
+    async fn before_scrape(&self) {
+        crate::metrics::sample_pool(self.cache.pool());
+    }
 }

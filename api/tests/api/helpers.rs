@@ -55,7 +55,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         routes: queue::Routes::default(),
         admin_token: None,
         recalc_retry: shared::jobs::RECALC_RETRY,
-        events: shared::events::EventSettings::default(),
+        events: shared::event_bus::EventSettings::default(),
         jaeger_ui_url: None,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use queue::{QueueSettings, Queues, Routes};
 use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::events::{EventBus, EventSettings};
+use shared::event_bus::{EventBus, EventSettings};
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
 use testkit::RedisServer;

@@ -512,7 +512,7 @@ async fn a_redis_restart_with_aof_loses_no_events() {
 }
 
 /// Publishes once the pool has reconnected after a restart (bounded).
-async fn publish_when_redis_answers(bus: &shared::events::EventBus, e: &MarketEvent) {
+async fn publish_when_redis_answers(bus: &shared::event_bus::EventBus, e: &MarketEvent) {
     let mut tries = 0;
     while bus.publish(e).await.is_err() {
         tries += 1;
