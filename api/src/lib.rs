@@ -31,3 +31,9 @@ pub mod service;
 pub mod startup;
 pub mod state;
 pub mod trace;
+
+/// The whole application router over `state`: what the server serves, and
+/// what tests drive in-process with `tower::ServiceExt::oneshot`.
+pub fn app(state: state::AppState) -> axum::Router {
+    routes::router(state)
+}

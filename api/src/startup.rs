@@ -10,10 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use queue::Queues;
-use shared::cache::PriceCache;
-use shared::keys::Keys;
-use shared::redis_pool::RedisPool;
 use shared::store::{self, CatalogStore};
 use tokio::net::TcpListener;
 
@@ -39,37 +35,11 @@ impl Application {
         settings: &Settings,
         store: Arc<dyn CatalogStore>,
     ) -> anyhow::Result<Self> {
-        let pool = RedisPool::open(&settings.redis).await?;
-        let queues = Queues::new(
-            pool.clone(),
-            &settings.redis.namespace,
-            settings.routes.clone(),
-            settings.queue.clone(),
-        );
-        let keys = Keys::new(&settings.redis.namespace);
-        let events = shared::event_bus::EventBus::new(pool.clone(), &keys, settings.events.clone());
-        let control_channel = keys.control_channel();
-        let workers = queue::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
-        let cache = PriceCache::new(pool, keys, settings.cache.ttl);
-        // Installs the recorder and describes the api's series.
-        crate::metrics::recorder();
+        let state = AppState::build(settings, store).await?;
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.addr))?;
-        Ok(Self {
-            listener,
-            state: AppState {
-                cache: Arc::new(cache),
-                store,
-                queues,
-                control_channel: control_channel.into(),
-                workers: Arc::new(workers),
-                admin_token: settings.admin_token.as_deref().map(Arc::from),
-                recalc_retry: settings.recalc_retry,
-                events: Arc::new(events),
-                jaeger_ui_url: settings.jaeger_ui_url.as_deref().map(Arc::from),
-            },
-        })
+        Ok(Self { listener, state })
     }
 
     /// The bound address.

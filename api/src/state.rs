@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use queue::Queues;
 use shared::cache::PriceCache;
+use shared::keys::Keys;
+use shared::redis_pool::RedisPool;
 use shared::store::CatalogStore;
+
+use crate::config::Settings;
 
 /// One clonable bundle of shared clients; cloning copies a few `Arc`s and
 /// allocates nothing (axum clones it for every request: the queue's keys
@@ -29,4 +33,37 @@ pub struct AppState {
     pub control_channel: Arc<str>,
     /// The Jaeger UI the dashboard links traces to (`JAEGER_UI_URL`).
     pub jaeger_ui_url: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// The clients for `settings` over an open store. Opens no Redis
+    /// connection (the pool connects on first use), so a router over it
+    /// answers every request that never reaches Redis even with none running.
+    pub async fn build(settings: &Settings, store: Arc<dyn CatalogStore>) -> anyhow::Result<Self> {
+        let pool = RedisPool::open(&settings.redis).await?;
+        let queues = Queues::new(
+            pool.clone(),
+            &settings.redis.namespace,
+            settings.routes.clone(),
+            settings.queue.clone(),
+        );
+        let keys = Keys::new(&settings.redis.namespace);
+        let events = shared::event_bus::EventBus::new(pool.clone(), &keys, settings.events.clone());
+        let control_channel = keys.control_channel();
+        let workers = queue::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
+        let cache = PriceCache::new(pool, keys, settings.cache.ttl);
+        // Installs the recorder and describes the api's series.
+        crate::metrics::recorder();
+        Ok(AppState {
+            cache: Arc::new(cache),
+            store,
+            queues,
+            control_channel: control_channel.into(),
+            workers: Arc::new(workers),
+            admin_token: settings.admin_token.as_deref().map(Arc::from),
+            recalc_retry: settings.recalc_retry,
+            events: Arc::new(events),
+            jaeger_ui_url: settings.jaeger_ui_url.as_deref().map(Arc::from),
+        })
+    }
 }

@@ -191,3 +191,98 @@ impl TestApp {
             .expect("HSET");
     }
 }
+
+/// The api's router driven in-process with `oneshot`, with no server and no
+/// Redis: the Redis address is a closed loopback port, so a request that
+/// reached Redis would fail (503) instead of passing. For the tests of
+/// validation, errors and routing, which must answer before Redis.
+pub struct Offline {
+    router: axum::Router,
+    _dir: TempDir,
+}
+
+/// An [`Offline`] api over a fresh seeded SQLite catalog.
+pub async fn offline_app() -> Offline {
+    offline_app_with(|_| {}).await
+}
+
+/// Like [`offline_app`], with the settings adjusted first.
+pub async fn offline_app_with(tweak: impl FnOnce(&mut Settings)) -> Offline {
+    shared::telemetry::init_for_tests();
+    let (store, dir, url) = seeded_store(SEEDED).await;
+    // Port 1 on loopback: nothing listens there, so a connection is refused at once.
+    let mut settings = settings("redis://127.0.0.1:1", &url, "offline");
+    tweak(&mut settings);
+    let state = AppState::build(&settings, store as Arc<dyn CatalogStore>)
+        .await
+        .expect("app state");
+    Offline {
+        router: api::app(state),
+        _dir: dir,
+    }
+}
+
+impl Offline {
+    /// Sends one request; returns the response with its body read.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+        use tower::ServiceExt as _;
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(axum::body::Body::from(body)).expect("request");
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        (parts.status.as_u16(), parts.headers, bytes.to_vec())
+    }
+
+    /// A request whose answer is JSON; returns status and parsed body.
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let (status, _, bytes) = self
+            .send(method, path, &[("content-type", content_type)], body)
+            .await;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {bytes:?}"));
+        (status, body)
+    }
+
+    /// POSTs a JSON value; returns status and parsed body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.json(
+            "POST",
+            path,
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// POSTs raw bytes with a content type; returns status and parsed body.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        self.json("POST", path, content_type, body).await
+    }
+
+    /// GETs a JSON answer.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        self.json("GET", path, "application/json", Vec::new()).await
+    }
+
+    /// GETs a text answer.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let (status, _, bytes) = self.send("GET", path, &[], Vec::new()).await;
+        (status, String::from_utf8(bytes).expect("UTF-8"))
+    }
+}
