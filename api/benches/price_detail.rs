@@ -3,8 +3,8 @@
 
 use std::hint::black_box;
 
-use api::extract::parse_object;
 use api::model::{PriceDetail, PriceRequest, PriceSource};
+use api::parse_object;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn json(c: &mut Criterion) {

@@ -8,7 +8,7 @@ use shared::config::{
 };
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
-pub const SERVICE_NAME: &str = "pricing-api";
+pub(crate) const SERVICE_NAME: &str = "pricing-api";
 
 /// Everything the api needs to start.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ fn jaeger_ui_url() -> Result<Option<String>, ConfigError> {
 }
 
 /// Shortest accepted `ADMIN_TOKEN`: anything shorter is guessable.
-pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 fn admin_token() -> Result<Option<String>, ConfigError> {
     match shared::config::env_opt("ADMIN_TOKEN") {

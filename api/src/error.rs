@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// Machine-readable code, e.g. `validation_error`.
     pub error: String,
     /// Human-readable explanation.

@@ -15,11 +15,11 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// Largest accepted request body, in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A JSON body, deserialised with errors that name the field at fault.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ValidJson<T>(pub T);
+pub(crate) struct ValidJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ValidJson<T>
 where
@@ -74,7 +74,7 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Deserialises `bytes` into `T`, classifying the failure.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -145,7 +145,7 @@ fn strip_position(message: &str) -> String {
 /// Path parameters, with a malformed one (bad percent-encoding, wrong type)
 /// answered with the JSON error body instead of axum's plain text.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ValidPath<T>(pub T);
+pub(crate) struct ValidPath<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ValidPath<T>
 where
@@ -170,7 +170,7 @@ where
 /// it answers 401 without `Authorization: Bearer …` and 403 with a wrong
 /// token, whenever `ADMIN_TOKEN` is set.
 #[derive(Debug, Clone, Copy)]
-pub struct Admin;
+pub(crate) struct Admin;
 
 impl FromRequestParts<crate::state::AppState> for Admin {
     type Rejection = ApiError;
@@ -204,7 +204,7 @@ impl FromRequestParts<crate::state::AppState> for Admin {
 /// browser) must be `same-origin` or `none`; without it, an `Origin` must
 /// name this host (`Host`). A request with neither comes from no browser
 /// (curl, a script) and passes.
-pub fn refuse_cross_site(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn refuse_cross_site(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     use axum::http::header::{HOST, ORIGIN};
     if let Some(site) = headers.get("sec-fetch-site") {
         return match site.as_bytes() {
@@ -244,7 +244,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A query string, deserialised with errors in the JSON error body.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ValidQuery<T>(pub T);
+pub(crate) struct ValidQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ValidQuery<T>
 where

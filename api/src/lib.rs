@@ -6,34 +6,45 @@
 //! errors. The same binary seeds and imports the catalog.
 //!
 //! # Layout
-//! - [`cli`]: the `api [serve|seed|import]` command line.
-//! - [`config`]: [`config::Settings`] from the environment.
-//! - [`startup`]: [`startup::Application`]: build, bind, serve, stop.
-//! - [`state`]: [`state::AppState`], the shared clients.
-//! - [`trace`]: the server span of each request; continues and returns `traceparent`.
-//! - [`routes`]: one module per feature (prices, tasks, operations), each with `router()`.
-//! - [`service`]: the cache-aside logic the price handlers call.
+//! The modules are private; what tests, benches and `main.rs` use is
+//! re-exported here.
+//! - `cli`: the `api [serve|seed|import]` command line ([`Cli`], [`run`]).
+//! - `config`: [`Settings`] from the environment.
+//! - `startup`: [`Application`]: build, bind, serve, stop.
+//! - `state`: [`AppState`], the shared clients; [`app`] is the router over it.
+//! - `trace`: the server span of each request; continues and returns `traceparent`.
+//! - `routes`: one module per feature (prices, tasks, queues, events, workers,
+//!   dashboard JSON, dashboard pages, operations), each with `router()`.
+//! - `service`: the cache-aside logic the price handlers call.
 //! - [`model`]: request and response bodies, and their validation.
-//! - [`extract`]: extractors that turn bad input into JSON 4xx errors.
-//! - [`error`]: [`error::ApiError`], the one error type at the HTTP boundary.
-//! - [`metrics`]: the Prometheus recorder and the request-timing middleware.
-//! - [`openapi`]: the generated OpenAPI document.
+//! - `extract`: extractors that turn bad input into JSON 4xx errors ([`parse_object`]).
+//! - `error`: [`ApiError`], the one error type at the HTTP boundary.
+//! - `metrics`: the api's series and the request-timing middleware.
+//! - `openapi`: the generated OpenAPI document ([`ApiDoc`]).
 
-pub mod cli;
-pub mod config;
-pub mod error;
-pub mod extract;
-pub mod metrics;
+mod cli;
+mod config;
+mod error;
+mod extract;
+mod metrics;
 pub mod model;
-pub mod openapi;
-pub mod routes;
-pub mod service;
-pub mod startup;
-pub mod state;
-pub mod trace;
+mod openapi;
+mod routes;
+mod service;
+mod startup;
+mod state;
+mod trace;
+
+pub use cli::{Cli, run};
+pub use config::Settings;
+pub use error::ApiError;
+pub use extract::parse_object;
+pub use openapi::ApiDoc;
+pub use startup::Application;
+pub use state::AppState;
 
 /// The whole application router over `state`: what the server serves, and
 /// what tests drive in-process with `tower::ServiceExt::oneshot`.
-pub fn app(state: state::AppState) -> axum::Router {
+pub fn app(state: AppState) -> axum::Router {
     routes::router(state)
 }

@@ -9,12 +9,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = api::cli::Cli::parse();
+    let cli = api::Cli::parse();
     shared::shutdown::exit_code(
         async {
-            let settings = api::config::Settings::from_env()?;
+            let settings = api::Settings::from_env()?;
             let _telemetry = shared::telemetry::init_head_sampled(&settings.telemetry)?;
-            api::cli::run(cli, settings).await
+            api::run(cli, settings).await
         }
         .await,
     )

@@ -20,11 +20,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use shared::redis_pool::RedisPool;
 
 /// Name of the request-duration histogram.
-pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub(crate) const HTTP_DURATION: &str = "http_request_duration_seconds";
 
 /// The process-wide recorder (see [`shared::metrics`]), with the api's
 /// series described.
-pub fn recorder() -> PrometheusHandle {
+pub(crate) fn recorder() -> PrometheusHandle {
     static DESCRIBED: std::sync::Once = std::sync::Once::new();
     let handle = shared::metrics::recorder();
     DESCRIBED.call_once(describe);
@@ -65,17 +65,17 @@ fn describe() {
 }
 
 /// Records one cache hit.
-pub fn cache_hit() {
+pub(crate) fn cache_hit() {
     metrics::counter!("cache_hits_total").increment(1);
 }
 
 /// Records one cache miss and why.
-pub fn cache_miss(reason: &'static str) {
+pub(crate) fn cache_miss(reason: &'static str) {
     metrics::counter!("cache_misses_total", "reason" => reason).increment(1);
 }
 
 /// Samples the pool state into gauges, before a scrape renders them.
-pub fn sample_pool(pool: &RedisPool) {
+pub(crate) fn sample_pool(pool: &RedisPool) {
     let state = pool.state();
     metrics::gauge!("redis_pool_connections").set(state.size as f64);
     metrics::gauge!("redis_pool_healthy_connections").set(state.healthy as f64);
@@ -83,7 +83,7 @@ pub fn sample_pool(pool: &RedisPool) {
 }
 
 /// Middleware: times every request into [`HTTP_DURATION`].
-pub async fn track_http(req: Request, next: Next) -> Response {
+pub(crate) async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
     let route = req

@@ -26,7 +26,7 @@ use crate::state::AppState;
 const BATCH_FILL_CONCURRENCY: usize = 16;
 
 /// One price for one customer.
-pub async fn price(
+pub(crate) async fn price(
     state: &AppState,
     product_id: &str,
     prime: bool,
@@ -62,7 +62,7 @@ pub async fn price(
 
 /// Prices for many products: one MGET, misses filled concurrently from the
 /// store, and every fill written back in one pipeline.
-pub async fn batch(
+pub(crate) async fn batch(
     state: &AppState,
     ids: Vec<String>,
     prime: bool,

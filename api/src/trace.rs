@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 /// Middleware: runs the request inside its server span, or, when head
 /// sampling drops it, without any span (its response still carries a
 /// `traceparent`, flagged not sampled, which it also passes on).
-pub async fn trace_http(req: Request, next: Next) -> Response {
+pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
     let decision = {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         shared::telemetry::head_decision(header("traceparent"), header("tracestate"))

@@ -6,20 +6,32 @@
 //! so that the services can never disagree about a key or a field.
 //!
 //! # Layout
-//! - [`config`]: typed settings read from the environment; a bad value names its variable.
-//! - [`telemetry`]: tracing subscriber, JSON logs on request, OTLP export when configured.
+//! Every module is public: each is a namespace the services import by path
+//! (`shared::keys::Keys`, `shared::config::RedisSettings`), and each file
+//! says why it exists. The job queue itself is the `queue` crate; test
+//! support is the dev-only `testkit` crate.
+//!
+//! Contracts, with no I/O (what crosses a process boundary):
 //! - [`domain`]: catalog types ([`domain::Product`], [`domain::MarketSignals`]) and id validation.
-//! - [`lock`]: the Redis distributed lock (watchdog, fencing) and fenced cache writes.
-//! - [`metrics`]: the process-wide Prometheus recorder and its histogram buckets.
-//! - [`jobs`]: the pricing job contracts (`recalculate_all_prices`, `recalculate_prices`).
 //! - [`pricing`]: the deterministic pricing rules and the prime-member discount.
-//! - [`cache`]: the cached price format and its re-validation on read.
-//! - [`events`]: the market-event contract (kinds, validation, the wire envelope) and its settings.
 //! - [`keys`]: Redis key builders under one namespace prefix.
+//! - [`events`]: the market-event contract: kinds, the wire envelope, validation.
+//! - [`jobs`]: the job contract ([`jobs::JobSpec`], [`jobs::NewJob`], retry policy) and the
+//!   pricing jobs (`recalculate_all_prices`, `recalculate_prices`).
+//!
+//! Plumbing (Redis, the store, the process):
+//! - [`config`]: typed settings read from the environment; a bad value names its variable.
 //! - [`redis_pool`]: a small pool of multiplexed, self-reconnecting Redis connections.
-//! - [`shutdown`]: the SIGTERM / Ctrl-C future every binary stops on.
+//! - [`cache`]: the cached price format, its re-validation on read, and the price cache.
+//! - [`lock`]: the Redis distributed lock (watchdog, fencing) and fenced cache writes.
+//! - [`event_bus`]: where events travel and the bus that appends and publishes them.
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its two implementations,
 //!   SQLite and PostgreSQL, plus the deterministic seed generator and the CSV importer.
+//! - [`telemetry`]: tracing subscriber, JSON logs on request, OTLP export when configured,
+//!   W3C trace context across processes.
+//! - [`metrics`]: the process-wide Prometheus recorder and its histogram buckets.
+//! - [`ops`]: `/health`, `/ready` and `/metrics`, built one way for every service.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future every binary stops on.
 
 pub mod cache;
 pub mod config;

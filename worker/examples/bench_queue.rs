@@ -305,7 +305,7 @@ async fn drain(
     } else {
         Consume::Strict(queues.iter().map(|q| q.to_string()).collect())
     };
-    let settings = worker::config::Settings {
+    let settings = worker::Settings {
         redis: RedisSettings::for_url(url, ns),
         database: DatabaseSettings::for_url("sqlite::memory:", 1),
         telemetry: TelemetrySettings {

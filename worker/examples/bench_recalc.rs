@@ -80,7 +80,7 @@ async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figur
     }
 
     let ns = format!("bench-recalc-{}", label.to_ascii_lowercase());
-    let settings = worker::config::Settings {
+    let settings = worker::Settings {
         redis: RedisSettings::for_url(url, &ns),
         database,
         telemetry: TelemetrySettings {

@@ -11,7 +11,7 @@ use shared::config::{
 };
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
-pub const SERVICE_NAME: &str = "pricing-worker";
+pub(crate) const SERVICE_NAME: &str = "pricing-worker";
 
 /// Everything the worker needs to start.
 #[derive(Debug, Clone)]

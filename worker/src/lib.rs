@@ -1,7 +1,7 @@
 //! The worker: runs queued jobs off the request path, with apalis.
 //!
 //! One process is one apalis worker of `WORKER_CONCURRENCY` slots, fed by
-//! [`backend::RedisBackend`] from the shared Redis queue. Beside it run:
+//! the backend (`backend`) from the shared Redis queue. Beside it run:
 //!
 //! - the **heartbeat**, which extends the leases of every job this process
 //!   holds, so a long job is never handed to another worker while this one
@@ -10,36 +10,44 @@
 //! - the **maintenance** loop, which any worker may run: it moves due
 //!   scheduled jobs and retries into the queue, takes back jobs whose worker
 //!   died (expired lease), and deletes records past their retention;
-//! - the `/metrics`, `/health` and `/ready` server on `WORKER_METRICS_ADDR` ([`ops`]).
+//! - the `/metrics`, `/health` and `/ready` server on `WORKER_METRICS_ADDR` (`ops`).
 //!
 //! On SIGTERM the worker stops fetching, lets in-flight jobs finish for up to
 //! `WORKER_SHUTDOWN_TIMEOUT_SECS`, then puts whatever it still holds back at
 //! the head of the queue. Nothing is lost.
 //!
 //! # Layout
-//! - [`config`]: [`config::Settings`] from the environment.
-//! - [`backend`]: the apalis backend and the outcome recorder.
-//! - [`registry`]: job name → handler.
-//! - [`running`]: the running handlers; time limits and revokes.
-//! - [`scheduler`]: the periodic jobs, each tick queued once by whichever worker sees it first.
+//! The modules are private but [`jobs`]; what tests, benches and `main.rs`
+//! use is re-exported here.
+//! - `config`: [`Settings`] from the environment.
+//! - `backend`: the apalis backend over the queue (fetch, blocking waits on
+//!   empty queues) and the outcome recorder.
+//! - `background`: the heartbeat, the control channel (revokes) and maintenance.
+//! - `registry`: job name → handler ([`Registry`], [`JobContext`]).
+//! - `running`: the running handlers; time limits and revokes.
+//! - `scheduler`: the periodic jobs, each tick queued once by whichever worker sees it first.
 //! - [`jobs`]: the built-in handlers.
-//! - [`metrics`]: the worker's Prometheus series.
-//! - [`ops`]: `/health`, `/ready` and `/metrics` on `WORKER_METRICS_ADDR`.
-//! - [`Worker`]: build, run, stop.
+//! - `metrics`: the worker's Prometheus series.
+//! - `ops`: `/health`, `/ready` and `/metrics` on `WORKER_METRICS_ADDR`.
+//! - [`Worker`]: build, run, stop; [`run`] and [`full_registry`] for `main.rs`.
 
-pub mod backend;
-pub mod config;
+mod backend;
+mod background;
+mod config;
 pub mod jobs;
-pub mod metrics;
-pub mod ops;
-pub mod registry;
-pub mod running;
-pub mod scheduler;
+mod metrics;
+mod ops;
+mod registry;
+mod running;
+mod scheduler;
+
+pub use config::{Settings, certificates_in};
+pub use registry::{JobContext, Registry};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt as _;
@@ -50,22 +58,6 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::backend::{InFlight, QueuedJob, RedisBackend};
-use crate::config::Settings;
-use crate::registry::{JobContext, Registry};
-
-/// Longest pause of the maintenance loop; it also bounds how late a due
-/// delayed job or retry can start.
-const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
-
-/// How often expired leases are looked for.
-const REAP_EVERY: Duration = Duration::from_secs(1);
-
-/// How often expired records are deleted.
-const CLEANUP_EVERY: Duration = Duration::from_secs(10);
-
-/// How often maintenance samples each queue's counters for the dashboard's
-/// rates (`Queue::throughput`; any number of workers add one per second at most).
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// State the job function needs.
 struct Shared {
@@ -188,7 +180,7 @@ impl Worker {
         );
 
         let running = running::Running::default();
-        let reporter = Reporter {
+        let reporter = background::Reporter {
             registry: queue::workers::WorkerRegistry::new(
                 self.queues.pool().clone(),
                 &self.settings.redis.namespace,
@@ -226,7 +218,7 @@ impl Worker {
             ttl: self.settings.queue.lease,
         };
         reporter.beat().await;
-        let heartbeat = tokio::spawn(heartbeat(
+        let heartbeat = tokio::spawn(background::heartbeat(
             self.queues.clone(),
             self.inflight.clone(),
             running.clone(),
@@ -234,7 +226,7 @@ impl Worker {
             self.settings.clone(),
             stop_rx.clone(),
         ));
-        let control = tokio::spawn(control(
+        let control = tokio::spawn(background::control(
             self.queues.clone(),
             self.inflight.clone(),
             running.clone(),
@@ -251,7 +243,7 @@ impl Worker {
             )
             .run(stop_rx.clone()),
         );
-        let maintenance = tokio::spawn(maintenance(self.queues.clone(), stop_rx));
+        let maintenance = tokio::spawn(background::maintenance(self.queues.clone(), stop_rx));
 
         let shared = Arc::new(Shared {
             registry: self.registry.clone(),
@@ -402,176 +394,6 @@ async fn execute(job: QueuedJob, shared: Data<Arc<Shared>>) -> Result<JobOutcome
         Err(e) => {
             tracing::warn!(job_id = %job.id, job = %job.name, attempt = job.attempt, error = %e, "job failed");
             Err(Box::new(e) as BoxDynError)
-        }
-    }
-}
-
-/// Writes this worker's entry in the live registry.
-#[derive(Clone)]
-struct Reporter {
-    registry: queue::workers::WorkerRegistry,
-    running: running::Running,
-    /// The fixed part; busy and jobs are filled in on each beat.
-    report: queue::workers::WorkerReport,
-    ttl: Duration,
-}
-
-impl Reporter {
-    async fn beat(&self) {
-        let jobs = self.running.held();
-        let report = queue::workers::WorkerReport {
-            busy: jobs.len(),
-            jobs,
-            ..self.report.clone()
-        };
-        if let Err(e) = self.registry.beat(&report, self.ttl).await {
-            tracing::warn!(error = %e, "could not report to the worker registry");
-        }
-    }
-}
-
-/// Every `JOB_HEARTBEAT_SECS` until stopped: extends this process's leases,
-/// cancels the held jobs the heartbeat finds revoked, and reports this
-/// worker to the live registry.
-async fn heartbeat(
-    queues: Queues,
-    inflight: InFlight,
-    running: running::Running,
-    reporter: Reporter,
-    settings: Settings,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(settings.queue.heartbeat) => {}
-        }
-        reporter.beat().await;
-        for (name, held) in inflight.leases_by_queue() {
-            let Some(queue) = queues.get(&name) else {
-                continue;
-            };
-            match queue.extend(&held).await {
-                Ok(found) => {
-                    for id in found.lost {
-                        tracing::warn!(job_id = %id, queue = %name, "lease lost; another worker may run this job");
-                        // Only the lease that was sent: the job may have been
-                        // leased again meanwhile under a new token.
-                        if let Some((_, token)) = held.iter().find(|(h, _)| *h == id) {
-                            inflight.take(&id, token);
-                        }
-                    }
-                    for id in found.revoked {
-                        running.revoke(&id, true, settings.revoke_grace);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, queue = %name, held = held.len(), "heartbeat failed")
-                }
-            }
-        }
-    }
-}
-
-/// Listens on the control channel (`revoke <queue> <id>`) and cancels the
-/// revoked jobs this process holds; subscribes again after any failure.
-async fn control(
-    queues: Queues,
-    inflight: InFlight,
-    running: running::Running,
-    settings: Settings,
-    mut stop: watch::Receiver<bool>,
-) {
-    use futures::StreamExt as _;
-    let channel = shared::keys::Keys::new(&settings.redis.namespace).control_channel();
-    let mut delay = shared::redis_pool::INITIAL_RECONNECT_DELAY;
-    loop {
-        match queues.pool().pubsub().await {
-            Ok(mut sub) => match sub.subscribe(&channel).await {
-                Ok(()) => {
-                    delay = shared::redis_pool::INITIAL_RECONNECT_DELAY;
-                    let mut messages = sub.on_message();
-                    loop {
-                        tokio::select! {
-                            _ = stop.changed() => return,
-                            msg = messages.next() => {
-                                let Some(msg) = msg else { break };
-                                let text: String = msg.get_payload().unwrap_or_default();
-                                if let Some(id) = text.strip_prefix("revoke ").and_then(|r| r.split_whitespace().nth(1)) {
-                                    let held = inflight.leases().iter().any(|(h, _)| h == id);
-                                    running.revoke(id, held, settings.revoke_grace);
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to the control channel"),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot open the control channel")
-            }
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(shared::redis_pool::MAX_RECONNECT_DELAY);
-    }
-}
-
-/// Promotes due jobs, reaps expired leases and cleans up old records until stopped.
-async fn maintenance(queues: Queues, mut stop: watch::Receiver<bool>) {
-    let mut last_reap = Instant::now() - REAP_EVERY;
-    let mut last_cleanup = Instant::now();
-    let mut last_sample = Instant::now() - SAMPLE_EVERY;
-    loop {
-        let mut pause = MAINTENANCE_TICK;
-        let reap = last_reap.elapsed() >= REAP_EVERY;
-        let cleanup = last_cleanup.elapsed() >= CLEANUP_EVERY;
-        let sample = last_sample.elapsed() >= SAMPLE_EVERY;
-        for (name, queue) in queues.iter() {
-            match queue.promote_due().await {
-                Ok((moved, next)) => {
-                    if moved >= queue::MAINTENANCE_BATCH {
-                        pause = Duration::ZERO;
-                    } else if let Some(next) = next {
-                        pause = pause.min(next.max(Duration::from_millis(1)));
-                    }
-                }
-                Err(e) => tracing::warn!(queue = name, error = %e, "promoting due jobs failed"),
-            }
-            if reap {
-                match queue.reap_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(
-                        queue = name,
-                        jobs = n,
-                        "took back jobs whose worker was lost"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(queue = name, error = %e, "reaping expired leases failed")
-                    }
-                }
-            }
-            if cleanup && let Err(e) = queue.cleanup().await {
-                tracing::warn!(queue = name, error = %e, "deleting expired records failed");
-            }
-            if sample && let Err(e) = queue.throughput(queue::browse::RATE_WINDOW).await {
-                tracing::debug!(queue = name, error = %e, "sampling the queue's counters failed");
-            }
-        }
-        if sample {
-            last_sample = Instant::now();
-        }
-        if reap {
-            last_reap = Instant::now();
-        }
-        if cleanup {
-            last_cleanup = Instant::now();
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     shared::shutdown::exit_code(
         async {
-            let settings = worker::config::Settings::from_env()?;
+            let settings = worker::Settings::from_env()?;
             let _telemetry = shared::telemetry::init(&settings.telemetry)?;
             worker::run(settings, shared::shutdown::signal()).await
         }

@@ -15,50 +15,50 @@
 //! to `exported_job`.
 
 /// Counts a handler start.
-pub fn record_start(job: &str) {
+pub(crate) fn record_start(job: &str) {
     metrics::counter!("jobs_started_total", "job_type" => job.to_string()).increment(1);
 }
 
 /// Counts an outcome.
-pub fn record_outcome(job: &str, outcome: &'static str) {
+pub(crate) fn record_outcome(job: &str, outcome: &'static str) {
     metrics::counter!("jobs_finished_total", "job_type" => job.to_string(), "outcome" => outcome)
         .increment(1);
 }
 
 /// Counts jobs a fetch put back for being over their type's rate limit.
-pub fn record_rate_limited(queue: &str, n: u64) {
+pub(crate) fn record_rate_limited(queue: &str, n: u64) {
     metrics::counter!("rate_limit_deferrals_total", "queue" => queue.to_string()).increment(n);
 }
 
 /// Counts a time limit reached (`soft` or `hard`).
-pub fn record_time_limited(job: &str, limit: &'static str) {
+pub(crate) fn record_time_limited(job: &str, limit: &'static str) {
     metrics::counter!("jobs_time_limited_total", "job_type" => job.to_string(), "limit" => limit)
         .increment(1);
 }
 
 /// Counts what a scheduler pass did with a schedule's tick: `enqueued`
 /// (by this worker), `taken` (another worker had) or `skipped` (missed).
-pub fn record_schedule_tick(schedule: &str, outcome: &'static str) {
+pub(crate) fn record_schedule_tick(schedule: &str, outcome: &'static str) {
     metrics::counter!("schedule_ticks_total", "schedule" => schedule.to_string(), "outcome" => outcome)
         .increment(1);
 }
 
 /// Counts a job cancelled by a revoke.
-pub fn record_revoked(job: &str) {
+pub(crate) fn record_revoked(job: &str) {
     metrics::counter!("jobs_revoked_total", "job_type" => job.to_string()).increment(1);
 }
 
 /// Records a handler's run time.
-pub fn record_duration(job: &str, seconds: f64) {
+pub(crate) fn record_duration(job: &str, seconds: f64) {
     metrics::histogram!("job_duration_seconds", "job_type" => job.to_string()).record(seconds);
 }
 
 /// Tracks the busy-slots gauge for the lifetime of the guard.
-pub struct BusySlot;
+pub(crate) struct BusySlot;
 
 impl BusySlot {
     /// Marks a slot busy.
-    pub fn take() -> Self {
+    pub(crate) fn take() -> Self {
         metrics::gauge!("worker_busy_slots").increment(1.0);
         BusySlot
     }
@@ -71,7 +71,7 @@ impl Drop for BusySlot {
 }
 
 /// Describes the worker's series to the process-wide recorder.
-pub fn describe() {
+pub(crate) fn describe() {
     metrics::describe_counter!("jobs_started_total", "Job attempts started, by job type");
     metrics::describe_counter!(
         "jobs_finished_total",

@@ -11,7 +11,7 @@ use crate::backend::InFlight;
 
 /// What the worker's operations endpoints read.
 #[derive(Clone)]
-pub struct WorkerProbe {
+pub(crate) struct WorkerProbe {
     /// Every queue, for the depth gauges and the Redis check.
     pub queues: Queues,
     /// The jobs this process holds a lease on.
@@ -21,7 +21,7 @@ pub struct WorkerProbe {
 }
 
 /// The `/metrics`, `/health` and `/ready` router.
-pub fn router(probe: WorkerProbe) -> axum::Router {
+pub(crate) fn router(probe: WorkerProbe) -> axum::Router {
     let router = shared::ops::router().with_state(probe);
     // The recorder is installed now: describe before any job is counted.
     crate::metrics::describe();

@@ -25,7 +25,7 @@ use queue::{JobError, JobOutcome, TimeLimit};
 use tokio_util::sync::CancellationToken;
 
 /// The reason a revoked job's result gives.
-pub const REVOKED: &str = "revoked";
+pub(crate) const REVOKED: &str = "revoked";
 
 struct Entry {
     /// The job, as the worker registry shows it.
@@ -47,10 +47,10 @@ struct Inner {
 
 /// The running handlers, by job id.
 #[derive(Clone, Default)]
-pub struct Running(Arc<Mutex<Inner>>);
+pub(crate) struct Running(Arc<Mutex<Inner>>);
 
 /// One handler's tokens while it runs; dropping it forgets the job.
-pub struct Guard {
+pub(crate) struct Guard {
     running: Running,
     id: String,
     /// The handler's cancellation token.
@@ -66,7 +66,7 @@ impl Running {
 
     /// Registers a handler about to start; a job revoked while it waited
     /// starts cancelled.
-    pub fn start(&self, job: HeldJob) -> Guard {
+    pub(crate) fn start(&self, job: HeldJob) -> Guard {
         let id = job.id.clone();
         let id = id.as_str();
         let (cancel, kill) = (CancellationToken::new(), CancellationToken::new());
@@ -98,7 +98,7 @@ impl Running {
     /// Revokes job `id` if this process runs it (or holds it, `held`):
     /// fires its token now and drops its handler after `grace`. Returns
     /// whether the job was found.
-    pub fn revoke(&self, id: &str, held: bool, grace: Duration) -> bool {
+    pub(crate) fn revoke(&self, id: &str, held: bool, grace: Duration) -> bool {
         let mut inner = self.lock();
         match inner.running.get(id) {
             Some(e) => {
@@ -122,7 +122,7 @@ impl Running {
     }
 
     /// The jobs whose handlers run now, by start time.
-    pub fn held(&self) -> Vec<HeldJob> {
+    pub(crate) fn held(&self) -> Vec<HeldJob> {
         let mut jobs: Vec<HeldJob> = self
             .lock()
             .running
@@ -131,16 +131,6 @@ impl Running {
             .collect();
         jobs.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         jobs
-    }
-
-    /// How many handlers run now.
-    pub fn len(&self) -> usize {
-        self.lock().running.len()
-    }
-
-    /// Whether none runs.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -156,7 +146,7 @@ impl Guard {
     /// Runs `handler` under the job's time limit and its revoke: returns its
     /// outcome, a `time_limit_exceeded` failure past the hard limit, or
     /// `cancelled` when it was revoked (whatever the handler returned).
-    pub async fn run<F>(
+    pub(crate) async fn run<F>(
         &self,
         job_type: &str,
         limit: Option<TimeLimit>,

@@ -27,7 +27,7 @@ const MAX_PASS: Duration = Duration::from_secs(1);
 
 /// What one pass did with one schedule's tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TickOutcome {
+pub(crate) enum TickOutcome {
     /// This worker queued it.
     Enqueued,
     /// Another worker had queued it.
@@ -47,7 +47,7 @@ impl TickOutcome {
 }
 
 /// The scheduler of one worker.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     schedules: Vec<Schedule>,
     missed: Missed,
     queues: Queues,
@@ -68,7 +68,7 @@ async fn redis_now(pool: &RedisPool) -> redis::RedisResult<i64> {
 impl Scheduler {
     /// A scheduler of `schedules`; every one must name a job type of
     /// `registry` with arguments it accepts (checked at startup).
-    pub fn new(
+    pub(crate) fn new(
         schedules: Vec<Schedule>,
         missed: Missed,
         queues: Queues,
@@ -87,7 +87,7 @@ impl Scheduler {
 
     /// One pass at Redis time `now`: handles every schedule's latest tick
     /// not handled yet, and returns the earliest next tick.
-    pub async fn pass(&mut self, now: i64) -> Option<i64> {
+    pub(crate) async fn pass(&mut self, now: i64) -> Option<i64> {
         let mut next: Option<i64> = None;
         for i in 0..self.schedules.len() {
             let s = &self.schedules[i];
@@ -151,7 +151,7 @@ impl Scheduler {
     }
 
     /// Runs passes until `stop` changes.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         if self.schedules.is_empty() {
             return;
         }

@@ -18,10 +18,10 @@ use crate::routes::tasks::TaskStatus;
 use crate::state::AppState;
 
 /// Newest market events the overview shows.
-pub const RECENT_EVENTS: usize = 10;
+pub(crate) const RECENT_EVENTS: usize = 10;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/dashboard/overview", get(overview))
         .route("/api/v1/queues/{name}/jobs", get(jobs))
@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
 
 /// Everything the overview page shows, in one call.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Overview {
+pub(crate) struct Overview {
     /// Every queue, by name.
     pub queues: Vec<QueueOverview>,
     /// The live workers, summed.
@@ -42,7 +42,7 @@ pub struct Overview {
 
 /// One queue on the overview.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct QueueOverview {
+pub(crate) struct QueueOverview {
     /// The queue.
     pub name: String,
     /// Depths by state, lifetime counters, whether paused.
@@ -54,7 +54,7 @@ pub struct QueueOverview {
 
 /// The live workers, summed.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-pub struct WorkersSummary {
+pub(crate) struct WorkersSummary {
     /// Workers whose lease has not run out.
     pub live: usize,
     /// Their slots.
@@ -74,7 +74,7 @@ pub struct WorkersSummary {
         (status = 200, description = "The overview", body = Overview),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
-pub async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
+pub(crate) async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
     let queues = futures::future::try_join_all(state.queues.iter().map(|(name, q)| async move {
         let (depths, throughput) = tokio::try_join!(q.depths(), q.throughput(RATE_WINDOW))?;
         Ok::<_, ApiError>(QueueOverview {
@@ -113,7 +113,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, A
 /// Query of a job listing.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct JobsQuery {
+pub(crate) struct JobsQuery {
     /// pending (default), scheduled, running, retrying, succeeded, failed,
     /// skipped or cancelled.
     pub state: Option<String>,
@@ -125,7 +125,7 @@ pub struct JobsQuery {
 
 /// A page of one queue's jobs in one state.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct JobList {
+pub(crate) struct JobList {
     /// The queue.
     pub queue: String,
     /// The state listed.
@@ -153,7 +153,7 @@ pub struct JobList {
         (status = 422, description = "Bad state, cursor or limit", body = ErrorBody),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
-pub async fn jobs(
+pub(crate) async fn jobs(
     State(state): State<AppState>,
     ValidPath(name): ValidPath<String>,
     ValidQuery(query): ValidQuery<JobsQuery>,

@@ -22,13 +22,13 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/api/v1/publish-market-event", post(publish))
 }
 
 /// The answer to a publish.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EventPublished {
+pub(crate) struct EventPublished {
     /// Always `Event published`.
     pub status: String,
     /// The pub/sub channel it went to.
@@ -66,7 +66,7 @@ impl From<EventError> for ApiError {
         (status = 422, description = "Unknown kind or invalid field", body = ErrorBody),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
-pub async fn publish(
+pub(crate) async fn publish(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<(StatusCode, Json<EventPublished>), ApiError> {

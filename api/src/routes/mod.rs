@@ -1,13 +1,13 @@
 //! The HTTP routes, one module per feature, each exposing `router()`.
 
-pub mod dashboard;
-pub mod events;
-pub mod ops;
-pub mod pages;
-pub mod price;
-pub mod queues;
-pub mod tasks;
-pub mod workers;
+pub(crate) mod dashboard;
+pub(crate) mod events;
+pub(crate) mod ops;
+pub(crate) mod pages;
+pub(crate) mod price;
+pub(crate) mod queues;
+pub(crate) mod tasks;
+pub(crate) mod workers;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -20,7 +20,7 @@ use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
 /// The whole application router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(price::router())
         .merge(ops::router())

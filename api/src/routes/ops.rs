@@ -11,7 +11,7 @@ use crate::config::SERVICE_NAME;
 use crate::state::AppState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     shared::ops::router()
 }
 

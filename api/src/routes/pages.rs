@@ -23,11 +23,11 @@ const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
 
 /// The policy of every dashboard response.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/dashboard", get(index))
         .route(
@@ -65,7 +65,7 @@ fn secured(content_type: &'static str, body: String) -> Response {
 }
 
 /// Escapes text for an HTML attribute value in double quotes.
-pub fn escape_attr(s: &str) -> String {
+pub(crate) fn escape_attr(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -15,7 +15,7 @@ use crate::service;
 use crate::state::AppState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/price", post(post_price))
         .route("/api/v1/price/{product_id}", get(get_price))
@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
         (status = 503, description = "Catalog store unavailable (and no cached price)", body = ErrorBody),
     )
 )]
-pub async fn post_price(
+pub(crate) async fn post_price(
     State(state): State<AppState>,
     ValidJson(req): ValidJson<PriceRequest>,
 ) -> Result<Json<PriceDetail>, ApiError> {
@@ -58,7 +58,7 @@ pub async fn post_price(
         (status = 503, description = "Catalog store unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_price(
+pub(crate) async fn get_price(
     State(state): State<AppState>,
     ValidPath(product_id): ValidPath<String>,
     ValidQuery(query): ValidQuery<PriceQuery>,
@@ -82,7 +82,7 @@ pub async fn get_price(
         (status = 503, description = "Catalog store unavailable", body = ErrorBody),
     )
 )]
-pub async fn post_batch(
+pub(crate) async fn post_batch(
     State(state): State<AppState>,
     ValidJson(req): ValidJson<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {

@@ -12,7 +12,7 @@ use crate::extract::{Admin, ValidPath};
 use crate::state::AppState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/queues", get(list))
         .route("/api/v1/queues/{name}", get(one))
@@ -22,14 +22,14 @@ pub fn router() -> Router<AppState> {
 
 /// Depths of every queue.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct QueueDepths {
+pub(crate) struct QueueDepths {
     /// Queue name → depths by state.
     pub queues: std::collections::BTreeMap<String, Depths>,
 }
 
 /// One queue's depths.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct QueueDetail {
+pub(crate) struct QueueDetail {
     /// The queue.
     pub queue: String,
     /// Its depths, counters and whether it is paused.
@@ -47,7 +47,7 @@ fn queue_named<'a>(state: &'a AppState, name: &str) -> Result<&'a Queue, ApiErro
 /// Every queue's depths by state.
 #[utoipa::path(get, path = "/api/v1/queues", tag = "queues",
     responses((status = 200, description = "Depths by state, lifetime counters and whether paused, of every queue", body = QueueDepths)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<QueueDepths>, ApiError> {
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<QueueDepths>, ApiError> {
     let mut queues = std::collections::BTreeMap::new();
     for (name, queue) in state.queues.iter() {
         queues.insert(name.to_string(), queue.depths().await?);
@@ -62,7 +62,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<QueueDepths>, Ap
         (status = 200, description = "The queue", body = QueueDetail),
         (status = 404, description = "No such queue", body = ErrorBody),
     ))]
-pub async fn one(
+pub(crate) async fn one(
     State(state): State<AppState>,
     ValidPath(name): ValidPath<String>,
 ) -> Result<Json<QueueDetail>, ApiError> {
@@ -82,7 +82,7 @@ pub async fn one(
         (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
         (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
-pub async fn pause(
+pub(crate) async fn pause(
     _admin: Admin,
     State(state): State<AppState>,
     ValidPath(name): ValidPath<String>,
@@ -99,7 +99,7 @@ pub async fn pause(
         (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
         (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
-pub async fn resume(
+pub(crate) async fn resume(
     _admin: Admin,
     State(state): State<AppState>,
     ValidPath(name): ValidPath<String>,

@@ -15,10 +15,10 @@ use crate::extract::{Admin, ValidPath, ValidQuery};
 use crate::state::AppState;
 
 /// Most dead jobs one listing returns.
-pub const MAX_DEAD_LIMIT: usize = 1_000;
+pub(crate) const MAX_DEAD_LIMIT: usize = 1_000;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/tasks/dead", get(dead))
         .route("/api/v1/tasks/{task_id}", get(status).delete(cancel))
@@ -28,7 +28,7 @@ pub fn router() -> Router<AppState> {
 
 /// A task as the API reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TaskStatus {
+pub(crate) struct TaskStatus {
     /// The task id.
     pub task_id: String,
     /// The queue that holds it.
@@ -69,7 +69,7 @@ pub struct TaskStatus {
 
 impl TaskStatus {
     /// The status of a task of `queue`.
-    pub fn of(queue: &str, s: JobStatus) -> Self {
+    pub(crate) fn of(queue: &str, s: JobStatus) -> Self {
         let t = |ms: Option<i64>| ms.and_then(queue::ms_to_datetime);
         let r = s.record;
         TaskStatus {
@@ -103,7 +103,7 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
 
 /// The dead set.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DeadList {
+pub(crate) struct DeadList {
     /// Failed tasks, newest first.
     pub tasks: Vec<TaskStatus>,
 }
@@ -111,14 +111,14 @@ pub struct DeadList {
 /// Query of the dead-set listing.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct DeadQuery {
+pub(crate) struct DeadQuery {
     /// How many to list (1–1,000, default 50).
     pub limit: Option<usize>,
 }
 
 /// A task accepted into the queue.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The task id.
     pub task_id: String,
     /// Where to follow it.
@@ -127,7 +127,7 @@ pub struct Accepted {
 
 /// A recalculation trigger's answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Triggered {
+pub(crate) struct Triggered {
     /// The task that will run (an already waiting one when `joined`).
     pub task_id: String,
     /// Where to follow it.
@@ -138,7 +138,7 @@ pub struct Triggered {
 
 /// A running task being revoked.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Revoking {
+pub(crate) struct Revoking {
     /// The task id.
     pub task_id: String,
     /// Always `revoking`: it will end `cancelled`.
@@ -149,7 +149,7 @@ pub struct Revoking {
 
 /// A cancelled task.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Cancelled {
+pub(crate) struct Cancelled {
     /// The task id.
     pub task_id: String,
     /// Always `cancelled`.
@@ -173,7 +173,7 @@ fn not_found(id: &str) -> ApiError {
         (status = 404, description = "Unknown (or expired) task id; never reported as pending", body = ErrorBody),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
-pub async fn status(
+pub(crate) async fn status(
     State(state): State<AppState>,
     ValidPath(task_id): ValidPath<String>,
 ) -> Result<Json<TaskStatus>, ApiError> {
@@ -200,7 +200,7 @@ pub async fn status(
         (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
         (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
-pub async fn cancel(
+pub(crate) async fn cancel(
     _admin: Admin,
     State(state): State<AppState>,
     ValidPath(task_id): ValidPath<String>,
@@ -254,7 +254,7 @@ fn too_late(task_id: &str, s: JobState) -> ApiError {
         (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
         (status = 403, description = "Wrong bearer token", body = ErrorBody),
     ))]
-pub async fn retry(
+pub(crate) async fn retry(
     _admin: Admin,
     State(state): State<AppState>,
     ValidPath(task_id): ValidPath<String>,
@@ -285,7 +285,7 @@ pub async fn retry(
         (status = 200, description = "Failed tasks with their last error", body = DeadList),
         (status = 422, description = "Bad limit", body = ErrorBody),
     ))]
-pub async fn dead(
+pub(crate) async fn dead(
     State(state): State<AppState>,
     ValidQuery(query): ValidQuery<DeadQuery>,
 ) -> Result<Json<DeadList>, ApiError> {
@@ -321,7 +321,7 @@ pub async fn dead(
         (status = 403, description = "Wrong bearer token", body = ErrorBody),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
-pub async fn recalculate_all(
+pub(crate) async fn recalculate_all(
     _admin: Admin,
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {

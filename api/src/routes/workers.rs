@@ -14,7 +14,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Routes of this module.
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/workers", get(list))
         .route("/api/v1/schedules", get(schedules))
@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
 
 /// Every live worker.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WorkerList {
+pub(crate) struct WorkerList {
     /// The workers whose last heartbeat is within their lease, by id.
     pub workers: Vec<WorkerInfo>,
 }
@@ -36,7 +36,7 @@ pub struct WorkerList {
         (status = 200, description = "The live workers", body = WorkerList),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
     ))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     Ok(Json(WorkerList {
         workers: live_workers(&state).await?,
     }))
@@ -51,14 +51,14 @@ async fn live_workers(state: &AppState) -> Result<Vec<WorkerInfo>, ApiError> {
 
 /// Every schedule the live workers run.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ScheduleList {
+pub(crate) struct ScheduleList {
     /// By name.
     pub schedules: Vec<ScheduleStatus>,
 }
 
 /// One schedule: its definition, its last and next run.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ScheduleStatus {
+pub(crate) struct ScheduleStatus {
     /// The definition (as the first live worker, by id, reports it).
     #[serde(flatten)]
     pub definition: ScheduleDef,
@@ -78,7 +78,9 @@ pub struct ScheduleStatus {
         (status = 200, description = "The schedules", body = ScheduleList),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
     ))]
-pub async fn schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
+pub(crate) async fn schedules(
+    State(state): State<AppState>,
+) -> Result<Json<ScheduleList>, ApiError> {
     let mut by_name: std::collections::BTreeMap<String, (ScheduleDef, usize)> = Default::default();
     for w in live_workers(&state).await? {
         for def in w.report.schedules {

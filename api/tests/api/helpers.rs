@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::config::Settings;
-use api::startup::Application;
-use api::state::AppState;
+use api::AppState;
+use api::Application;
+use api::Settings;
 use serde_json::Value;
 use shared::config::{
     CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,

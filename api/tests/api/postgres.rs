@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use api::startup::Application;
+use api::Application;
 use serde_json::{Value, json};
 use shared::store;
 use testkit::{PostgresServer, RedisServer};

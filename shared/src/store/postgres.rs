@@ -33,6 +33,11 @@
 //! Timestamps are `TIMESTAMPTZ`, which keeps microseconds: two observations
 //! less than a microsecond apart count as simultaneous (the later-applied
 //! one wins), where SQLite's text keeps nanoseconds.
+//!
+//! It is one file of about 650 lines on purpose: it is the whole
+//! [`CatalogStore`](super::CatalogStore) for PostgreSQL, each method beside
+//! its SQL, and is read against `sqlite.rs` method by method; the contract
+//! suite (`shared/tests/store`) runs the same tests on both.
 
 use std::collections::HashSet;
 use std::str::FromStr;

@@ -12,7 +12,7 @@ use queue::{
 };
 use serde::{Deserialize, Serialize};
 use testkit::RedisServer;
-use worker::registry::{JobContext, Registry};
+use worker::{JobContext, Registry};
 
 use crate::helpers::{queue, settings, start, wait_for};
 

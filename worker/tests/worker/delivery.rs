@@ -10,7 +10,7 @@ use queue::{
 };
 use serde::{Deserialize, Serialize};
 use testkit::{RedisOptions, RedisServer};
-use worker::registry::Registry;
+use worker::Registry;
 
 use crate::helpers::{queue, settings, start, wait_for};
 

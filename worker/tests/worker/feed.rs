@@ -214,7 +214,7 @@ async fn run_recalc(
         FeedAt::Tls { trust_its_ca } => {
             let (url, stub, ca_pem) = start_tls_stub().await;
             if trust_its_ca {
-                extra_roots = worker::config::certificates_in(&ca_pem).unwrap();
+                extra_roots = worker::certificates_in(&ca_pem).unwrap();
             }
             (url, Some(stub))
         }
@@ -410,7 +410,7 @@ async fn gated_worker_settings(
     redis: &RedisServer,
     url: String,
     gate_id: String,
-) -> (GatedFeed, worker::config::Settings) {
+) -> (GatedFeed, worker::Settings) {
     let feed = GatedFeed {
         gate_id,
         open: Arc::default(),
@@ -478,7 +478,7 @@ async fn a_running_recalculation_shows_its_progress() {
 /// A recalculation held at its second page by the feed, which never lets it
 /// go: only a handler that listens to its cancellation token can end.
 async fn held_recalculation(
-    tune: impl FnOnce(&mut worker::config::Settings),
+    tune: impl FnOnce(&mut worker::Settings),
 ) -> (
     RedisServer,
     crate::helpers::RunningWorker,

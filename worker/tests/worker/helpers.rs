@@ -8,9 +8,9 @@ use shared::redis_pool::RedisPool;
 use testkit::RedisServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use worker::Registry;
+use worker::Settings;
 use worker::Worker;
-use worker::config::Settings;
-use worker::registry::Registry;
 
 pub const NS: &str = "wt";
 

@@ -9,7 +9,7 @@ use queue::{
 };
 use serde::{Deserialize, Serialize};
 use testkit::RedisServer;
-use worker::registry::Registry;
+use worker::Registry;
 
 use crate::helpers::{queue, settings, start, wait_for};
 
@@ -46,7 +46,7 @@ type Starts = Arc<Mutex<Vec<(String, Instant)>>>;
 fn registry(starts: Starts) -> Registry {
     let mut registry = worker::jobs::registry();
     let s = starts.clone();
-    registry.register(move |_: Flaky, ctx: worker::registry::JobContext| {
+    registry.register(move |_: Flaky, ctx: worker::JobContext| {
         let s = s.clone();
         async move {
             s.lock().unwrap().push((ctx.id.clone(), Instant::now()));
@@ -56,7 +56,7 @@ fn registry(starts: Starts) -> Registry {
             )))
         }
     });
-    registry.register(move |_: Doomed, ctx: worker::registry::JobContext| {
+    registry.register(move |_: Doomed, ctx: worker::JobContext| {
         let s = starts.clone();
         async move {
             s.lock().unwrap().push((ctx.id.clone(), Instant::now()));
@@ -252,7 +252,7 @@ async fn a_panicking_handler_buries_its_job_and_the_worker_goes_on() {
     let redis = RedisServer::start().await;
     let q = queue(&redis, QueueSettings::default());
     let mut registry = worker::jobs::registry();
-    registry.register(|_: Panics, _ctx: worker::registry::JobContext| async move {
+    registry.register(|_: Panics, _ctx: worker::JobContext| async move {
         let v: Vec<u8> = Vec::new();
         // An out-of-bounds index: a bug in a handler.
         Ok::<_, JobError>(JobOutcome::succeeded(serde_json::json!(v[3])))

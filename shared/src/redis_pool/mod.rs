@@ -32,12 +32,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisFuture, Value};
+use redis::{Cmd, Value};
 
 use crate::config::RedisSettings;
+
+mod conn;
+mod tls;
+
+pub use conn::{Conn, LazyCluster};
+use tls::{extra_roots, single_client};
 
 /// Reconnection attempts a manager makes per failed command before giving up
 /// on that command. Kept low so that a dead Redis fails requests fast instead
@@ -51,89 +56,6 @@ const CLUSTER_RETRIES: u32 = 4;
 /// Response timeout of a [`RedisPool::dedicated`] connection: a pipelined
 /// write of thousands of keys may take longer than one command.
 pub const BULK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One connection of the pool, or a dedicated one: commands sent through
-/// it go to the one server, or to the cluster node that owns their keys.
-#[derive(Clone)]
-pub enum Conn {
-    /// To one server, reconnecting by itself.
-    Managed(ConnectionManager),
-    /// To one server, for one task (fails once the server is gone).
-    Multiplexed(redis::aio::MultiplexedConnection),
-    /// To a Redis Cluster, connected on first use.
-    Cluster(LazyCluster),
-}
-
-/// A cluster connection opened on its first command, so a pool can be
-/// built without Redis, and opened again if that first attempt failed.
-#[derive(Clone)]
-pub struct LazyCluster {
-    inner: Arc<LazyInner>,
-}
-
-struct LazyInner {
-    client: ClusterClient,
-    config: ClusterConfig,
-    cell: tokio::sync::OnceCell<ClusterConnection>,
-}
-
-impl LazyCluster {
-    fn new(client: ClusterClient, config: ClusterConfig) -> Self {
-        Self {
-            inner: Arc::new(LazyInner {
-                client,
-                config,
-                cell: tokio::sync::OnceCell::new(),
-            }),
-        }
-    }
-
-    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
-        let inner = &self.inner;
-        inner
-            .cell
-            .get_or_try_init(|| {
-                inner
-                    .client
-                    .get_async_connection_with_config(inner.config.clone())
-            })
-            .await
-            .cloned()
-    }
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Managed(c) => c.req_packed_command(cmd),
-            Conn::Multiplexed(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => Box::pin(async move {
-                let mut conn = c.connection().await?;
-                conn.req_packed_command(cmd).await
-            }),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => Box::pin(async move {
-                let mut conn = c.connection().await?;
-                conn.req_packed_commands(pipeline, offset, count).await
-            }),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
-}
 
 /// A cheaply clonable handle to the pool.
 #[derive(Clone)]
@@ -236,47 +158,6 @@ impl Tracker<'_> {
         }
         self.slot.healthy.store(healthy, Ordering::Relaxed);
         result
-    }
-}
-
-/// The roots to trust for TLS: the system's and `REDIS_CA_FILE`'s, as PEM;
-/// `None` without a CA file (the driver then reads the system's itself).
-fn extra_roots(settings: &RedisSettings) -> redis::RedisResult<Option<redis::TlsCertificates>> {
-    let Some(path) = &settings.ca_file else {
-        return Ok(None);
-    };
-    let mut pem = Vec::new();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        pem.extend_from_slice(pem_certificate(cert.as_ref()).as_bytes());
-    }
-    pem.extend(std::fs::read(path)?);
-    Ok(Some(redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
-    }))
-}
-
-/// A DER certificate as PEM.
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-/// A client for one server (or seed node), with the extra roots if any.
-fn single_client(
-    url: &str,
-    roots: &Option<redis::TlsCertificates>,
-) -> redis::RedisResult<redis::Client> {
-    match roots {
-        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
-        None => redis::Client::open(url),
     }
 }
 
@@ -622,47 +503,6 @@ impl RedisPool {
         Ok(())
     }
 
-    /// With TLS, whether a server refuses to be trusted: opens one
-    /// connection and returns the error when it fails on the server's
-    /// certificate. Any other outcome (success, an unreachable server, no
-    /// TLS) is `Ok`: a service starts while Redis is down, but not with a
-    /// CA that can never verify it.
-    pub async fn check_tls(&self) -> Result<(), String> {
-        let tls = match &self.inner.clients {
-            Clients::Single(c) => matches!(
-                c.get_connection_info().addr(),
-                redis::ConnectionAddr::TcpTls { .. }
-            ),
-            Clients::Cluster { seeds, .. } => seeds.iter().any(|c| {
-                matches!(
-                    c.get_connection_info().addr(),
-                    redis::ConnectionAddr::TcpTls { .. }
-                )
-            }),
-        };
-        if !tls {
-            return Ok(());
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.timeout))
-            .set_response_timeout(Some(self.inner.timeout));
-        let client = match &self.inner.clients {
-            Clients::Single(c) => Some(c),
-            Clients::Cluster { seeds, .. } => seeds.first(),
-        };
-        let probe = match client {
-            Some(c) => c
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map(|_| ()),
-            None => Ok(()),
-        };
-        match probe {
-            Err(e) if is_certificate_error(&e) => Err(e.to_string()),
-            _ => Ok(()),
-        }
-    }
-
     /// Current pool state.
     pub fn state(&self) -> PoolState {
         PoolState {
@@ -677,12 +517,6 @@ impl RedisPool {
             waits_short: self.inner.waits_short.load(Ordering::Relaxed),
         }
     }
-}
-
-/// Whether a connection failed because the server's certificate was refused.
-fn is_certificate_error(e: &redis::RedisError) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    text.contains("certificate") || text.contains("unknownissuer") || text.contains("invalid peer")
 }
 
 /// First pause between connection attempts at startup.

@@ -1,0 +1,188 @@
+//! W3C trace context across processes: reading a `traceparent` into a
+//! parent context, writing the current one out (into a queued job, a stream
+//! entry, an HTTP request), the head-sampling decision for an incoming
+//! request, and links to traces a batch serves.
+
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::Sampler;
+
+/// The W3C propagator, used directly: the global one sits behind a lock
+/// that every request would take twice.
+pub(crate) static PROPAGATOR: std::sync::LazyLock<TraceContextPropagator> =
+    std::sync::LazyLock::new(TraceContextPropagator::new);
+
+/// A `traceparent` / `tracestate` pair, as the propagator reads and writes it.
+#[derive(Default)]
+pub(crate) struct W3c {
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
+}
+
+impl opentelemetry::propagation::Injector for W3c {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.traceparent = Some(value),
+            "tracestate" => self.tracestate = Some(value).filter(|s| !s.is_empty()),
+            _ => {}
+        }
+    }
+}
+
+impl opentelemetry::propagation::Extractor for W3c {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent.as_deref(),
+            "tracestate" => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+pub(crate) fn extract(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> opentelemetry::Context {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    PROPAGATOR.extract(&W3c {
+        traceparent: traceparent.map(str::to_string),
+        tracestate: tracestate.map(str::to_string),
+    })
+}
+
+/// The W3C trace context (`traceparent`, `tracestate`) of the current span,
+/// for carrying it across Redis or HTTP. `None` when the span is not traced
+/// (no OpenTelemetry layer installed, e.g. export off).
+pub fn current_trace_context() -> Option<(String, Option<String>)> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    // A request dropped by head sampling passes its "not sampled" decision
+    // on, so the listener and the worker drop its trace too.
+    if let Ok(sc) = UNTRACED.try_with(Clone::clone) {
+        let state = sc.trace_state().header();
+        return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
+    }
+    let cx = tracing::Span::current().context();
+    let mut carrier = W3c::default();
+    PROPAGATOR.inject_context(&cx, &mut carrier);
+    Some((carrier.traceparent?, carrier.tracestate))
+}
+
+/// Makes `span` a child of the remote span described by `traceparent` (and
+/// `tracestate`). A missing or malformed `traceparent` leaves it a root.
+pub fn set_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if traceparent.is_none() {
+        return;
+    }
+    let cx = extract(traceparent, tracestate);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The configured sampler of a head-sampled service ([`init_head_sampled`]).
+pub(crate) static HEAD_SAMPLER: std::sync::OnceLock<Sampler> = std::sync::OnceLock::new();
+
+tokio::task_local! {
+    /// Set while a request that head sampling dropped runs: its span
+    /// context, not sampled, which [`current_trace_context`] passes on.
+    static UNTRACED: opentelemetry::trace::SpanContext;
+}
+
+pub(crate) fn untraced() -> bool {
+    UNTRACED.try_with(|_| ()).is_ok()
+}
+
+/// What head sampling decided for an incoming request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadDecision {
+    /// Trace it: create its spans as usual (also when head sampling is off).
+    Traced,
+    /// Do not: run it through [`run_untraced`] with this span context
+    /// (its trace id, a span id of its own, not sampled).
+    Untraced(opentelemetry::trace::SpanContext),
+}
+
+/// Decides with the configured sampler whether a request whose client sent
+/// `traceparent` (and `tracestate`), or none, is traced. Always
+/// [`HeadDecision::Traced`] unless the service was set up with
+/// [`init_head_sampled`] and exports spans.
+pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> HeadDecision {
+    use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
+    use opentelemetry_sdk::trace::{
+        IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample as _,
+    };
+    let Some(sampler) = HEAD_SAMPLER.get() else {
+        return HeadDecision::Traced;
+    };
+    // Most requests bring no trace context: nothing to parse then.
+    let parent = match traceparent {
+        Some(_) => extract(traceparent, tracestate),
+        None => opentelemetry::Context::new(),
+    };
+    let ids = RandomIdGenerator::default();
+    let parent_sc = parent.span().span_context().clone();
+    let trace_id = if parent_sc.is_valid() {
+        parent_sc.trace_id()
+    } else {
+        ids.new_trace_id()
+    };
+    let result =
+        sampler.should_sample(Some(&parent), trace_id, "http", &SpanKind::Server, &[], &[]);
+    match result.decision {
+        SamplingDecision::RecordAndSample | SamplingDecision::RecordOnly => HeadDecision::Traced,
+        SamplingDecision::Drop => HeadDecision::Untraced(SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            TraceFlags::default(),
+            false,
+            parent_sc.trace_state().clone(),
+        )),
+    }
+}
+
+/// The W3C `traceparent` of `context` (`00-{trace id}-{span id}-{flags}`),
+/// or `None` for an invalid one.
+pub fn traceparent_of(context: &opentelemetry::trace::SpanContext) -> Option<String> {
+    context.is_valid().then(|| {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Runs `fut` as a request head sampling dropped: the span helpers create
+/// no span inside it, and [`current_trace_context`] gives `context`.
+pub async fn run_untraced<F: std::future::Future>(
+    context: opentelemetry::trace::SpanContext,
+    fut: F,
+) -> F::Output {
+    UNTRACED.scope(context, fut).await
+}
+
+/// Links `span` to the remote span `traceparent`, for a span that works for
+/// several traces at once (a batch of events) but has only one parent.
+pub fn add_remote_link(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if traceparent.is_none() || span.is_disabled() {
+        return;
+    }
+    let cx = extract(traceparent, tracestate);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
