@@ -60,7 +60,7 @@ fn is_json(req: &Request) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Like [`parse_json`], but the body must be a JSON object. serde would
+/// Like `parse_json`, but the body must be a JSON object. serde would
 /// otherwise also accept a struct written as an array (`["P-1"]`), a form no
 /// client means to send.
 pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

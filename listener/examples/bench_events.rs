@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let store = shared::store::sqlite::SqliteStore::connect(&db, 4).await?;
     shared::store::seed::seed(&store, 1_000).await?;
 
-    let settings = listener::config::Settings {
+    let settings = listener::Settings {
         redis: RedisSettings::for_url(&url, NS),
         database: DatabaseSettings::for_url(db, 4),
         telemetry: TelemetrySettings {
@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The api in this process too, for the HTTP path.
-    let api_settings = api::config::Settings {
+    let api_settings = api::Settings {
         addr: "127.0.0.1:0".parse()?,
         redis: RedisSettings::for_url(&url, NS),
         database: settings.database.clone(),
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         events: settings.events.clone(),
         jaeger_ui_url: None,
     };
-    let app = api::startup::Application::build(&api_settings).await?;
+    let app = api::Application::build(&api_settings).await?;
     let publish_url = format!(
         "http://127.0.0.1:{}/api/v1/publish-market-event",
         app.port()

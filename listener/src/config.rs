@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use queue::{QueueSettings, RetryPolicy, Routes};
 use shared::config::{
-    ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range, env_or,
+    ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range, env_millis,
+    env_or,
 };
 use shared::event_bus::EventSettings;
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
-pub const SERVICE_NAME: &str = "pricing-listener";
+pub(crate) const SERVICE_NAME: &str = "pricing-listener";
 
 /// Everything the listener needs to start.
 #[derive(Debug, Clone)]
@@ -60,18 +61,8 @@ impl Settings {
             queue: QueueSettings::from_env()?,
             routes: Routes::from_env()?,
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
-            coalesce_window: Duration::from_millis(env_in_range(
-                "LISTENER_COALESCE_WINDOW_MS",
-                200u64,
-                0,
-                60_000,
-            )?),
-            claim_idle: Duration::from_millis(env_in_range(
-                "LISTENER_CLAIM_IDLE_MS",
-                30_000u64,
-                1_000,
-                86_400_000,
-            )?),
+            coalesce_window: env_millis("LISTENER_COALESCE_WINDOW_MS", 200, 0, 60_000)?,
+            claim_idle: env_millis("LISTENER_CLAIM_IDLE_MS", 30_000, 1_000, 86_400_000)?,
             dead_letter_max: env_in_range("LISTENER_DEAD_LETTER_MAX", 10_000u64, 1, 10_000_000)?,
         })
     }

@@ -19,11 +19,11 @@ use std::time::Duration;
 /// How long after its last return the stream side counts as stuck: well
 /// above one blocking read, and above a slow batch of events being stored
 /// and queued.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The listener's state, shared by its loops and its HTTP handlers.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<Parts>);
+pub(crate) struct Health(Arc<Parts>);
 
 #[derive(Debug, Default)]
 struct Parts {
@@ -43,23 +43,23 @@ fn now_ms() -> u64 {
 
 impl Health {
     /// The channel subscription is up (`true`) or lost (`false`).
-    pub fn set_subscribed(&self, up: bool) {
+    pub(crate) fn set_subscribed(&self, up: bool) {
         self.0.subscribed.store(up, Ordering::Relaxed);
     }
 
     /// A read of the event stream returned, with entries or without.
-    pub fn stream_read(&self) {
+    pub(crate) fn stream_read(&self) {
         self.0.stream_connected.store(true, Ordering::Relaxed);
         self.0.last_read_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The stream side lost its connection and is reconnecting.
-    pub fn stream_lost(&self) {
+    pub(crate) fn stream_lost(&self) {
         self.0.stream_connected.store(false, Ordering::Relaxed);
     }
 
     /// Whether both paths take events now.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.ready_at(now_ms())
     }
 

@@ -8,24 +8,28 @@
 //! batch are gathered into one job. Bad messages are counted, logged and
 //! dead-lettered; the next one is handled normally. When Redis goes away it
 //! reconnects with exponential backoff (from
-//! [`INITIAL_RECONNECT_DELAY`](shared::redis_pool::INITIAL_RECONNECT_DELAY),
+//! [`shared::redis_pool::INITIAL_RECONNECT_DELAY`],
 //! 100 ms, doubling up to
-//! [`MAX_RECONNECT_DELAY`](shared::redis_pool::MAX_RECONNECT_DELAY), 5 s),
+//! [`shared::redis_pool::MAX_RECONNECT_DELAY`], 5 s),
 //! subscribes again and resumes the stream where its group left off. It
 //! starts without any fixed sleep, and serves `/metrics`, `/health` and
-//! `/ready` ([`health`]) on `LISTENER_METRICS_ADDR`.
+//! `/ready` (`health`) on `LISTENER_METRICS_ADDR`.
 //!
 //! # Layout
-//! - [`config`]: [`config::Settings`] from the environment.
-//! - [`bridge`]: the stream consumer, the channel ingester, batch processing.
-//! - [`health`]: what `/health` and `/ready` report.
-//! - [`metrics`]: the listener's Prometheus series.
-//! - [`Listener`]: build, then run until a shutdown future resolves.
+//! The modules are private but [`bridge`]; what tests, benches and
+//! `main.rs` use is re-exported here.
+//! - `config`: [`Settings`] from the environment.
+//! - [`bridge`]: the stream consumer, the channel ingester, dead letters, batch processing.
+//! - `health`: what `/health` and `/ready` report (served by `shared::ops`).
+//! - `metrics`: the listener's Prometheus series.
+//! - [`Listener`]: build, then run until a shutdown future resolves; [`run`] for `main.rs`.
 
 pub mod bridge;
-pub mod config;
-pub mod health;
-pub mod metrics;
+mod config;
+mod health;
+mod metrics;
+
+pub use config::Settings;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +46,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bridge::{Bridge, Entry, READ_BLOCK};
-use crate::config::Settings;
 
 fn router(state: health::HealthState) -> axum::Router {
     let router = shared::ops::router().with_state(state);

@@ -4,7 +4,7 @@
 async fn main() -> std::process::ExitCode {
     shared::shutdown::exit_code(
         async {
-            let settings = listener::config::Settings::from_env()?;
+            let settings = listener::Settings::from_env()?;
             let _telemetry = shared::telemetry::init(&settings.telemetry)?;
             listener::run(settings, shared::shutdown::signal()).await
         }

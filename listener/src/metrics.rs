@@ -15,7 +15,7 @@
 //!   event's append to the stream (Redis clock) to its job being queued.
 
 /// Describes the series (call once at startup).
-pub fn describe() {
+pub(crate) fn describe() {
     metrics::describe_counter!(
         "listener_events_received_total",
         "Market events processed, by kind and by path (stream or pubsub)"
@@ -42,7 +42,7 @@ pub fn describe() {
 
 /// Every rejection reason, so each series exists (at 0) from the start and
 /// dashboards and alerts see a rate of 0 rather than no data.
-pub const REJECT_REASONS: &[&str] = &[
+pub(crate) const REJECT_REASONS: &[&str] = &[
     "malformed_json",
     "unknown_kind",
     "invalid_field",
@@ -52,7 +52,7 @@ pub const REJECT_REASONS: &[&str] = &[
 ];
 
 /// Registers the counters that would otherwise appear only on their first event.
-pub fn register_zeroes() {
+pub(crate) fn register_zeroes() {
     for reason in REJECT_REASONS {
         metrics::counter!("listener_events_rejected_total", "reason" => *reason).increment(0);
     }
@@ -61,32 +61,32 @@ pub fn register_zeroes() {
 }
 
 /// Counts a processed event.
-pub fn received(kind: &'static str, path: &'static str) {
+pub(crate) fn received(kind: &'static str, path: &'static str) {
     metrics::counter!("listener_events_received_total", "kind" => kind, "path" => path)
         .increment(1);
 }
 
 /// Counts a refused message.
-pub fn rejected(reason: &'static str) {
+pub(crate) fn rejected(reason: &'static str) {
     metrics::counter!("listener_events_rejected_total", "reason" => reason).increment(1);
 }
 
 /// Counts a queued job.
-pub fn enqueued(job: &str) {
+pub(crate) fn enqueued(job: &str) {
     metrics::counter!("listener_jobs_enqueued_total", "job_type" => job.to_string()).increment(1);
 }
 
 /// Counts events covered by another event's job.
-pub fn coalesced(n: u64) {
+pub(crate) fn coalesced(n: u64) {
     metrics::counter!("listener_events_coalesced_total").increment(n);
 }
 
 /// Counts events skipped as already processed.
-pub fn duplicates(n: u64) {
+pub(crate) fn duplicates(n: u64) {
     metrics::counter!("listener_events_duplicate_total").increment(n);
 }
 
 /// Records one event's publish-to-enqueue time.
-pub fn lag(seconds: f64) {
+pub(crate) fn lag(seconds: f64) {
     metrics::histogram!("listener_publish_to_enqueue_seconds").record(seconds);
 }

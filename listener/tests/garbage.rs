@@ -33,7 +33,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
     shared::telemetry::init_for_tests();
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(5).await;
-    let settings = listener::config::Settings {
+    let settings = listener::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
         database: DatabaseSettings::for_url(url, 2),
         telemetry: TelemetrySettings {

@@ -233,7 +233,8 @@ impl Queue {
                 break;
             }
         }
-        let jobs = self.records(kept).await?;
+        let (ids, lives) = kept.into_iter().unzip();
+        let jobs = self.records(ids, Some(lives)).await?;
         Ok(JobPage {
             jobs,
             set_size,
@@ -286,30 +287,37 @@ impl Queue {
         Ok(ids)
     }
 
-    /// The records of `kept` (id, live fields), in order; unreadable ones
-    /// are logged and left out.
-    async fn records(&self, kept: Vec<(String, String)>) -> Result<Vec<JobStatus>, QueueError> {
-        if kept.is_empty() {
+    /// The records of `ids`, in order, from their stored parts; `lives`
+    /// are their `live` fields when the caller has read them already, else
+    /// they are read in the same round trip. Missing jobs are left out,
+    /// unreadable ones logged and left out.
+    pub(crate) async fn records(
+        &self,
+        ids: Vec<String>,
+        lives: Option<Vec<String>>,
+    ) -> Result<Vec<JobStatus>, QueueError> {
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = kept.iter().map(|(id, _)| id.as_str()).collect();
         let (mut conn, tracker) = self.pool.get();
-        type Columns = (Vec<Option<String>>, Vec<Option<String>>);
-        let (descriptions, errors): Columns = tracker.track(
-            redis::pipe()
-                .cmd("HMGET")
-                .arg(&self.keys.jobs)
-                .arg(&ids)
-                .cmd("HMGET")
-                .arg(&self.keys.errors)
-                .arg(&ids)
-                .query_async(&mut conn)
-                .await,
-        )?;
-        let mut out = Vec::with_capacity(kept.len());
-        for (((id, live), d), e) in kept.into_iter().zip(descriptions).zip(errors) {
-            let Some(d) = d else { continue };
-            match decode_record(&id, &d, &live, e) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(&self.keys.jobs).arg(&ids);
+        pipe.cmd("HMGET").arg(&self.keys.errors).arg(&ids);
+        if lives.is_none() {
+            pipe.cmd("HMGET").arg(&self.keys.live).arg(&ids);
+        }
+        let mut columns: Vec<Vec<Option<String>>> =
+            tracker.track(pipe.query_async(&mut conn).await)?;
+        let lives: Vec<Option<String>> = match lives {
+            Some(lives) => lives.into_iter().map(Some).collect(),
+            None => columns.pop().unwrap_or_default(),
+        };
+        let errors = columns.pop().unwrap_or_default();
+        let descriptions = columns.pop().unwrap_or_default();
+        let mut out = Vec::with_capacity(ids.len());
+        for (((id, d), l), e) in ids.into_iter().zip(descriptions).zip(lives).zip(errors) {
+            let (Some(d), Some(l)) = (d, l) else { continue };
+            match decode_record(&id, &d, &l, e) {
                 Ok(record) => out.push(JobStatus {
                     id,
                     record,

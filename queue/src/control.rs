@@ -148,45 +148,7 @@ impl Queue {
                 .query_async(&mut conn)
                 .await,
         )?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        type Columns = (
-            Vec<Option<String>>,
-            Vec<Option<String>>,
-            Vec<Option<String>>,
-        );
-        let (descriptions, lives, errors): Columns = tracker.track(
-            redis::pipe()
-                .cmd("HMGET")
-                .arg(&self.keys.jobs)
-                .arg(&ids)
-                .cmd("HMGET")
-                .arg(&self.keys.live)
-                .arg(&ids)
-                .cmd("HMGET")
-                .arg(&self.keys.errors)
-                .arg(&ids)
-                .query_async(&mut conn)
-                .await,
-        )?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (((id, d), l), e) in ids.into_iter().zip(descriptions).zip(lives).zip(errors) {
-            if let (Some(d), Some(l)) = (d, l) {
-                match decode_record(&id, &d, &l, e) {
-                    Ok(record) => out.push(JobStatus {
-                        record,
-                        id,
-                        result: None,
-                        args: None,
-                    }),
-                    Err(err) => {
-                        tracing::warn!(job_id = %id, error = %err, "skipping an unreadable dead job")
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.records(ids, None).await
     }
 
     /// Re-enqueues a dead job with a fresh attempt budget.
@@ -292,7 +254,7 @@ impl Queue {
     }
 
     /// Asks for a running job to be cancelled (see `REVOKE` in
-    /// [`scripts`]): marks it revoked, and tells every worker on
+    /// `scripts`): marks it revoked, and tells every worker on
     /// `control_channel` (`revoke <queue> <id>`); the one holding its lease
     /// cancels it. A worker that misses the message finds the mark at its
     /// next heartbeat; a dead worker's job ends cancelled when its lease is

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::config::{ConfigError, env_in_range};
+use shared::config::{ConfigError, env_in_range, env_secs};
 
 use crate::*;
 
@@ -64,18 +64,8 @@ impl QueueSettings {
         Ok(Self {
             lease: Duration::from_secs(lease),
             heartbeat: Duration::from_secs(heartbeat),
-            result_retention: Duration::from_secs(env_in_range(
-                "JOB_RESULT_RETENTION_SECS",
-                86_400u64,
-                1,
-                365 * 86_400,
-            )?),
-            dead_retention: Duration::from_secs(env_in_range(
-                "JOB_DEAD_RETENTION_SECS",
-                7 * 86_400u64,
-                1,
-                365 * 86_400,
-            )?),
+            result_retention: env_secs("JOB_RESULT_RETENTION_SECS", 86_400, 1, 365 * 86_400)?,
+            dead_retention: env_secs("JOB_DEAD_RETENTION_SECS", 7 * 86_400, 1, 365 * 86_400)?,
             max_lease_losses: env_in_range("JOB_MAX_LEASE_LOSSES", 5u32, 1, 1_000)?,
             rate_limits: crate::limits::rate_limits_from_env()?,
         })

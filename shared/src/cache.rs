@@ -7,7 +7,7 @@
 //! product counts as a miss ([`Lookup::Invalid`]); the caller recomputes and
 //! overwrites it, and it is never passed on to a client.
 //!
-//! **Layout.** Entries live in [`PRICE_BUCKETS`](crate::keys::PRICE_BUCKETS)
+//! **Layout.** Entries live in [`crate::keys::PRICE_BUCKETS`]
 //! hashes, `{ns}:prices:{bucket}`, one field per product (see
 //! [`Keys::price`]), not in a key each. A full recalculation writes a whole
 //! page of prices as one `HSET` per bucket, which costs Redis a half (into

@@ -75,6 +75,28 @@ where
     Ok(value)
 }
 
+/// A duration in milliseconds from `var` (default, bounds in ms): the
+/// [`env_in_range`] of every `…_MS` variable.
+pub fn env_millis(
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    env_in_range(var, default, min, max).map(Duration::from_millis)
+}
+
+/// A duration in seconds from `var` (default, bounds in s): the
+/// [`env_in_range`] of every `…_SECS` variable.
+pub fn env_secs(
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    env_in_range(var, default, min, max).map(Duration::from_secs)
+}
+
 /// Where Redis is and how the services talk to it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -124,14 +146,9 @@ impl RedisSettings {
             ca_file,
             namespace: env_or("REDIS_NAMESPACE", "pricing".to_string())?,
             pool_size: env_in_range("REDIS_POOL_SIZE", 2, 1, 64)?,
-            timeout: Duration::from_millis(env_in_range("REDIS_TIMEOUT_MS", 500, 10, 60_000)?),
+            timeout: env_millis("REDIS_TIMEOUT_MS", 500, 10, 60_000)?,
             wait_replicas: env_in_range("REDIS_WAIT_REPLICAS", 0, 0, 16)?,
-            wait_timeout: Duration::from_millis(env_in_range(
-                "REDIS_WAIT_TIMEOUT_MS",
-                100,
-                1,
-                60_000,
-            )?),
+            wait_timeout: env_millis("REDIS_WAIT_TIMEOUT_MS", 100, 1, 60_000)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -313,18 +330,8 @@ impl DatabaseSettings {
             url,
             backend,
             max_connections: env_in_range("DATABASE_MAX_CONNECTIONS", 8, 1, 256)?,
-            connect_timeout: Duration::from_millis(env_in_range(
-                "DATABASE_CONNECT_TIMEOUT_MS",
-                3_000,
-                10,
-                600_000,
-            )?),
-            statement_timeout: Duration::from_millis(env_in_range(
-                "DATABASE_STATEMENT_TIMEOUT_MS",
-                10_000,
-                0,
-                3_600_000,
-            )?),
+            connect_timeout: env_millis("DATABASE_CONNECT_TIMEOUT_MS", 3_000, 10, 600_000)?,
+            statement_timeout: env_millis("DATABASE_STATEMENT_TIMEOUT_MS", 10_000, 0, 3_600_000)?,
         })
     }
 
@@ -375,7 +382,7 @@ impl CacheSettings {
     /// Reads `CACHE_TTL_SECS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            ttl: Duration::from_secs(env_in_range("CACHE_TTL_SECS", 60, 1, 86_400)?),
+            ttl: env_secs("CACHE_TTL_SECS", 60, 1, 86_400)?,
         })
     }
 }

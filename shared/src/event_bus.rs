@@ -56,7 +56,7 @@ impl EventSettings {
 /// The consumer group every listener replica joins.
 pub const LISTENER_GROUP: &str = "listeners";
 
-/// Most product ids of one event that [`EventBus::recent`] reports.
+/// Most product ids of one event that [`EventBus::info`] reports.
 pub const RECENT_PRODUCT_IDS: usize = 10;
 
 /// An event as the stream holds it, for the dashboard.

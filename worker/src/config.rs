@@ -7,7 +7,7 @@ use queue::schedule::ScheduleSettings;
 use queue::{Consume, QueueSettings, Routes, TimeLimit};
 use shared::config::{
     CacheSettings, ConfigError, DatabaseSettings, RedisSettings, TelemetrySettings, env_in_range,
-    env_or,
+    env_millis, env_or, env_secs,
 };
 
 /// Service name on exported spans unless `OTEL_SERVICE_NAME` says otherwise.
@@ -25,7 +25,7 @@ pub struct Settings {
     /// Leases, heartbeat and retention.
     pub queue: QueueSettings,
     /// `QUEUE_ROUTES`: which job type goes to which queue (see
-    /// [`queue::routing`]).
+    /// `queue::Routes`).
     pub routes: Routes,
     /// `WORKER_QUEUES`: the queues this worker consumes, in strict priority
     /// order or by weight. Defaults to `events,bulk,default`.
@@ -102,18 +102,8 @@ fn feed_from_env() -> Result<Option<crate::jobs::feed::FeedSettings>, ConfigErro
     Ok(Some(crate::jobs::feed::FeedSettings {
         url,
         extra_roots,
-        connect_timeout: Duration::from_millis(env_in_range(
-            "MARKET_DATA_CONNECT_TIMEOUT_MS",
-            3_000u64,
-            1,
-            600_000,
-        )?),
-        timeout: Duration::from_millis(env_in_range(
-            "MARKET_DATA_TIMEOUT_MS",
-            5_000u64,
-            1,
-            600_000,
-        )?),
+        connect_timeout: env_millis("MARKET_DATA_CONNECT_TIMEOUT_MS", 3_000, 1, 600_000)?,
+        timeout: env_millis("MARKET_DATA_TIMEOUT_MS", 5_000, 1, 600_000)?,
     }))
 }
 
@@ -132,33 +122,13 @@ impl Settings {
             queue: QueueSettings::from_env()?,
             cache: CacheSettings::from_env()?,
             feed: feed_from_env()?,
-            recalc_lock_ttl: Duration::from_secs(env_in_range(
-                "RECALC_LOCK_TTL_SECS",
-                60u64,
-                1,
-                3_600,
-            )?),
+            recalc_lock_ttl: env_secs("RECALC_LOCK_TTL_SECS", 60, 1, 3_600)?,
             concurrency,
             prefetch: env_in_range("WORKER_PREFETCH", concurrency.min(1_000), 1, 1_000)?,
-            shutdown_timeout: Duration::from_secs(env_in_range(
-                "WORKER_SHUTDOWN_TIMEOUT_SECS",
-                30u64,
-                0,
-                86_400,
-            )?),
-            job_timeout: Duration::from_secs(env_in_range(
-                "WORKER_JOB_TIMEOUT_SECS",
-                3_600u64,
-                1,
-                7 * 86_400,
-            )?),
+            shutdown_timeout: env_secs("WORKER_SHUTDOWN_TIMEOUT_SECS", 30, 0, 86_400)?,
+            job_timeout: env_secs("WORKER_JOB_TIMEOUT_SECS", 3_600, 1, 7 * 86_400)?,
             time_limits: queue::limits::time_limits_from_env()?,
-            revoke_grace: Duration::from_secs(env_in_range(
-                "WORKER_REVOKE_GRACE_SECS",
-                10u64,
-                0,
-                3_600,
-            )?),
+            revoke_grace: env_secs("WORKER_REVOKE_GRACE_SECS", 10, 0, 3_600)?,
             schedules: ScheduleSettings::from_env()?,
             metrics_addr: env_or(
                 "WORKER_METRICS_ADDR",

@@ -26,8 +26,8 @@ pub fn telemetry() -> TelemetrySettings {
     }
 }
 
-pub fn settings(redis: &RedisServer, db_url: &str) -> listener::config::Settings {
-    listener::config::Settings {
+pub fn settings(redis: &RedisServer, db_url: &str) -> listener::Settings {
+    listener::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
         database: DatabaseSettings::for_url(db_url, 2),
         telemetry: telemetry(),
@@ -77,7 +77,7 @@ where
     (tx, handle)
 }
 
-pub async fn start_listener(settings: listener::config::Settings) -> Running {
+pub async fn start_listener(settings: listener::Settings) -> Running {
     shared::telemetry::init_for_tests();
     let l = listener::Listener::build(settings).await.unwrap();
     let metrics = l.metrics_addr();
@@ -119,15 +119,15 @@ pub async fn start_api_and_worker(redis: &RedisServer, db_url: &str) -> ApiAndWo
 pub async fn start_api_and_worker_with(
     redis: &RedisServer,
     db_url: &str,
-    tweak_api: impl FnOnce(&mut api::config::Settings),
-    tweak_worker: impl FnOnce(&mut worker::config::Settings),
+    tweak_api: impl FnOnce(&mut api::Settings),
+    tweak_worker: impl FnOnce(&mut worker::Settings),
 ) -> ApiAndWorker {
     shared::telemetry::init_for_tests();
     let database = DatabaseSettings::for_url(db_url, 2);
     let cache = shared::config::CacheSettings {
         ttl: Duration::from_secs(600),
     };
-    let mut api_settings = api::config::Settings {
+    let mut api_settings = api::Settings {
         addr: "127.0.0.1:0".parse().unwrap(),
         redis: RedisSettings::for_url(redis.url(), NS),
         database: database.clone(),
@@ -142,12 +142,10 @@ pub async fn start_api_and_worker_with(
     };
     api_settings.telemetry.service_name = "pricing-api-test".into();
     tweak_api(&mut api_settings);
-    let app = api::startup::Application::build(&api_settings)
-        .await
-        .unwrap();
+    let app = api::Application::build(&api_settings).await.unwrap();
     let port = app.port();
     let (api_stop, api) = spawn_stoppable(|stop| app.run_until_stopped(stop));
-    let mut worker_settings = worker::config::Settings {
+    let mut worker_settings = worker::Settings {
         redis: RedisSettings::for_url(redis.url(), NS),
         database,
         telemetry: telemetry(),

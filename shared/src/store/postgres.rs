@@ -20,7 +20,7 @@
 //!   its latest observation per key (PostgreSQL refuses to update one row
 //!   twice in a statement) and sorted by key, so concurrent batches lock
 //!   rows in one order; a deadlock or serialization failure that happens
-//!   anyway is retried ([`RETRIES`]).
+//!   anyway is retried (`RETRIES`).
 //! - **The full scan** is a server-side cursor (`DECLARE … NO SCROLL
 //!   CURSOR`, then `FETCH` a page at a time) over one merge of products and
 //!   their signals in id order: one snapshot of the whole catalog, memory
@@ -35,7 +35,7 @@
 //! one wins), where SQLite's text keeps nanoseconds.
 //!
 //! It is one file of about 650 lines on purpose: it is the whole
-//! [`CatalogStore`](super::CatalogStore) for PostgreSQL, each method beside
+//! [`super::CatalogStore`] for PostgreSQL, each method beside
 //! its SQL, and is read against `sqlite.rs` method by method; the contract
 //! suite (`shared/tests/store`) runs the same tests on both.
 

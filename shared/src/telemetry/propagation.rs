@@ -115,7 +115,7 @@ pub enum HeadDecision {
 /// Decides with the configured sampler whether a request whose client sent
 /// `traceparent` (and `tracestate`), or none, is traced. Always
 /// [`HeadDecision::Traced`] unless the service was set up with
-/// [`init_head_sampled`] and exports spans.
+/// [`super::init_head_sampled`] and exports spans.
 pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> HeadDecision {
     use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
     use opentelemetry_sdk::trace::{

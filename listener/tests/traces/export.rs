@@ -1,0 +1,204 @@
+//! How spans leave the services: flushed at shutdown over OTLP/HTTP, named
+//! and switched off by the standard `OTEL_*` variables, sampled at the
+//! head, and never in the way of requests when the collector is down.
+
+use std::collections::BTreeSet;
+
+use testkit::otlp_receiver::OtlpReceiver;
+use testkit::{RedisServer, free_port, seeded_store};
+
+use crate::services::*;
+use crate::spans::*;
+use crate::{CLIENT_TRACE, LONG};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
+    // Arrange: export over OTLP/HTTP, with a batch delay far longer than the
+    // test, so spans reach the receiver only through the flush at shutdown.
+    let redis = RedisServer::start().await;
+    let (_store, _dir, db) = seeded_store(20).await;
+    let rx = OtlpReceiver::start_http().await;
+    let services_up = Services::start_with(
+        &redis,
+        &db,
+        &rx.endpoint(),
+        &["api", "worker", "listener"],
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    )
+    .await;
+    let queue = queue(&redis);
+
+    // Act: an event all the way to a finished job, then stop everything.
+    let resp = post(
+        &services_up.api,
+        "/api/v1/publish-market-event",
+        r#"{"kind":"demand_changed","data":{"demand":{"P-2":1.7}}}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    wait("the event's job finished", || async {
+        queue.depths().await.unwrap().succeeded_total == 1
+    })
+    .await;
+    assert!(rx.spans().is_empty(), "exported before the flush");
+    services_up.stop().await;
+
+    // Assert: the whole trace arrived, over HTTP, at shutdown.
+    let wanted = event_trace_wanted();
+    let wanted: Vec<Wanted<'_>> = wanted.iter().map(|(w, f)| (*w, f.as_ref())).collect();
+    let spans = wait_for_trace(&rx, CLIENT_TRACE, &wanted).await;
+    assert_connected(&spans);
+    assert_event_trace_links(&spans);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_service_name_renames_a_service_and_otel_sdk_disabled_exports_nothing() {
+    let redis = RedisServer::start().await;
+    let (_store, _dir, db) = seeded_store(5).await;
+    let rx = OtlpReceiver::start().await;
+
+    // OTEL_SERVICE_NAME wins over the default name.
+    let renamed = Services::start_with(
+        &redis,
+        &db,
+        &rx.endpoint(),
+        &["api"],
+        &[("OTEL_SERVICE_NAME", "pricing-api-blue")],
+    )
+    .await;
+    let resp = post(&renamed.api, "/api/v1/price", r#"{"product_id":"P-1"}"#).await;
+    assert_eq!(resp.status(), 200);
+    renamed.stop().await;
+    let spans = rx
+        .wait_until(LONG, |all| {
+            all.iter()
+                .any(|s| s.kind == 2 && s.trace_id == CLIENT_TRACE)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        spans
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["pricing-api-blue"])
+    );
+    let received = spans.len();
+
+    // OTEL_SDK_DISABLED (any case) turns export off, endpoint or not: after
+    // the service has stopped (and would have flushed), nothing more came.
+    let disabled = Services::start_with(
+        &redis,
+        &db,
+        &rx.endpoint(),
+        &["api"],
+        &[("OTEL_SDK_DISABLED", "TRUE")],
+    )
+    .await;
+    let resp = post(&disabled.api, "/api/v1/price", r#"{"product_id":"P-2"}"#).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        !resp.headers().contains_key("traceparent"),
+        "no span, so no traceparent"
+    );
+    disabled.stop().await;
+    assert_eq!(rx.spans().len(), received);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_succeed_while_the_collector_is_down_with_one_warning() {
+    let redis = RedisServer::start().await;
+    let (_store, _dir, db) = seeded_store(20).await;
+    // Nothing listens on this port.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let services_up = Services::start(&redis, &db, &closed).await;
+
+    let client = reqwest::Client::new();
+    for i in 0..50 {
+        let resp = client
+            .post(format!("{}/api/v1/price", services_up.api))
+            .json(&serde_json::json!({"product_id": format!("P-{}", 1 + i % 20)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = post(&services_up.api, "/api/v1/publish-market-event", "").await;
+    assert_eq!(resp.status(), 202);
+    // The api has tried, and failed, to export its first batch.
+    let log = services_up.api_log.clone();
+    wait("the api's export warning", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("cannot export spans"))
+    })
+    .await;
+    let output = services_up.stop().await;
+
+    let warnings = output.matches("cannot export spans").count();
+    assert_eq!(
+        warnings, 1,
+        "one rate-limited warning, not one per batch:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
+    // Arrange: keep no root traces; a client's sampled decision still wins.
+    let redis = RedisServer::start().await;
+    let (_store, _dir, db) = seeded_store(20).await;
+    let rx = OtlpReceiver::start().await;
+    let services_up = Services::start_with(
+        &redis,
+        &db,
+        &rx.endpoint(),
+        &["api", "worker", "listener"],
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
+    let queue = queue(&redis);
+
+    // Act: an event without a traceparent, all the way to its job.
+    let dropped = reqwest::Client::new()
+        .post(format!("{}/api/v1/publish-market-event", services_up.api))
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"demand_changed","data":{"demand":{"P-5":1.1}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), 202);
+    let tp = dropped.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(tp.ends_with("-00"), "flagged not sampled: {tp}");
+    let dropped_trace = tp.split('-').nth(1).unwrap().to_string();
+    wait("the unsampled event's job finished", || async {
+        queue.depths().await.unwrap().succeeded_total == 1
+    })
+    .await;
+    // Then one from a client that samples its trace.
+    let resp = post(
+        &services_up.api,
+        "/api/v1/publish-market-event",
+        r#"{"kind":"demand_changed","data":{"demand":{"P-6":1.2}}}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let wanted = event_trace_wanted();
+    let wanted: Vec<Wanted<'_>> = wanted.iter().map(|(w, f)| (*w, f.as_ref())).collect();
+    let kept = wait_for_trace(&rx, CLIENT_TRACE, &wanted).await;
+    services_up.stop().await;
+
+    // Assert: the sampled trace is whole; of the dropped one, no service
+    // exported anything, even when flushing at shutdown.
+    assert_connected(&kept);
+    assert_event_trace_links(&kept);
+    let traces: BTreeSet<String> = rx.spans().into_iter().map(|s| s.trace_id).collect();
+    assert!(!traces.contains(&dropped_trace), "{traces:?}");
+    assert_eq!(traces, BTreeSet::from([CLIENT_TRACE.to_string()]));
+}
