@@ -13,17 +13,12 @@ use anyhow::Context as _;
 use queue::{JobState, NewJob, Noop, Queue, QueueSettings};
 use shared::config::RedisSettings;
 use shared::redis_pool::RedisPool;
+use testkit::env_or;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let rounds: usize = std::env::var("REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let n: usize = env_or("N", 100_000);
+    let rounds: usize = env_or("REQUESTS", 200);
     let api = std::env::var("API_URL").context("API_URL")?;
     let redis = RedisSettings::from_env()?;
     let pool = RedisPool::new(&redis)?;

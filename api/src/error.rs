@@ -24,6 +24,25 @@ pub(crate) struct ErrorBody {
     pub fields: Vec<String>,
 }
 
+/// The refusals every admin endpoint can answer besides its own, for the
+/// OpenAPI document: list it in a path's `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only its OpenAPI description is used.
+pub(crate) enum AdminRefusal {
+    /// `ADMIN_TOKEN` is set and no bearer token was sent.
+    #[response(
+        status = 401,
+        description = "ADMIN_TOKEN is set and no bearer token was sent"
+    )]
+    Unauthorized(ErrorBody),
+    /// A wrong bearer token, or a request from another site.
+    #[response(
+        status = 403,
+        description = "Wrong bearer token, or a cross-site request (`cross_site`)"
+    )]
+    Forbidden(ErrorBody),
+}
+
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -18,10 +18,11 @@
 use std::time::{Duration, Instant};
 
 use queue::{Leased, Queue, QueueSettings};
-use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
+use shared::config::{DatabaseSettings, RedisSettings};
 use shared::event_bus::{EventBus, EventSettings};
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
+use testkit::env_or;
 
 const NS: &str = "bench-events";
 
@@ -31,15 +32,9 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let latency_n: usize = std::env::var("LATENCY_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
+    let url: String = env_or("REDIS_URL", "redis://127.0.0.1:6379".into());
+    let n: usize = env_or("N", 50_000);
+    let latency_n: usize = env_or("LATENCY_N", 2_000);
     let dir = tempfile::tempdir()?;
     let db = format!("sqlite://{}/catalog.db", dir.path().display());
     let store = shared::store::sqlite::SqliteStore::connect(&db, 4).await?;
@@ -48,14 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = listener::Settings {
         redis: RedisSettings::for_url(&url, NS),
         database: DatabaseSettings::for_url(db, 4),
-        telemetry: TelemetrySettings {
-            service_name: "bench".into(),
-            otlp_endpoint: None,
-            otlp_protocol: Default::default(),
-            sampler: Default::default(),
-            log_format: LogFormat::Pretty,
-            log_filter: "warn".into(),
-        },
+        telemetry: testkit::telemetry("bench", "warn"),
         metrics_addr: "127.0.0.1:0".parse()?,
         events: EventSettings {
             stream_maxlen: 1_000_000,

@@ -7,12 +7,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use queue::QueueSettings;
-use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
-use shared::event_bus::EventSettings;
 use testkit::{RedisServer, seeded_store};
 
-const NS: &str = "lg";
+/// The listener binary's setup, shared by source: this binary uses a part.
+#[allow(dead_code)]
+#[path = "listener/helpers.rs"]
+mod helpers;
+
+use helpers::NS;
+
 const N: usize = 10_000;
 
 async fn metric_sum(addr: SocketAddr, name: &str, filter: &str) -> f64 {
@@ -33,26 +36,7 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
     shared::telemetry::init_for_tests();
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(5).await;
-    let settings = listener::Settings {
-        redis: RedisSettings::for_url(redis.url(), NS),
-        database: DatabaseSettings::for_url(url, 2),
-        telemetry: TelemetrySettings {
-            service_name: "pricing-listener-test".into(),
-            otlp_endpoint: None,
-            otlp_protocol: Default::default(),
-            sampler: Default::default(),
-            log_format: LogFormat::Pretty,
-            log_filter: "info".into(),
-        },
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        events: EventSettings::default(),
-        queue: QueueSettings::default(),
-        routes: queue::Routes::default(),
-        recalc_retry: shared::jobs::RECALC_RETRY,
-        coalesce_window: Duration::from_millis(200),
-        claim_idle: Duration::from_secs(30),
-        dead_letter_max: 20_000,
-    };
+    let settings = helpers::settings(&redis, &url);
     let l = listener::Listener::build(settings).await.unwrap();
     let addr = l.metrics_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -125,12 +109,8 @@ async fn ten_thousand_garbage_messages_are_counted_and_the_listener_stays_health
     // Still healthy: /health answers and the next good event is processed.
     let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
     assert_eq!(health.status(), 200);
-    let _: u64 = redis::cmd("PUBLISH")
-        .arg("market_events")
-        .arg(r#"{"kind":"stock_changed","data":{"stock":{"P-2":3}}}"#)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let good = r#"{"kind":"stock_changed","data":{"stock":{"P-2":3}}}"#;
+    testkit::publish(&mut conn, "market_events", good).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let recalc = r#"job_type="recalculate_prices""#;
     while metric_sum(addr, "listener_jobs_enqueued_total", recalc).await < 1.0 {

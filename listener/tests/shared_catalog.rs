@@ -458,12 +458,8 @@ async fn on_a_redis_cluster_the_services_keep_going_through_a_failover_and_lose_
     cluster.wait_healthy().await;
     // A channel-only event through whichever node, after the failover.
     let mut conn = cluster.connection().await;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("market_events")
-        .arg(r#"{"kind":"demand_changed","data":{"demand":{"P-1":9.5}}}"#)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let raw = r#"{"kind":"demand_changed","data":{"demand":{"P-1":9.5}}}"#;
+    testkit::publish(&mut conn, "market_events", raw).await;
 
     // Assert: every accepted event is recorded in the catalog, every job
     // reached a final state, and every price is the catalog's.

@@ -8,8 +8,10 @@
 //!   when dropped; it can be stopped and restarted on the same port, which is
 //!   how tests take Redis away from a running service. Also [`temp_store`]
 //!   and [`seeded_store`] (a fresh SQLite catalog), [`eventually`] (a bounded
-//!   poll), [`free_port`], [`sibling_bin`] and
-//!   [`run_until_ready_then_sigterm`].
+//!   poll), [`free_port`], [`sibling_bin`],
+//!   [`run_until_ready_then_sigterm`], [`publish`] (a raw `PUBLISH`),
+//!   [`telemetry`] (settings that export nothing) and [`env_or`] (a
+//!   benchmark's knob from the environment).
 //! - `cluster`: [`RedisCluster`] (three primaries, three replicas),
 //!   [`TestRedis`] and the [`redis_suite!`] macro that runs one test on both.
 //! - `postgres`: [`PostgresServer`], a real PostgreSQL started with `initdb`
@@ -35,6 +37,7 @@ pub use cluster::{RedisCluster, RedisKind, TestRedis};
 pub use postgres::{PostgresOptions, PostgresServer};
 pub use tls::TestCa;
 
+use shared::config::{LogFormat, TelemetrySettings};
 use shared::store::CatalogStore;
 use shared::store::sqlite::SqliteStore;
 
@@ -76,6 +79,16 @@ impl RedisServer {
     /// Starts a server without persistence.
     pub async fn start() -> Self {
         Self::start_with(RedisOptions::default()).await
+    }
+
+    /// Starts a server that keeps every acknowledged write through a
+    /// restart (append-only file, `appendfsync always`).
+    pub async fn start_persistent() -> Self {
+        Self::start_with(RedisOptions {
+            aof: true,
+            ..RedisOptions::default()
+        })
+        .await
     }
 
     /// Starts a server with `options`.
@@ -248,6 +261,21 @@ async fn ping(client: &redis::Client) -> bool {
         .is_ok()
 }
 
+/// `PUBLISH channel message` over `conn` (any node of a cluster will do);
+/// returns how many subscribers received it.
+pub async fn publish(
+    conn: &mut impl redis::aio::ConnectionLike,
+    channel: &str,
+    message: impl redis::ToRedisArgs,
+) -> u64 {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async(conn)
+        .await
+        .expect("PUBLISH")
+}
+
 /// Polls `check` every 50 ms until it holds; panics naming `what` after
 /// `within`, a bound against a hang, never a timing check.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
@@ -302,6 +330,28 @@ pub async fn seeded_store(products: u64) -> (Arc<SqliteStore>, TempDir, String) 
         .await
         .expect("seed the temporary store");
     (store, dir, url)
+}
+
+/// Telemetry settings for a service started by a test or a benchmark: spans
+/// exported nowhere, pretty logs filtered by `log_filter`.
+pub fn telemetry(service_name: &str, log_filter: &str) -> TelemetrySettings {
+    TelemetrySettings {
+        service_name: service_name.into(),
+        otlp_endpoint: None,
+        otlp_protocol: Default::default(),
+        sampler: Default::default(),
+        log_format: LogFormat::Pretty,
+        log_filter: log_filter.into(),
+    }
+}
+
+/// The environment variable `name` parsed as a `T`, or `default` when it is
+/// unset or does not parse (a benchmark's knobs).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Upcasts a concrete store to the trait object handlers use.

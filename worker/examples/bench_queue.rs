@@ -12,15 +12,9 @@
 use std::time::{Duration, Instant};
 
 use queue::{Consume, DEFAULT_QUEUE, NewJob, Noop, Queue, QueueSettings, Rate};
-use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
+use shared::config::{DatabaseSettings, RedisSettings};
 use shared::redis_pool::RedisPool;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use testkit::env_or;
 
 fn queue(url: &str, ns: &str) -> Queue {
     let pool = RedisPool::new(&RedisSettings::for_url(url, ns)).expect("REDIS_URL");
@@ -66,10 +60,10 @@ async fn push_bulk(q: &Queue, n: usize) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let n = env_usize("N", 100_000);
-    let singles = env_usize("N_SINGLE", n.min(20_000));
-    let concurrency = env_usize("CONCURRENCY", 128);
+    let url: String = env_or("REDIS_URL", "redis://127.0.0.1:6379".into());
+    let n: usize = env_or("N", 100_000);
+    let singles: usize = env_or("N_SINGLE", n.min(20_000));
+    let concurrency: usize = env_or("CONCURRENCY", 128);
 
     // 1. One producer, one push at a time.
     let q = queue(&url, "bench-single");
@@ -130,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     report(&q, "push in bulk (pipelines of 1,000)", n, t.elapsed(), cpu).await;
     forget(&url, ns).await?;
 
-    let rounds = env_usize("ROUNDS", 3).max(1);
+    let rounds = env_or::<usize>("ROUNDS", 3).max(1);
     let modes = DrainMode::all();
     let mut runs: Vec<Vec<Drained>> = modes.iter().map(|_| Vec::new()).collect();
     let mut deferred_total = 0;
@@ -308,14 +302,7 @@ async fn drain(
     let settings = worker::Settings {
         redis: RedisSettings::for_url(url, ns),
         database: DatabaseSettings::for_url("sqlite::memory:", 1),
-        telemetry: TelemetrySettings {
-            service_name: "bench".into(),
-            otlp_endpoint: None,
-            otlp_protocol: Default::default(),
-            sampler: Default::default(),
-            log_format: LogFormat::Pretty,
-            log_filter: "warn".into(),
-        },
+        telemetry: testkit::telemetry("bench", "warn"),
         queue: limits.settings(),
         routes: queue::Routes::default(),
         consume,

@@ -10,12 +10,11 @@
 use std::time::{Duration, Instant};
 
 use queue::{JobState, NewJob, Queue, QueueSettings};
-use shared::config::{
-    CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,
-};
+use shared::config::{CacheSettings, DatabaseSettings, RedisSettings};
 use shared::jobs::RecalculateAllPrices;
 use shared::redis_pool::RedisPool;
 use shared::store::CatalogStore;
+use testkit::env_or;
 
 /// The allocator the worker binary uses, so the figures are the worker's.
 #[global_allocator]
@@ -31,11 +30,8 @@ struct Figures {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let n: u64 = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let url: String = env_or("REDIS_URL", "redis://127.0.0.1:6379".into());
+    let n: u64 = env_or("N", 100_000);
     let mut figures = Vec::new();
     if let Ok(db) = std::env::var("DATABASE_URL") {
         figures.push(bench(&url, &db, "DATABASE_URL", n).await?);
@@ -83,14 +79,7 @@ async fn bench(url: &str, db: &str, label: &str, n: u64) -> anyhow::Result<Figur
     let settings = worker::Settings {
         redis: RedisSettings::for_url(url, &ns),
         database,
-        telemetry: TelemetrySettings {
-            service_name: "bench".into(),
-            otlp_endpoint: None,
-            otlp_protocol: Default::default(),
-            sampler: Default::default(),
-            log_format: LogFormat::Pretty,
-            log_filter: "warn".into(),
-        },
+        telemetry: testkit::telemetry("bench", "warn"),
         queue: QueueSettings::default(),
         routes: queue::Routes::default(),
         consume: queue::Consume::default(),

@@ -7,7 +7,7 @@ use queue::{Depths, Queue};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{AdminRefusal, ApiError, ErrorBody};
 use crate::extract::{Admin, ValidPath};
 use crate::state::AppState;
 
@@ -79,8 +79,7 @@ pub(crate) async fn one(
     responses(
         (status = 200, description = "Paused", body = QueueDetail),
         (status = 404, description = "No such queue", body = ErrorBody),
-        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
-        (status = 403, description = "Wrong bearer token", body = ErrorBody),
+        AdminRefusal,
     ))]
 pub(crate) async fn pause(
     _admin: Admin,
@@ -96,8 +95,7 @@ pub(crate) async fn pause(
     responses(
         (status = 200, description = "Resumed", body = QueueDetail),
         (status = 404, description = "No such queue", body = ErrorBody),
-        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
-        (status = 403, description = "Wrong bearer token", body = ErrorBody),
+        AdminRefusal,
     ))]
 pub(crate) async fn resume(
     _admin: Admin,

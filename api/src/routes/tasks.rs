@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use shared::jobs::recalculate_all_job;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{AdminRefusal, ApiError, ErrorBody};
 use crate::extract::{Admin, ValidPath, ValidQuery};
 use crate::state::AppState;
 
@@ -197,8 +197,7 @@ pub(crate) async fn status(
         (status = 202, description = "Running: revoking; it will end cancelled", body = Revoking),
         (status = 404, description = "Unknown task id", body = ErrorBody),
         (status = 409, description = "Already finished", body = ErrorBody),
-        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
-        (status = 403, description = "Wrong bearer token", body = ErrorBody),
+        AdminRefusal,
     ))]
 pub(crate) async fn cancel(
     _admin: Admin,
@@ -251,8 +250,7 @@ fn too_late(task_id: &str, s: JobState) -> ApiError {
         (status = 202, description = "Queued again with a fresh attempt budget", body = Accepted),
         (status = 404, description = "Unknown task id", body = ErrorBody),
         (status = 409, description = "The task is not in the dead set", body = ErrorBody),
-        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
-        (status = 403, description = "Wrong bearer token", body = ErrorBody),
+        AdminRefusal,
     ))]
 pub(crate) async fn retry(
     _admin: Admin,
@@ -317,8 +315,7 @@ pub(crate) async fn dead(
 #[utoipa::path(post, path = "/api/v1/tasks/recalculate-all", tag = "tasks",
     responses(
         (status = 202, description = "Queued, or joined the waiting one", body = Triggered),
-        (status = 401, description = "ADMIN_TOKEN is set and no bearer token was sent", body = ErrorBody),
-        (status = 403, description = "Wrong bearer token", body = ErrorBody),
+        AdminRefusal,
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn recalculate_all(

@@ -7,9 +7,7 @@ use api::AppState;
 use api::Application;
 use api::Settings;
 use serde_json::Value;
-use shared::config::{
-    CacheSettings, DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings,
-};
+use shared::config::{CacheSettings, DatabaseSettings, RedisSettings};
 use shared::store::CatalogStore;
 use shared::store::sqlite::SqliteStore;
 use tempfile::TempDir;
@@ -43,14 +41,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         cache: CacheSettings {
             ttl: Duration::from_secs(TTL_SECS),
         },
-        telemetry: TelemetrySettings {
-            service_name: "pricing-api-test".into(),
-            otlp_endpoint: None,
-            otlp_protocol: Default::default(),
-            sampler: Default::default(),
-            log_format: LogFormat::Pretty,
-            log_filter: "info".into(),
-        },
+        telemetry: testkit::telemetry("pricing-api-test", "info"),
         queue: queue::QueueSettings::default(),
         routes: queue::Routes::default(),
         admin_token: None,
@@ -106,51 +97,38 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// Sends `method path`, with this `Authorization` header value if one is
+    /// given; the request is built at once, so the future borrows nothing.
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = reqwest::Response> + use<> {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(value) = authorization {
+            req = req.header("authorization", value);
+        }
+        async move { req.send().await.expect("request") }
+    }
+
     /// POSTs a JSON value; returns status and parsed body.
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.expect("JSON body"))
+        json_of(self.client.post(self.url(path)).json(body)).await
     }
 
     /// POSTs raw bytes with a content type; returns status and parsed body.
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-        let resp = self
-            .client
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.expect("JSON body"))
+        let req = self.client.post(self.url(path));
+        json_of(req.header("content-type", content_type).body(body)).await
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.expect("JSON body"))
+        json_of(self.client.get(self.url(path))).await
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let resp = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request");
+        let resp = self.send(reqwest::Method::GET, path, None).await;
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("text body"))
     }
@@ -190,6 +168,13 @@ impl TestApp {
             .await
             .expect("HSET");
     }
+}
+
+/// Sends `req`; returns status and parsed body.
+async fn json_of(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON body"))
 }
 
 /// The api's router driven in-process with `oneshot`, with no server and no

@@ -102,6 +102,22 @@ async fn openapi_lists_every_route_and_docs_are_served() {
     .map(String::from)
     .collect();
     assert_eq!(documented, routes);
+    // Every admin endpoint documents its refusals.
+    for (path, method) in [
+        ("/api/v1/queues/{name}/pause", "post"),
+        ("/api/v1/queues/{name}/resume", "post"),
+        ("/api/v1/tasks/{task_id}", "delete"),
+        ("/api/v1/tasks/{task_id}/retry", "post"),
+        ("/api/v1/tasks/recalculate-all", "post"),
+    ] {
+        let responses = &spec["paths"][path][method]["responses"];
+        for status in ["401", "403"] {
+            assert!(
+                responses[status].is_object(),
+                "{method} {path}: no {status}"
+            );
+        }
+    }
     // Every documented route is really served (not a 404 from the fallback).
     for route in &routes {
         let (method, path) = route.split_once(' ').unwrap();

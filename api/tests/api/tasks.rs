@@ -1,6 +1,7 @@
 //! The task API over the real queue.
 
 use queue::{JobState, NewJob, Noop};
+use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{spawn_app, spawn_app_with};
@@ -71,18 +72,14 @@ async fn pending_tasks_are_cancelled_running_ones_revoked_and_finished_ones_refu
         .await
         .unwrap();
 
-    let delete = |id: &str| {
-        app.client
-            .delete(app.url(&format!("/api/v1/tasks/{id}")))
-            .send()
-    };
-    let resp = delete(&pending).await.unwrap();
+    let delete = |id: &str| app.send(Method::DELETE, &format!("/api/v1/tasks/{id}"), None);
+    let resp = delete(&pending).await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "cancelled");
 
     // A running task: 202, and the worker holding it is told on the control channel.
-    let resp = delete(&running).await.unwrap();
+    let resp = delete(&running).await;
     assert_eq!(resp.status(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "revoking");
@@ -104,12 +101,12 @@ async fn pending_tasks_are_cancelled_running_ones_revoked_and_finished_ones_refu
     q.complete(&l, JobState::Succeeded, &serde_json::json!(null))
         .await
         .unwrap();
-    let resp = delete(&finished).await.unwrap();
+    let resp = delete(&finished).await;
     assert_eq!(resp.status(), 409);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "conflict");
 
-    let resp = delete("NOPE").await.unwrap();
+    let resp = delete("NOPE").await;
     assert_eq!(resp.status(), 404);
 }
 
@@ -118,26 +115,17 @@ async fn a_queue_is_paused_and_resumed_by_name_and_an_unknown_one_is_a_404() {
     let token = "s3cret-admin-token-0123";
     let app = spawn_app_with(|s| s.admin_token = Some(token.into())).await;
     let q = app.state.queues.get("events").unwrap().clone();
-    let post = |path: &str, bearer: Option<&str>| {
-        let req = app.client.post(app.url(path));
-        match bearer {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
-        .send()
-    };
+    let bearer = format!("Bearer {token}");
+    let post =
+        |path: &str, authorization: Option<&str>| app.send(Method::POST, path, authorization);
 
-    let anonymous = post("/api/v1/queues/events/pause", None).await.unwrap();
+    let anonymous = post("/api/v1/queues/events/pause", None).await;
     assert_eq!(anonymous.status(), 401);
     assert!(!q.depths().await.unwrap().paused);
-    let wrong = post("/api/v1/queues/events/pause", Some("nope-nope-nope"))
-        .await
-        .unwrap();
+    let wrong = post("/api/v1/queues/events/pause", Some("Bearer nope-nope-nope")).await;
     assert_eq!(wrong.status(), 403);
 
-    let paused = post("/api/v1/queues/events/pause", Some(token))
-        .await
-        .unwrap();
+    let paused = post("/api/v1/queues/events/pause", Some(&bearer)).await;
     assert_eq!(paused.status(), 200);
     let body: serde_json::Value = paused.json().await.unwrap();
     assert_eq!(
@@ -151,15 +139,11 @@ async fn a_queue_is_paused_and_resumed_by_name_and_an_unknown_one_is_a_404() {
     assert_eq!(all["queues"]["events"]["paused"], true);
     assert_eq!(all["queues"]["bulk"]["paused"], false);
 
-    let resumed = post("/api/v1/queues/events/resume", Some(token))
-        .await
-        .unwrap();
+    let resumed = post("/api/v1/queues/events/resume", Some(&bearer)).await;
     assert_eq!(resumed.status(), 200);
     assert!(!q.depths().await.unwrap().paused);
 
-    let unknown = post("/api/v1/queues/nosuch/pause", Some(token))
-        .await
-        .unwrap();
+    let unknown = post("/api/v1/queues/nosuch/pause", Some(&bearer)).await;
     assert_eq!(unknown.status(), 404);
     let body: serde_json::Value = unknown.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
@@ -186,12 +170,8 @@ async fn the_dead_set_is_listed_and_a_dead_task_can_be_requeued() {
     assert_eq!(tasks[0]["error"], "permanent: the feed said 404");
     assert_eq!(tasks[0]["attempts"], 1);
 
-    let resp = app
-        .client
-        .post(app.url(&format!("/api/v1/tasks/{id}/retry")))
-        .send()
-        .await
-        .unwrap();
+    let retry = format!("/api/v1/tasks/{id}/retry");
+    let resp = app.send(Method::POST, &retry, None).await;
     assert_eq!(resp.status(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status_url"], format!("/api/v1/tasks/{id}"));
@@ -204,12 +184,7 @@ async fn the_dead_set_is_listed_and_a_dead_task_can_be_requeued() {
     assert!(body["tasks"].as_array().unwrap().is_empty());
 
     // Only dead tasks can be re-enqueued.
-    let resp = app
-        .client
-        .post(app.url(&format!("/api/v1/tasks/{id}/retry")))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.send(Method::POST, &retry, None).await;
     assert_eq!(resp.status(), 409);
     let (s, body) = app.get_json("/api/v1/tasks/dead?limit=0").await;
     assert_eq!((s, body["fields"][0].as_str()), (422, Some("limit")));
@@ -303,44 +278,23 @@ async fn recalculate_all_answers_at_once_and_coalesces_triggers() {
 async fn admin_endpoints_need_the_bearer_token_when_one_is_set() {
     let token = "s3cret-admin-token-0123";
     let app = spawn_app_with(|s| s.admin_token = Some(token.into())).await;
-    let url = app.url("/api/v1/tasks/recalculate-all");
+    let bearer = format!("Bearer {token}");
+    let trigger = |authorization: Option<&str>| {
+        app.send(Method::POST, "/api/v1/tasks/recalculate-all", authorization)
+    };
 
-    let none = app.client.post(&url).send().await.unwrap();
+    let none = trigger(None).await;
     assert_eq!(none.status(), 401);
     let body: serde_json::Value = none.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized");
-    let wrong = app
-        .client
-        .post(&url)
-        .bearer_auth("not-the-token-at-all")
-        .send()
-        .await
-        .unwrap();
+    let wrong = trigger(Some("Bearer not-the-token-at-all")).await;
     assert_eq!(wrong.status(), 403);
-    let right = app
-        .client
-        .post(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let right = trigger(Some(&bearer)).await;
     assert_eq!(right.status(), 202);
     // The scheme is case-insensitive; another scheme is no bearer token.
-    let lower = app
-        .client
-        .post(&url)
-        .header("authorization", format!("bearer {token}"))
-        .send()
-        .await
-        .unwrap();
+    let lower = trigger(Some(&format!("bearer {token}"))).await;
     assert_eq!(lower.status(), 202);
-    let basic = app
-        .client
-        .post(&url)
-        .header("authorization", format!("Basic {token}"))
-        .send()
-        .await
-        .unwrap();
+    let basic = trigger(Some(&format!("Basic {token}"))).await;
     assert_eq!(basic.status(), 401);
 
     // Cancel and re-enqueue are guarded too; reads are not.
@@ -348,29 +302,14 @@ async fn admin_endpoints_need_the_bearer_token_when_one_is_set() {
         .as_str()
         .unwrap()
         .into();
-    let cancel = app
-        .client
-        .delete(app.url(&format!("/api/v1/tasks/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let task = format!("/api/v1/tasks/{id}");
+    let cancel = app.send(Method::DELETE, &task, None).await;
     assert_eq!(cancel.status(), 401);
-    let retry = app
-        .client
-        .post(app.url(&format!("/api/v1/tasks/{id}/retry")))
-        .send()
-        .await
-        .unwrap();
+    let retry = app.send(Method::POST, &format!("{task}/retry"), None).await;
     assert_eq!(retry.status(), 401);
-    let (s, _) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    let (s, _) = app.get_json(&task).await;
     assert_eq!(s, 200);
-    let ok = app
-        .client
-        .delete(app.url(&format!("/api/v1/tasks/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let ok = app.send(Method::DELETE, &task, Some(&bearer)).await;
     assert_eq!(ok.status(), 200);
 }
 

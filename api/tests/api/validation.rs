@@ -122,26 +122,16 @@ async fn the_longest_id_and_the_largest_batch_are_valid() {
 async fn malformed_oversized_and_non_json_bodies_are_refused() {
     let app = offline_app().await;
 
-    let (s, b) = app
-        .post_raw(
-            "/api/v1/price",
-            "application/json",
-            b"{\"product_id\":".to_vec(),
-        )
-        .await;
-    assert_error(s, &b, 400, "invalid_json", None);
-    let (s, b) = app
-        .post_raw("/api/v1/price", "application/json", Vec::new())
-        .await;
-    assert_error(s, &b, 400, "invalid_json", None);
-    let (s, b) = app
-        .post_raw(
-            "/api/v1/price",
-            "application/json",
-            b"{\"product_id\":\"P-1\"} {}".to_vec(),
-        )
-        .await;
-    assert_error(s, &b, 400, "invalid_json", None);
+    for body in [
+        b"{\"product_id\":".to_vec(),
+        Vec::new(),
+        b"{\"product_id\":\"P-1\"} {}".to_vec(),
+    ] {
+        let (s, b) = app
+            .post_raw("/api/v1/price", "application/json", body)
+            .await;
+        assert_error(s, &b, 400, "invalid_json", None);
+    }
     let (s, b) = app
         .post_raw(
             "/api/v1/price",
@@ -162,46 +152,33 @@ async fn malformed_oversized_and_non_json_bodies_are_refused() {
 async fn bad_batch_requests_are_refused() {
     let app = offline_app().await;
     let too_many: Vec<String> = (1..=1001).map(|i| format!("P-{i}")).collect();
-    let (s, b) = app
-        .post_json("/api/v1/prices/batch", &json!({"product_ids": too_many}))
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("product_ids"));
-    let (s, b) = app
-        .post_json("/api/v1/prices/batch", &json!({"product_ids": []}))
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("product_ids"));
-    let (s, b) = app
-        .post_json(
-            "/api/v1/prices/batch",
-            &json!({"product_ids": ["P-1", "bad id"]}),
-        )
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("product_ids[1]"));
-    let (s, b) = app
-        .post_json("/api/v1/prices/batch", &json!({"product_ids": "P-1"}))
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("product_ids"));
-    let (s, b) = app
-        .post_json("/api/v1/prices/batch", &json!({"product_ids": ["P-1", 2]}))
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("product_ids[1]"));
+    for (ids, field) in [
+        (json!(too_many), "product_ids"),
+        (json!([]), "product_ids"),
+        (json!(["P-1", "bad id"]), "product_ids[1]"),
+        (json!("P-1"), "product_ids"),
+        (json!(["P-1", 2]), "product_ids[1]"),
+    ] {
+        let (s, b) = app
+            .post_json("/api/v1/prices/batch", &json!({ "product_ids": ids }))
+            .await;
+        assert_error(s, &b, 422, "validation_error", Some(field));
+    }
 }
 
 #[tokio::test]
 async fn bad_path_and_query_input_is_refused() {
     let app = offline_app().await;
-    let (s, b) = app
-        .get_json(&format!("/api/v1/price/{}", "a".repeat(65)))
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("product_id"));
-    let (s, b) = app.get_json("/api/v1/price/P%201").await;
-    assert_error(s, &b, 422, "validation_error", Some("product_id"));
-    let (s, b) = app
-        .get_json("/api/v1/price/P-1?is_prime_member=maybe")
-        .await;
-    assert_error(s, &b, 422, "validation_error", Some("is_prime_member"));
-    let (s, b) = app.get_json("/api/v1/price/P-1?colour=red").await;
-    assert_error(s, &b, 422, "validation_error", Some("colour"));
+    let too_long = format!("/api/v1/price/{}", "a".repeat(65));
+    for (path, field) in [
+        (too_long.as_str(), "product_id"),
+        ("/api/v1/price/P%201", "product_id"),
+        ("/api/v1/price/P-1?is_prime_member=maybe", "is_prime_member"),
+        ("/api/v1/price/P-1?colour=red", "colour"),
+    ] {
+        let (s, b) = app.get_json(path).await;
+        assert_error(s, &b, 422, "validation_error", Some(field));
+    }
     let (s, b) = app.get_json("/api/v1/nothing-here").await;
     assert_error(s, &b, 404, "not_found", None);
     let (status, b) = app

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared::events::MarketEvent;
 use shared::store::CatalogStore;
-use testkit::{RedisOptions, RedisServer, seeded_store};
+use testkit::{RedisServer, seeded_store};
 
 use crate::event;
 use crate::helpers::*;
@@ -50,11 +50,7 @@ async fn events_published_while_no_listener_runs_are_processed_when_it_starts() 
 
 #[tokio::test]
 async fn a_redis_restart_with_aof_loses_no_events() {
-    let mut redis = RedisServer::start_with(RedisOptions {
-        aof: true,
-        ..Default::default()
-    })
-    .await;
+    let mut redis = RedisServer::start_persistent().await;
     let (store, _dir, url) = seeded_store(100).await;
     let demand = |i: u32| {
         event(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use queue::{QueueSettings, Queues, Routes};
-use shared::config::{DatabaseSettings, LogFormat, RedisSettings, TelemetrySettings};
+use shared::config::{DatabaseSettings, RedisSettings, TelemetrySettings};
 use shared::event_bus::{EventBus, EventSettings};
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
@@ -16,14 +16,7 @@ pub const NS: &str = "lt";
 pub const LONG: Duration = Duration::from_secs(60);
 
 pub fn telemetry() -> TelemetrySettings {
-    TelemetrySettings {
-        service_name: "pricing-listener-test".into(),
-        otlp_endpoint: None,
-        otlp_protocol: Default::default(),
-        sampler: Default::default(),
-        log_format: LogFormat::Pretty,
-        log_filter: "info".into(),
-    }
+    testkit::telemetry("pricing-listener-test", "info")
 }
 
 pub fn settings(redis: &RedisServer, db_url: &str) -> listener::Settings {

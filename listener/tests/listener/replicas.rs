@@ -39,24 +39,15 @@ async fn two_listeners_queue_each_event_once() {
         let e = event(
             serde_json::json!({"kind": "stock_changed", "data": {"stock": {format!("P-{i}"): i}}}),
         );
-        let n: u64 = redis::cmd("PUBLISH")
-            .arg("market_events")
-            .arg(e.encode(false))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let n = testkit::publish(&mut conn, "market_events", e.encode(false)).await;
         assert_eq!(n, 2);
     }
 
     // The same bytes three times on the channel only (no event id): three
     // events, each appended once, by one of the two listeners.
     for _ in 0..3 {
-        let n: u64 = redis::cmd("PUBLISH")
-            .arg("market_events")
-            .arg(r#"{"kind":"demand_changed","data":{"demand":{"P-301":1.25}}}"#)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let raw = r#"{"kind":"demand_changed","data":{"demand":{"P-301":1.25}}}"#;
+        let n = testkit::publish(&mut conn, "market_events", raw).await;
         assert_eq!(n, 2);
     }
 

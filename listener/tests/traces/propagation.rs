@@ -13,14 +13,10 @@ use crate::spans::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_event_is_one_trace_across_api_listener_and_worker() {
-    let redis = RedisServer::start().await;
-    let (_store, _dir, db) = seeded_store(20).await;
-    let rx = OtlpReceiver::start().await;
-    let services_up = Services::start(&redis, &db, &rx.endpoint()).await;
+    let (_redis, _dir, rx, services_up) = start_traced().await;
 
-    let resp = post(
+    let resp = publish_event(
         &services_up.api,
-        "/api/v1/publish-market-event",
         r#"{"kind":"demand_changed","data":{"demand":{"P-2":1.7}}}"#,
     )
     .await;
@@ -31,9 +27,7 @@ async fn a_published_event_is_one_trace_across_api_listener_and_worker() {
         "the api continued the client's trace: {traceparent}"
     );
 
-    let wanted = event_trace_wanted();
-    let wanted: Vec<Wanted<'_>> = wanted.iter().map(|(w, f)| (*w, f.as_ref())).collect();
-    let spans = wait_for_trace(&rx, CLIENT_TRACE, &wanted).await;
+    let spans = wait_for_event_trace(&rx, CLIENT_TRACE).await;
     services_up.stop().await;
 
     assert_eq!(
@@ -47,10 +41,7 @@ async fn a_published_event_is_one_trace_across_api_listener_and_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recalculate_all_trigger_is_one_trace_from_api_to_worker() {
-    let redis = RedisServer::start().await;
-    let (_store, _dir, db) = seeded_store(20).await;
-    let rx = OtlpReceiver::start().await;
-    let services_up = Services::start(&redis, &db, &rx.endpoint()).await;
+    let (_redis, _dir, rx, services_up) = start_traced().await;
 
     let resp = post(&services_up.api, "/api/v1/tasks/recalculate-all", "").await;
     assert_eq!(resp.status(), 202);

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use testkit::{RedisServer, free_port};
+use testkit::otlp_receiver::OtlpReceiver;
+use testkit::{RedisServer, free_port, seeded_store};
 
 use crate::{CLIENT_SPAN, CLIENT_TRACE, LONG, NS};
 
@@ -128,6 +129,16 @@ impl Drop for Services {
     }
 }
 
+/// The api, worker and listener over a Redis and a catalog of 20 products
+/// of their own (keep its folder alive), exporting over gRPC to a receiver.
+pub async fn start_traced() -> (RedisServer, tempfile::TempDir, OtlpReceiver, Services) {
+    let redis = RedisServer::start().await;
+    let (_store, dir, db) = seeded_store(20).await;
+    let rx = OtlpReceiver::start().await;
+    let services = Services::start(&redis, &db, &rx.endpoint()).await;
+    (redis, dir, rx, services)
+}
+
 /// The queue of the events' jobs, to see them finish.
 pub fn queue(redis: &RedisServer) -> queue::Queue {
     let settings = shared::config::RedisSettings::for_url(redis.url(), NS);
@@ -146,6 +157,11 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     testkit::eventually(LONG, what, check).await
+}
+
+/// POSTs the market event `body` as the client; returns the api's answer.
+pub async fn publish_event(api: &str, body: &str) -> reqwest::Response {
+    post(api, "/api/v1/publish-market-event", body).await
 }
 
 pub async fn post(api: &str, path: &str, body: &str) -> reqwest::Response {

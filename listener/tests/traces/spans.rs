@@ -63,6 +63,13 @@ pub async fn wait_for_trace(
     }
 }
 
+/// Waits until the trace holds every span of [`event_trace_wanted`].
+pub async fn wait_for_event_trace(rx: &OtlpReceiver, trace: &str) -> Vec<ReceivedSpan> {
+    let wanted = event_trace_wanted();
+    let wanted: Vec<Wanted<'_>> = wanted.iter().map(|(w, f)| (*w, f.as_ref())).collect();
+    wait_for_trace(rx, trace, &wanted).await
+}
+
 /// Every span's parent is in the trace, except the api's server span, whose
 /// parent is the client's span: one connected tree. Every span names its
 /// service and the services' version.

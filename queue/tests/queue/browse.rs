@@ -6,6 +6,8 @@ use std::time::Duration;
 use queue::{JobState, NewJob, Noop, Queue, QueueSettings, Sleep};
 use testkit::{RedisKind, TestRedis};
 
+use crate::helpers::push_all;
+
 testkit::redis_suite!(
     each_state_lists_from_its_set_in_order_and_pages_follow_the_cursor,
     a_filtered_listing_examines_a_bounded_window_and_says_where_to_go_on,
@@ -97,13 +99,7 @@ async fn a_filtered_listing_examines_a_bounded_window_and_says_where_to_go_on(ki
     let jobs: Vec<NewJob> = (0..1_500)
         .map(|_| NewJob::of(&Sleep { millis: 1 }).unwrap())
         .collect();
-    let pushed: Vec<String> = q
-        .push_bulk(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let pushed = push_all(&q, &jobs).await;
     // The 1,200 next to run are cancelled: tombstones ahead of 300 pending.
     for id in &pushed[..1_200] {
         q.cancel(id).await.unwrap();

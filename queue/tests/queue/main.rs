@@ -16,6 +16,9 @@ use testkit::{RedisKind, TestRedis};
 mod browse;
 mod control;
 mod failover;
+mod helpers;
+
+use helpers::push_all;
 
 async fn queue_with(redis: &TestRedis, settings: QueueSettings) -> Queue {
     Queue::new(redis.pool("t"), "t", "default", settings)
@@ -508,13 +511,7 @@ async fn an_unreadable_record_is_buried_and_the_rest_of_the_batch_runs(kind: Red
     let redis = TestRedis::start(kind).await;
     let q = queue_with(&redis, QueueSettings::default()).await;
     let jobs: Vec<NewJob> = (0..3).map(|_| noop()).collect();
-    let ids: Vec<String> = q
-        .push_bulk(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let ids = push_all(&q, &jobs).await;
     let (mut conn, _) = redis.pool("t").get();
     let _: () = redis::cmd("HSET")
         .arg("{t:default}:jobs")

@@ -74,12 +74,7 @@ async fn a_message_published_through_any_node_reaches_a_subscriber_on_another() 
     sub.subscribe("market_events").await.unwrap();
     let mut messages = sub.on_message();
     let (mut conn, _) = pool.get();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("market_events")
-        .arg("via-cluster")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    testkit::publish(&mut conn, "market_events", "via-cluster").await;
     let mut expected = vec!["via-cluster".to_string()];
     for port in cluster.ports().into_iter().skip(1) {
         let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))
@@ -88,12 +83,7 @@ async fn a_message_published_through_any_node_reaches_a_subscriber_on_another() 
             .await
             .unwrap();
         let text = format!("via-{port}");
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg("market_events")
-            .arg(&text)
-            .query_async(&mut node)
-            .await
-            .unwrap();
+        testkit::publish(&mut node, "market_events", &text).await;
         expected.push(text);
     }
     let mut got = Vec::new();

@@ -341,30 +341,30 @@ async fn an_older_observation_never_replaces_a_newer_one(backend: Backend) {
         store.apply_market_updates(&u).await.unwrap();
         assert_eq!(signals_of_p1(store).await, expected);
     };
-    // Competitor prices below any the seed gave P-1, so the lowest is acme's.
-    apply(
-        observation(t1, 30, 4.0, 0.9, 1.2),
-        (30, 4.0, Some(0.9), Some(1.2)),
-    )
-    .await;
-    // Older: ignored, every signal.
-    apply(
-        observation(t0, 99, 7.0, 0.5, 0.5),
-        (30, 4.0, Some(0.9), Some(1.2)),
-    )
-    .await;
-    // The same time: replaces (within a batch, the later event wins).
-    apply(
-        observation(t1, 31, 4.5, 0.95, 1.3),
-        (31, 4.5, Some(0.95), Some(1.3)),
-    )
-    .await;
-    // Newer: replaces.
-    apply(
-        observation(t2, 12, 3.0, 0.8, 1.8),
-        (12, 3.0, Some(0.8), Some(1.8)),
-    )
-    .await;
+    for (update, expected) in [
+        // Competitor prices below any the seed gave P-1, so the lowest is acme's.
+        (
+            observation(t1, 30, 4.0, 0.9, 1.2),
+            (30, 4.0, Some(0.9), Some(1.2)),
+        ),
+        // Older: ignored, every signal.
+        (
+            observation(t0, 99, 7.0, 0.5, 0.5),
+            (30, 4.0, Some(0.9), Some(1.2)),
+        ),
+        // The same time: replaces (within a batch, the later event wins).
+        (
+            observation(t1, 31, 4.5, 0.95, 1.3),
+            (31, 4.5, Some(0.95), Some(1.3)),
+        ),
+        // Newer: replaces.
+        (
+            observation(t2, 12, 3.0, 0.8, 1.8),
+            (12, 3.0, Some(0.8), Some(1.8)),
+        ),
+    ] {
+        apply(update, expected).await;
+    }
 
     // An import states stock and cost as of its updated_at: an event
     // observed before that leaves them as imported.

@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use queue::{
-    Backoff, JobOutcome, JobSpec, JobState, NewJob, QueueSettings, RetryPolicy, RevokeOutcome,
-    TimeLimit,
+    Backoff, JobOutcome, JobSpec, JobState, QueueSettings, RetryPolicy, RevokeOutcome, TimeLimit,
 };
 use serde::{Deserialize, Serialize};
 use testkit::RedisServer;
 use worker::{JobContext, Registry};
 
-use crate::helpers::{queue, settings, start, wait_for};
+use crate::helpers::{push, queue, scrape, settings, start, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -95,7 +94,7 @@ async fn a_handler_that_ignores_its_soft_limit_is_dropped_at_the_hard_one_and_re
     let w = start(s, registry(&seen)).await;
 
     // Act
-    let id = q.push(NewJob::of(&Stubborn {}).unwrap()).await.unwrap().id;
+    let id = push(&q, &Stubborn {}).await;
     let record = wait_for(&q, &id, &[JobState::Failed], LONG).await;
 
     // Assert: the token fired in both attempts, each attempt failed as
@@ -111,7 +110,7 @@ async fn a_handler_that_ignores_its_soft_limit_is_dropped_at_the_hard_one_and_re
     );
     assert_eq!(seen.started.load(Ordering::SeqCst), 2);
     assert_eq!(seen.signalled.load(Ordering::SeqCst), 2);
-    let metrics = crate::helpers::scrape(&w).await;
+    let metrics = scrape(&w).await;
     assert!(
         metrics.contains(r#"jobs_time_limited_total{job_type="stubborn",limit="hard"} 2"#),
         "{metrics}"
@@ -128,7 +127,7 @@ async fn a_handler_that_honours_its_soft_limit_ends_with_its_own_result() {
     let seen = Seen::default();
     let w = start(s, registry(&seen)).await;
 
-    let id = q.push(NewJob::of(&Polite {}).unwrap()).await.unwrap().id;
+    let id = push(&q, &Polite {}).await;
     let record = wait_for(&q, &id, &[JobState::Succeeded, JobState::Failed], LONG).await;
 
     assert_eq!((record.state, record.attempts), (JobState::Succeeded, 1));
@@ -148,8 +147,8 @@ async fn a_revoked_job_ends_cancelled_whether_its_handler_listens_or_not() {
     let control = shared::keys::Keys::new(crate::helpers::NS).control_channel();
     let seen = Seen::default();
     let w = start(s, registry(&seen)).await;
-    let polite = q.push(NewJob::of(&Polite {}).unwrap()).await.unwrap().id;
-    let stubborn = q.push(NewJob::of(&Stubborn {}).unwrap()).await.unwrap().id;
+    let polite = push(&q, &Polite {}).await;
+    let stubborn = push(&q, &Stubborn {}).await;
     wait_for(&q, &polite, &[JobState::Running], LONG).await;
     wait_for(&q, &stubborn, &[JobState::Running], LONG).await;
     testkit::eventually(LONG, "both handlers started", || async {
@@ -174,15 +173,11 @@ async fn a_revoked_job_ends_cancelled_whether_its_handler_listens_or_not() {
         assert_eq!((r.state, r.attempts), (JobState::Cancelled, 1), "{id}");
     }
     assert_eq!(seen.signalled.load(Ordering::SeqCst), 2);
-    let after = q
-        .push(NewJob::of(&queue::Noop {}).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let after = push(&q, &queue::Noop {}).await;
     wait_for(&q, &after, &[JobState::Succeeded], LONG).await;
     let d = q.depths().await.unwrap();
     assert_eq!(d.running, 0);
-    let metrics = crate::helpers::scrape(&w).await;
+    let metrics = scrape(&w).await;
     for job in ["polite", "stubborn"] {
         let series = format!("jobs_finished_total{{job_type=\"{job}\",outcome=\"cancelled\"}} 1");
         assert!(metrics.contains(&series), "{series} missing:\n{metrics}");

@@ -9,10 +9,10 @@ use queue::{
     Sleep,
 };
 use serde::{Deserialize, Serialize};
-use testkit::{RedisOptions, RedisServer};
+use testkit::RedisServer;
 use worker::Registry;
 
-use crate::helpers::{queue, settings, start, wait_for};
+use crate::helpers::{push, push_all, queue, settings, start, start_on, started, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -51,25 +51,12 @@ fn counting_registry(runs: Arc<AtomicUsize>) -> Registry {
 
 #[tokio::test]
 async fn jobs_run_once_and_report_their_result_and_worker() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        worker::jobs::registry(),
-    )
-    .await;
+    let (_redis, q, w) = started(worker::jobs::registry()).await;
 
-    let ids: Vec<String> = q
-        .push_bulk(
-            &(0..50)
-                .map(|i| NewJob::of(&Sleep { millis: i % 3 }).unwrap())
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
+    let jobs: Vec<NewJob> = (0..50)
+        .map(|i| NewJob::of(&Sleep { millis: i % 3 }).unwrap())
         .collect();
+    let ids = push_all(&q, &jobs).await;
 
     for id in &ids {
         let rec = wait_for(&q, id, &[JobState::Succeeded], LONG).await;
@@ -90,18 +77,8 @@ async fn jobs_run_once_and_report_their_result_and_worker() {
 
 #[tokio::test]
 async fn a_job_leaves_the_queue_only_after_its_handler_finishes() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        worker::jobs::registry(),
-    )
-    .await;
-    let id = q
-        .push(NewJob::of(&Sleep { millis: 1_500 }).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let (_redis, q, w) = started(worker::jobs::registry()).await;
+    let id = push(&q, &Sleep { millis: 1_500 }).await;
 
     let running = wait_for(&q, &id, &[JobState::Running], LONG).await;
     // While it runs, it is still held in Redis under a lease, not gone.
@@ -122,11 +99,7 @@ async fn a_killed_workers_job_runs_on_another_worker_after_its_lease() {
         ..QueueSettings::default()
     };
     let q = queue(&redis, short_lease.clone());
-    let id = q
-        .push(NewJob::of(&Sleep { millis: 4_000 }).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let id = push(&q, &Sleep { millis: 4_000 }).await;
     let mut victim = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
         .env("REDIS_URL", redis.url())
         .env("REDIS_NAMESPACE", crate::helpers::NS)
@@ -174,11 +147,7 @@ async fn a_heartbeat_keeps_a_long_job_from_running_twice() {
     .await;
     let b = start(settings(&redis, lease), counting_registry(runs.clone())).await;
 
-    let id = q
-        .push(NewJob::of(&Count { millis: 6_000 }).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let id = push(&q, &Count { millis: 6_000 }).await;
     let done = wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
 
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the job ran more than once");
@@ -189,29 +158,15 @@ async fn a_heartbeat_keeps_a_long_job_from_running_twice() {
 
 #[tokio::test]
 async fn workers_resume_after_a_redis_restart_and_lose_nothing_with_aof() {
-    let mut redis = RedisServer::start_with(RedisOptions {
-        aof: true,
-        ..Default::default()
-    })
-    .await;
+    let mut redis = RedisServer::start_persistent().await;
     let q = queue(&redis, QueueSettings::default());
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        worker::jobs::registry(),
-    )
-    .await;
+    let w = start_on(&redis, worker::jobs::registry()).await;
     let jobs = |n| {
         (0..n)
             .map(|_| NewJob::of(&Sleep { millis: 5 }).unwrap())
             .collect::<Vec<_>>()
     };
-    let mut ids: Vec<String> = q
-        .push_bulk(&jobs(200))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let mut ids = push_all(&q, &jobs(200)).await;
 
     // Redis dies while jobs flow, and comes back with its AOF.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -225,13 +180,7 @@ async fn workers_resume_after_a_redis_restart_and_lose_nothing_with_aof() {
     while q.pool().ping_all().await.is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    ids.extend(
-        q.push_bulk(&jobs(50))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.id),
-    );
+    ids.extend(push_all(&q, &jobs(50)).await);
 
     for id in &ids {
         wait_for(&q, id, &[JobState::Succeeded], LONG).await;
@@ -251,15 +200,9 @@ async fn a_backlog_far_past_eight_thousand_drains_without_error() {
     let redis = RedisServer::start().await;
     let q = queue(&redis, QueueSettings::default());
     let n = 30_000;
-    for chunk in 0..(n / 1_000) {
-        let _ = chunk;
-        q.push_bulk(
-            &(0..1_000)
-                .map(|_| NewJob::of(&Noop {}).unwrap())
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+    let chunk: Vec<NewJob> = (0..1_000).map(|_| NewJob::of(&Noop {}).unwrap()).collect();
+    for _ in 0..(n / 1_000) {
+        push_all(&q, &chunk).await;
     }
     let mut s = settings(&redis, QueueSettings::default());
     s.concurrency = 64;

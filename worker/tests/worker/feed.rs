@@ -16,7 +16,7 @@ use shared::store::CatalogStore;
 use testkit::{RedisServer, seeded_store};
 use worker::jobs::feed::FeedSettings;
 
-use crate::helpers::{NS, queue, settings, start, wait_for};
+use crate::helpers::{NS, cached, catalog_settings, queue, start_full, wait_for, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 const FED_PRICE: f64 = 1.0;
@@ -141,18 +141,7 @@ fn all() -> NewJob {
 }
 
 async fn cached_price(redis: &RedisServer, id: &str) -> Option<i64> {
-    let mut conn = redis.connection().await;
-    let raw: Option<String> = redis::cmd("HGET")
-        .arg(shared::keys::Keys::new(NS).price(id))
-        .arg(id)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    raw.map(|raw| {
-        shared::cache::CachedPrice::decode(id, raw.as_bytes())
-            .unwrap()
-            .price_cents
-    })
+    cached(redis, id).await.map(|c| c.price_cents)
 }
 
 /// The cached price of `id` is the one its stored signals give with the
@@ -220,16 +209,14 @@ async fn run_recalc(
         }
         FeedAt::Closed => (format!("http://127.0.0.1:{}", testkit::free_port()), None),
     };
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
+    let mut s = catalog_settings(&redis, url);
     s.feed = Some(FeedSettings {
         url: feed_url,
         extra_roots,
         connect_timeout: Duration::from_secs(3),
         timeout: FEED_TIMEOUT,
     });
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(s).await;
     let q = queue(&redis, QueueSettings::default());
     let mut job = job.retry(quick_retries(max_attempts));
     // As if pushed from inside a traced request.
@@ -422,8 +409,7 @@ async fn gated_worker_settings(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let feed_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut s = settings(redis, QueueSettings::default());
-    s.database.url = url;
+    let mut s = catalog_settings(redis, url);
     s.feed = Some(FeedSettings {
         url: feed_url,
         extra_roots: Vec::new(),
@@ -446,8 +432,7 @@ async fn a_running_recalculation_shows_its_progress() {
     let mut ids: Vec<String> = (1..=n).map(|i| format!("P-{i}")).collect();
     ids.sort(); // the order the catalog is read in
     let (feed, s) = gated_worker_settings(&redis, url, ids[WRITERS * PAGE].clone()).await;
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(s).await;
     let q = queue(&redis, QueueSettings::default());
 
     // Act
@@ -455,19 +440,12 @@ async fn a_running_recalculation_shows_its_progress() {
     feed.held.notified().await;
 
     // Assert: while it runs, the status shows the pages written so far.
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let st = q.status(&id).await.unwrap().unwrap();
-        if st.result == Some(serde_json::json!({"processed": PAGE, "total": n})) {
-            assert_eq!(st.record.state, JobState::Running);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress shown: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let progress = serde_json::json!({"processed": PAGE, "total": n});
+    let st = wait_until(&q, &id, LONG, "no progress shown", |st| {
+        st.result.as_ref() == Some(&progress)
+    })
+    .await;
+    assert_eq!(st.record.state, JobState::Running);
     feed.open.notify_one();
     wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
     let result = q.status(&id).await.unwrap().unwrap().result.unwrap();
@@ -494,8 +472,7 @@ async fn held_recalculation(
     ids.sort();
     let (feed, mut s) = gated_worker_settings(&redis, url, ids[PAGE].clone()).await;
     tune(&mut s);
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(s).await;
     let q = queue(&redis, QueueSettings::default());
     let id = q.push(all().retry(quick_retries(1))).await.unwrap().id;
     feed.held.notified().await;

@@ -5,7 +5,9 @@ use std::time::Duration;
 use queue::{JobState, NewJob, Noop, QueueSettings, Sleep};
 use testkit::{RedisServer, run_until_ready_then_sigterm};
 
-use crate::helpers::{queue, settings, start, wait_for};
+use crate::helpers::{
+    push, queue, refused_in_one_line, scrape, settings, start, started, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -54,16 +56,8 @@ async fn shutdown_finishes_short_jobs_and_puts_long_ones_back() {
     s.prefetch = 2;
     s.shutdown_timeout = Duration::from_secs(1);
     let w = start(s, worker::jobs::registry()).await;
-    let short = q
-        .push(NewJob::of(&Sleep { millis: 300 }).unwrap())
-        .await
-        .unwrap()
-        .id;
-    let long = q
-        .push(NewJob::of(&Sleep { millis: 30_000 }).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let short = push(&q, &Sleep { millis: 300 }).await;
+    let long = push(&q, &Sleep { millis: 30_000 }).await;
     wait_for(&q, &short, &[JobState::Running], LONG).await;
     wait_for(&q, &long, &[JobState::Running], LONG).await;
 
@@ -81,13 +75,7 @@ async fn shutdown_finishes_short_jobs_and_puts_long_ones_back() {
 
 #[tokio::test]
 async fn delayed_jobs_run_once_due() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        worker::jobs::registry(),
-    )
-    .await;
+    let (_redis, q, w) = started(worker::jobs::registry()).await;
     let pushed_at = chrono::Utc::now();
     let id = q
         .push(
@@ -113,34 +101,18 @@ async fn delayed_jobs_run_once_due() {
 
 #[tokio::test]
 async fn the_worker_serves_metrics_and_health() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        worker::jobs::registry(),
-    )
-    .await;
-    let id = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let (_redis, q, w) = started(worker::jobs::registry()).await;
+    let id = push(&q, &Noop {}).await;
     wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
 
-    let client = reqwest::Client::new();
-    let health: serde_json::Value = client
-        .get(format!("http://{}/health", w.metrics))
-        .send()
+    let health: serde_json::Value = reqwest::get(format!("http://{}/health", w.metrics))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(health["worker_id"], w.id.as_str());
-    let text = client
-        .get(format!("http://{}/metrics", w.metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&w).await;
     for series in [
         r#"jobs_started_total{job_type="noop"}"#,
         r#"jobs_finished_total{job_type="noop",outcome="succeeded"}"#,
@@ -199,17 +171,9 @@ fn a_bad_queue_rate_or_time_limit_stops_startup_in_one_line_naming_it() {
         ("TIME_LIMIT_SLEEP", "soon"),
         ("TIME_LIMIT_SLEEP", "60,30"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .env("WORKER_METRICS_ADDR", "127.0.0.1:0")
-            .env(var, value)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{var}={value} started");
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "{var}={value}: {stderr}");
+        let (line, stderr) = refused_in_one_line(&[(var, value)], &format!("{var}={value}"));
         assert!(
-            lines[0].contains(var) && lines[0].contains(value),
+            line.contains(var) && line.contains(value),
             "{var}={value}: {stderr}"
         );
     }
@@ -259,17 +223,9 @@ fn a_bad_schedule_stops_startup_in_one_line_naming_the_variable() {
         ),
     ];
     for (vars, var, value) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
-            .env("WORKER_METRICS_ADDR", "127.0.0.1:0")
-            .envs(vars.iter().copied())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{vars:?} started");
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "{vars:?}: {stderr}");
+        let (line, stderr) = refused_in_one_line(vars, &format!("{vars:?}"));
         assert!(
-            lines[0].contains(var) && lines[0].contains(value),
+            line.contains(var) && line.contains(value),
             "{vars:?} should name {var}={value}: {stderr}"
         );
     }

@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use queue::{Consume, JobState, NewJob, Noop, QueueSettings, Queues, Routes, Sleep};
-use shared::config::RedisSettings;
-use shared::redis_pool::RedisPool;
 use testkit::{RedisServer, eventually};
+use worker::Settings;
 
-use crate::helpers::{NS, settings, start, wait_for};
+use crate::helpers::{NS, pool, settings, start, wait_for};
 
 /// A guard against a hang, never a timing check.
 const LONG: Duration = Duration::from_secs(60);
@@ -19,8 +18,14 @@ fn routes() -> Routes {
 }
 
 fn queues(redis: &RedisServer) -> Queues {
-    let pool = RedisPool::new(&RedisSettings::for_url(redis.url(), NS)).unwrap();
-    Queues::new(pool, NS, routes(), QueueSettings::default())
+    Queues::new(pool(redis), NS, routes(), QueueSettings::default())
+}
+
+/// Worker settings that route by [`routes`] and consume every queue.
+fn routed_settings(redis: &RedisServer, queue: QueueSettings) -> Settings {
+    let mut s = settings(redis, queue);
+    (s.routes, s.consume) = (routes(), Consume::default());
+    s
 }
 
 #[tokio::test]
@@ -28,8 +33,7 @@ async fn a_targeted_job_on_events_runs_before_the_bulk_backlog() {
     // Arrange: one slot, busy with a bulk job, three more bulk jobs waiting.
     let redis = RedisServer::start().await;
     let q = queues(&redis);
-    let mut s = settings(&redis, QueueSettings::default());
-    (s.routes, s.consume) = (routes(), Consume::default());
+    let mut s = routed_settings(&redis, QueueSettings::default());
     (s.concurrency, s.prefetch) = (1, 1);
     let bulk: Vec<String> = {
         let mut ids = Vec::new();
@@ -112,8 +116,7 @@ async fn four_workers_of_32_slots_never_start_a_limited_type_faster_than_its_rat
     // Act: four workers of 32 slots, all at once.
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let mut s = settings(&redis, queue_settings.clone());
-        (s.routes, s.consume) = (routes(), Consume::default());
+        let mut s = routed_settings(&redis, queue_settings.clone());
         (s.concurrency, s.prefetch) = (32, 32);
         workers.push(start(s, worker::jobs::registry()).await);
     }
@@ -156,8 +159,7 @@ async fn four_workers_of_32_slots_never_start_a_limited_type_faster_than_its_rat
 async fn maintenance_samples_the_counters_so_rates_exist_before_a_dashboard_looks() {
     let redis = RedisServer::start().await;
     let q = queues(&redis);
-    let mut s = settings(&redis, QueueSettings::default());
-    (s.routes, s.consume) = (routes(), Consume::default());
+    let s = routed_settings(&redis, QueueSettings::default());
     let events = q.get("events").unwrap().clone();
     let history = format!("{{{NS}:events}}:history");
     let samples = || async {

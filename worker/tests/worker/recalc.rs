@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use queue::{JobState, NewJob, QueueSettings};
+use queue::{JobState, QueueSettings};
 use shared::cache::CachedPrice;
 use shared::jobs::{RecalculateAllPrices, RecalculatePrices, recalculate_all_job};
 use shared::lock::DistributedLock;
@@ -10,38 +10,20 @@ use shared::pricing::compute_price_cents;
 use shared::store::CatalogStore;
 use testkit::{RedisServer, seeded_store};
 
-use crate::helpers::{NS, queue, settings, start, wait_for};
+use crate::helpers::{NS, cached, catalog_settings, push, queue, start_full, wait_for, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn cached(redis: &RedisServer, id: &str) -> Option<CachedPrice> {
-    let mut conn = redis.connection().await;
-    let raw: Option<String> = redis::cmd("HGET")
-        .arg(shared::keys::Keys::new(NS).price(id))
-        .arg(id)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    raw.map(|r| CachedPrice::decode(id, r.as_bytes()).expect("a valid cache entry"))
-}
 
 #[tokio::test]
 async fn a_full_recalculation_caches_every_price() {
     // Arrange: a catalog of 12,000 products (more than two pages).
     let redis = RedisServer::start().await;
     let (store, _dir, url) = seeded_store(12_000).await;
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(catalog_settings(&redis, url)).await;
     let q = queue(&redis, QueueSettings::default());
 
     // Act
-    let id = q
-        .push(NewJob::of(&RecalculateAllPrices {}).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let id = push(&q, &RecalculateAllPrices {}).await;
     wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
 
     // Assert: the result, and every product's next read is a hit with its price.
@@ -92,10 +74,15 @@ async fn a_full_recalculation_caches_every_price() {
 }
 
 fn recalc_lock(q: &queue::Queue) -> DistributedLock {
+    recalc_lock_for(q, Duration::from_secs(30))
+}
+
+/// The recalculation lock, taken for `ttl`.
+fn recalc_lock_for(q: &queue::Queue, ttl: Duration) -> DistributedLock {
     DistributedLock::new(
         q.pool().clone(),
         shared::keys::Keys::new(NS).recalc_lock(),
-        Duration::from_secs(30),
+        ttl,
     )
 }
 
@@ -103,19 +90,12 @@ fn recalc_lock(q: &queue::Queue) -> DistributedLock {
 async fn a_recalculation_is_skipped_when_one_that_started_after_it_holds_the_lock() {
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(10).await;
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
     let q = queue(&redis, QueueSettings::default());
     // Triggered first; then another recalculation takes the lock (it reads
     // data at least as new as this trigger saw) before a worker picks it up.
-    let id = q
-        .push(NewJob::of(&RecalculateAllPrices {}).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let id = push(&q, &RecalculateAllPrices {}).await;
     let held = recalc_lock(&q).try_acquire().await.unwrap().unwrap();
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(catalog_settings(&redis, url)).await;
 
     wait_for(&q, &id, &[JobState::Skipped], LONG).await;
 
@@ -136,38 +116,25 @@ async fn a_recalculation_is_skipped_when_one_that_started_after_it_holds_the_loc
 async fn a_trigger_while_a_recalculation_runs_waits_for_it_and_further_triggers_join() {
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(10).await;
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
     let retry = shared::jobs::RECALC_RETRY;
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(catalog_settings(&redis, url)).await;
     let q = queue(&redis, QueueSettings::default());
     // A recalculation is running (it may have read data older than the trigger).
     let running = recalc_lock(&q).try_acquire().await.unwrap().unwrap();
 
     let first = q.push(recalculate_all_job(retry)).await.unwrap();
     // The worker picks it up, finds the lock held by an older run, and defers.
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let st = q.status(&first.id).await.unwrap().unwrap();
-        if st.result
-            == Some(
-                serde_json::json!({"status": "waiting", "reason": "another recalculation is running"}),
-            )
-        {
-            assert!(matches!(
-                st.record.state,
-                JobState::Scheduled | JobState::Pending | JobState::Running
-            ));
-            assert!(st.record.attempts <= 1, "a deferral spent an attempt");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never deferred: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waiting =
+        serde_json::json!({"status": "waiting", "reason": "another recalculation is running"});
+    let st = wait_until(&q, &first.id, LONG, "never deferred", |st| {
+        st.result.as_ref() == Some(&waiting)
+    })
+    .await;
+    assert!(matches!(
+        st.record.state,
+        JobState::Scheduled | JobState::Pending | JobState::Running
+    ));
+    assert!(st.record.attempts <= 1, "a deferral spent an attempt");
     // Fifty concurrent further triggers all join the waiting one.
     let pushes: Vec<_> = (0..50)
         .map(|_| {
@@ -198,16 +165,13 @@ async fn a_trigger_while_a_recalculation_runs_waits_for_it_and_further_triggers_
 async fn a_targeted_recalculation_caches_the_named_products() {
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(50).await;
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(catalog_settings(&redis, url)).await;
     let q = queue(&redis, QueueSettings::default());
 
     let job = RecalculatePrices {
         product_ids: vec!["P-3".into(), "P-7".into(), "P-404".into()],
     };
-    let id = q.push(NewJob::of(&job).unwrap()).await.unwrap().id;
+    let id = push(&q, &job).await;
     wait_for(&q, &id, &[JobState::Succeeded], LONG).await;
 
     let result = q.status(&id).await.unwrap().unwrap().result.unwrap();
@@ -224,24 +188,13 @@ async fn a_recalculation_whose_earlier_attempt_died_holding_the_lock_runs_once_i
     // (no release, no more extensions) after the job was queued.
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(10).await;
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
     let q = queue(&redis, QueueSettings::default());
-    let id = q
-        .push(NewJob::of(&RecalculateAllPrices {}).unwrap())
-        .await
-        .unwrap()
-        .id;
-    let short = DistributedLock::new(
-        q.pool().clone(),
-        shared::keys::Keys::new(NS).recalc_lock(),
-        Duration::from_secs(2),
-    );
+    let id = push(&q, &RecalculateAllPrices {}).await;
+    let short = recalc_lock_for(&q, Duration::from_secs(2));
     short.try_acquire_for(&id).await.unwrap().unwrap().abandon();
 
     // Act
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(catalog_settings(&redis, url)).await;
 
     // Assert: not skipped (the lock is its own dead attempt's), but run after
     // the lock expired, without spending an attempt on the wait.
@@ -256,10 +209,7 @@ async fn a_recalculation_whose_earlier_attempt_died_holding_the_lock_runs_once_i
 async fn a_targeted_recalculation_during_an_older_full_run_writes_at_once_and_again_after_it() {
     let redis = RedisServer::start().await;
     let (_store, _dir, url) = seeded_store(10).await;
-    let mut s = settings(&redis, QueueSettings::default());
-    s.database.url = url;
-    let registry = worker::full_registry(&s).await.unwrap();
-    let w = start(s, registry).await;
+    let w = start_full(catalog_settings(&redis, url)).await;
     let q = queue(&redis, QueueSettings::default());
     // A full recalculation is running; it read the catalog before the event.
     let running = recalc_lock(&q).try_acquire().await.unwrap().unwrap();
@@ -267,23 +217,15 @@ async fn a_targeted_recalculation_during_an_older_full_run_writes_at_once_and_ag
     let job = RecalculatePrices {
         product_ids: vec!["P-3".into()],
     };
-    let id = q.push(NewJob::of(&job).unwrap()).await.unwrap().id;
+    let id = push(&q, &job).await;
 
     // The price is written at once, and the job waits to write it again.
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let st = q.status(&id).await.unwrap().unwrap();
-        if st.result.as_ref().is_some_and(|r| r["status"] == "waiting") {
-            assert_eq!(st.result.unwrap()["updated_count"], 1);
-            assert_ne!(st.record.state, JobState::Succeeded);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never waited: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let st = wait_until(&q, &id, LONG, "never waited", |st| {
+        st.result.as_ref().is_some_and(|r| r["status"] == "waiting")
+    })
+    .await;
+    assert_eq!(st.result.unwrap()["updated_count"], 1);
+    assert_ne!(st.record.state, JobState::Succeeded);
     let first = cached(&redis, "P-3").await.expect("written at once");
 
     // The older run finishes (after writing its stale page); the job runs

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use testkit::RedisServer;
 use worker::Registry;
 
-use crate::helpers::{queue, settings, start, wait_for};
+use crate::helpers::{push, queue, settings, start, started, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -68,16 +68,10 @@ fn registry(starts: Starts) -> Registry {
 
 #[tokio::test]
 async fn a_retryable_failure_runs_exactly_max_attempts_times_at_the_backoff_delays() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
     let starts = Starts::default();
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        registry(starts.clone()),
-    )
-    .await;
+    let (redis, q, w) = started(registry(starts.clone())).await;
 
-    let id = q.push(NewJob::of(&Flaky {}).unwrap()).await.unwrap().id;
+    let id = push(&q, &Flaky {}).await;
     // While a retry waits, its due time (Redis clock) is never further away
     // than its backoff: a delay longer than configured (the original waited
     // 180 s instead of 30 s) shows here, however slow the machine is.
@@ -168,7 +162,7 @@ async fn a_waiting_retry_does_not_hold_a_worker_slot() {
     wait_for(&q, &flaky, &[JobState::Retrying], LONG).await;
 
     // With the only slot free, other work proceeds during the minute-long wait.
-    let noop = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let noop = push(&q, &Noop {}).await;
     wait_for(&q, &noop, &[JobState::Succeeded], LONG).await;
     assert_eq!(
         q.status(&flaky).await.unwrap().unwrap().record.state,
@@ -179,16 +173,10 @@ async fn a_waiting_retry_does_not_hold_a_worker_slot() {
 
 #[tokio::test]
 async fn a_permanent_error_is_not_retried_and_the_dead_job_can_be_requeued() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
     let starts = Starts::default();
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        registry(starts.clone()),
-    )
-    .await;
+    let (_redis, q, w) = started(registry(starts.clone())).await;
 
-    let id = q.push(NewJob::of(&Doomed {}).unwrap()).await.unwrap().id;
+    let id = push(&q, &Doomed {}).await;
     let rec = wait_for(&q, &id, &[JobState::Failed], LONG).await;
     assert_eq!(rec.attempts, 1);
     assert_eq!(starts.lock().unwrap().len(), 1);
@@ -209,13 +197,7 @@ async fn a_permanent_error_is_not_retried_and_the_dead_job_can_be_requeued() {
 
 #[tokio::test]
 async fn unknown_job_types_and_bad_arguments_are_dead_lettered_and_the_worker_goes_on() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
-    let w = start(
-        settings(&redis, QueueSettings::default()),
-        worker::jobs::registry(),
-    )
-    .await;
+    let (_redis, q, w) = started(worker::jobs::registry()).await;
 
     let mut unknown = NewJob::of(&Noop {}).unwrap();
     unknown.name = "no_such_job".into();
@@ -223,7 +205,7 @@ async fn unknown_job_types_and_bad_arguments_are_dead_lettered_and_the_worker_go
     bad_args.args = serde_json::json!({"millis": "soon"});
     let a = q.push(unknown).await.unwrap().id;
     let b = q.push(bad_args).await.unwrap().id;
-    let c = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let c = push(&q, &Noop {}).await;
 
     let ra = wait_for(&q, &a, &[JobState::Failed], LONG).await;
     let rb = wait_for(&q, &b, &[JobState::Failed], LONG).await;
@@ -249,18 +231,16 @@ impl JobSpec for Panics {
 
 #[tokio::test]
 async fn a_panicking_handler_buries_its_job_and_the_worker_goes_on() {
-    let redis = RedisServer::start().await;
-    let q = queue(&redis, QueueSettings::default());
     let mut registry = worker::jobs::registry();
     registry.register(|_: Panics, _ctx: worker::JobContext| async move {
         let v: Vec<u8> = Vec::new();
         // An out-of-bounds index: a bug in a handler.
         Ok::<_, JobError>(JobOutcome::succeeded(serde_json::json!(v[3])))
     });
-    let w = start(settings(&redis, QueueSettings::default()), registry).await;
+    let (_redis, q, w) = started(registry).await;
 
-    let bad = q.push(NewJob::of(&Panics {}).unwrap()).await.unwrap().id;
-    let good = q.push(NewJob::of(&Noop {}).unwrap()).await.unwrap().id;
+    let bad = push(&q, &Panics {}).await;
+    let good = push(&q, &Noop {}).await;
 
     let rec = wait_for(&q, &bad, &[JobState::Failed], LONG).await;
     assert!(rec.error.unwrap().starts_with("permanent:"));

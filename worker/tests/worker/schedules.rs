@@ -8,7 +8,7 @@ use queue::schedule::{Missed, Schedule, ScheduleSettings};
 use queue::{DEFAULT_QUEUE, Queue, QueueSettings};
 use testkit::RedisServer;
 
-use crate::helpers::{queue, scrape, settings, start};
+use crate::helpers::{queue, scrape, settings, start, wait_for_series};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -186,11 +186,7 @@ async fn a_missed_tick_is_run_once_under_once_and_skipped_under_skip() {
     let a = start(s.clone(), worker::jobs::registry()).await;
     let b = start(s, worker::jobs::registry()).await;
     let taken = "schedule_ticks_total{schedule=\"missed_once\",outcome=\"taken\"} 1";
-    testkit::eventually(LONG, "the second worker saw the tick taken", || {
-        let m = scrape(&a);
-        async move { m.await.contains(taken) }
-    })
-    .await;
+    wait_for_series(&a, taken, LONG, "the second worker saw the tick taken").await;
     let ticks = ticks_of(&q, "missed_once").await;
     let expected = long_missed("x", Missed::Once).schedules[0]
         .latest_due(chrono::Utc::now().timestamp_millis())
@@ -204,11 +200,7 @@ async fn a_missed_tick_is_run_once_under_once_and_skipped_under_skip() {
     s.schedules = long_missed("missed_skip", Missed::Skip);
     let c = start(s, worker::jobs::registry()).await;
     let skipped = "schedule_ticks_total{schedule=\"missed_skip\",outcome=\"skipped\"} 1";
-    testkit::eventually(LONG, "the tick counted as skipped", || {
-        let m = scrape(&c);
-        async move { m.await.contains(skipped) }
-    })
-    .await;
+    wait_for_series(&c, skipped, LONG, "the tick counted as skipped").await;
     assert!(ticks_of(&q, "missed_skip").await.is_empty());
     assert!(!q.last_runs().await.unwrap().contains_key("missed_skip"));
     c.stop().await;

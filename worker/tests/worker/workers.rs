@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use queue::workers::{WorkerRegistry, WorkerReport};
-use queue::{JobState, NewJob, QueueSettings, Sleep};
-use shared::redis_pool::RedisPool;
+use queue::{JobState, QueueSettings, Sleep};
 use testkit::RedisServer;
 
-use crate::helpers::{NS, queue, settings, start, wait_for};
+use crate::helpers::{NS, pool, push, queue, settings, start, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -20,8 +19,7 @@ fn fast_beats() -> QueueSettings {
 }
 
 fn registry(redis: &RedisServer) -> WorkerRegistry {
-    let pool = RedisPool::new(&shared::config::RedisSettings::for_url(redis.url(), NS)).unwrap();
-    WorkerRegistry::new(pool, NS)
+    WorkerRegistry::new(pool(redis), NS)
 }
 
 /// The ids of the workers listed now.
@@ -43,11 +41,7 @@ async fn each_live_worker_reports_itself_and_the_jobs_it_runs() {
     let mut s = settings(&redis, fast_beats());
     s.concurrency = 3;
     let a = start(s.clone(), worker::jobs::registry()).await;
-    let id = q
-        .push(NewJob::of(&Sleep { millis: 30_000 }).unwrap())
-        .await
-        .unwrap()
-        .id;
+    let id = push(&q, &Sleep { millis: 30_000 }).await;
     wait_for(&q, &id, &[JobState::Running], LONG).await;
     let b = start(s, worker::jobs::registry()).await;
 
@@ -132,12 +126,7 @@ async fn a_worker_that_stops_heartbeating_leaves_the_list_after_its_lease() {
     .await;
 
     // Assert: a later heartbeat deleted the dead one's fields, too.
-    let (conn, _) = shared::redis_pool::RedisPool::new(&shared::config::RedisSettings::for_url(
-        redis.url(),
-        NS,
-    ))
-    .unwrap()
-    .get();
+    let (conn, _) = pool(&redis).get();
     let info = shared::keys::Keys::new(NS).workers()[0].clone();
     testkit::eventually(LONG, "its report was deleted", || {
         let (info, mut conn) = (info.clone(), conn.clone());
