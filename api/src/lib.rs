@@ -46,5 +46,13 @@ pub use state::AppState;
 /// The whole application router over `state`: what the server serves, and
 /// what tests drive in-process with `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> axum::Router {
-    routes::router(state)
+    use utoipa::OpenApi as _;
+    routes::router()
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_BODY_BYTES,
+        ))
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(axum::middleware::from_fn(trace::trace_http))
+        .with_state(state)
 }

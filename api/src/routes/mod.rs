@@ -10,17 +10,13 @@ pub(crate) mod tasks;
 pub(crate) mod workers;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use utoipa::OpenApi as _;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ApiError;
-use crate::extract::MAX_BODY_BYTES;
-use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
-/// The whole application router.
-pub(crate) fn router(state: AppState) -> Router {
+/// Every feature's routes, with the JSON 404 and 405 fallbacks. The
+/// OpenAPI document, the layers and the state are added by [`crate::app`].
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(price::router())
         .merge(ops::router())
@@ -30,13 +26,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(workers::router())
         .merge(dashboard::router())
         .merge(pages::router())
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .layer(axum::middleware::from_fn(crate::trace::trace_http))
-        .with_state(state)
 }
 
 async fn not_found() -> ApiError {
