@@ -40,6 +40,23 @@ pub struct Settings {
     /// `JAEGER_UI_URL`: the Jaeger UI (e.g. `http://localhost:16686`) that
     /// the dashboard links each job's trace to; no links when unset.
     pub jaeger_ui_url: Option<String>,
+    /// `API_NEAR_CACHE_MAX_ENTRIES`: prices this api keeps in its own
+    /// memory, kept consistent by Redis's invalidations (see
+    /// `shared::cache::near`); 0 (the default) turns the near cache off.
+    /// Not with `REDIS_CLUSTER=true`.
+    pub near_cache_max_entries: usize,
+}
+
+fn near_cache_max_entries(redis: &RedisSettings) -> Result<usize, ConfigError> {
+    let n = shared::config::env_in_range("API_NEAR_CACHE_MAX_ENTRIES", 0usize, 0, 100_000_000)?;
+    if n > 0 && redis.cluster {
+        return Err(ConfigError::new(
+            "API_NEAR_CACHE_MAX_ENTRIES",
+            n.to_string(),
+            "the near cache needs one Redis server; set it to 0 with REDIS_CLUSTER=true",
+        ));
+    }
+    Ok(n)
 }
 
 fn jaeger_ui_url() -> Result<Option<String>, ConfigError> {
@@ -76,9 +93,11 @@ fn admin_token() -> Result<Option<String>, ConfigError> {
 impl Settings {
     /// Reads every setting; the error names the first bad variable.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let redis = RedisSettings::from_env()?;
         Ok(Self {
             addr: env_or("API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
-            redis: RedisSettings::from_env()?,
+            near_cache_max_entries: near_cache_max_entries(&redis)?,
+            redis,
             database: DatabaseSettings::from_env()?,
             cache: CacheSettings::from_env()?,
             telemetry: TelemetrySettings::from_env(SERVICE_NAME)?,

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use queue::Queues;
 use shared::cache::PriceCache;
+use shared::cache::near::NearCache;
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
 use shared::store::CatalogStore;
@@ -40,6 +42,8 @@ impl AppState {
     /// connection (the pool connects on first use), so a router over it
     /// answers every request that never reaches Redis even with none running.
     pub async fn build(settings: &Settings, store: Arc<dyn CatalogStore>) -> anyhow::Result<Self> {
+        // The recorder first: the near cache's task reports from its start.
+        crate::metrics::recorder();
         let pool = RedisPool::open(&settings.redis).await?;
         let queues = Queues::new(
             pool.clone(),
@@ -51,9 +55,16 @@ impl AppState {
         let events = shared::event_bus::EventBus::new(pool.clone(), &keys, settings.events.clone());
         let control_channel = keys.control_channel();
         let workers = queue::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
-        let cache = PriceCache::new(pool, keys, settings.cache.ttl);
-        // Installs the recorder and describes the api's series.
-        crate::metrics::recorder();
+        let mut cache = PriceCache::new(pool.clone(), keys.clone(), settings.cache.ttl);
+        if settings.near_cache_max_entries > 0 {
+            let near = NearCache::new(settings.near_cache_max_entries, keys);
+            let client = pool
+                .resp3_client()
+                .context("API_NEAR_CACHE_MAX_ENTRIES needs one Redis server (not a cluster)")?;
+            // The task ends when the near cache is dropped with the last state.
+            tokio::spawn(shared::cache::near::track(Arc::downgrade(&near), client));
+            cache = cache.with_near(near);
+        }
         Ok(AppState {
             cache: Arc::new(cache),
             store,

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: settings.events.clone(),
         jaeger_ui_url: None,
+        near_cache_max_entries: 0,
     };
     let app = api::Application::build(&api_settings).await?;
     let publish_url = format!(

@@ -12,14 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::config::DatabaseSettings;
 use shared::store::{self, CatalogStore};
-use testkit::{PostgresServer, RedisCluster, RedisServer, free_port};
+use testkit::{PostgresServer, Processes, RedisCluster, RedisServer, free_port};
 
 /// A guard against a hang, never a timing check.
 const LONG: Duration = Duration::from_secs(90);
@@ -37,52 +37,6 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     testkit::eventually(LONG, what, check).await
-}
-
-/// Service processes, stopped by PID.
-struct Processes(Vec<Child>);
-
-impl Processes {
-    /// Starts the service `name`; its log goes to `TEST_LOG_DIR/<name>-<n>.log`
-    /// when that is set (to see why a test failed), else nowhere.
-    fn spawn(&mut self, name: &str, envs: &[(&str, String)]) {
-        let child = Command::new(bin(name))
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "warn")
-            .stdout(match std::env::var("TEST_LOG_DIR") {
-                Ok(dir) => Stdio::from(
-                    std::fs::File::create(format!("{dir}/{name}-{}.log", self.0.len())).unwrap(),
-                ),
-                Err(_) => Stdio::null(),
-            })
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.0.push(child);
-    }
-
-    /// SIGTERM to each, then waits; every one must exit cleanly.
-    fn stop(mut self) {
-        for child in &self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in &mut self.0 {
-            let status = child.wait().unwrap();
-            assert!(status.success(), "a service exited with {status}");
-        }
-        self.0.clear();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The environment every service gets: one Redis, one PostgreSQL.
@@ -106,7 +60,7 @@ async fn start_api(procs: &mut Processes, envs: &[(&'static str, String)]) -> St
     let port = free_port();
     let mut envs = envs.to_vec();
     envs.push(("API_ADDR", format!("127.0.0.1:{port}")));
-    procs.spawn("api", &envs);
+    procs.spawn(&bin("api"), "api", &envs);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait(&format!("the api on {base}"), || async {
@@ -182,11 +136,11 @@ async fn two_apis_two_workers_and_two_listeners_agree_on_every_price_after_marke
         .unwrap();
     store::seed::seed(catalog.as_ref(), PRODUCTS).await.unwrap();
     let envs = common(&redis, &pg.url());
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let api_a = start_api(&mut procs, &envs).await;
     let api_b = start_api(&mut procs, &envs).await;
     for name in ["worker", "worker", "listener", "listener"] {
-        procs.spawn(name, &envs);
+        procs.spawn(&bin(name), name, &envs);
     }
     wait("both listeners subscribed", || async {
         redis.subscribers("market_events").await >= 2
@@ -354,9 +308,9 @@ async fn events_published_while_postgres_is_down_are_recorded_once_it_is_back() 
     store::seed::seed(seeding.as_ref(), 10).await.unwrap();
     seeding.close().await;
     let envs = common(&redis, &pg.url());
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let api = start_api(&mut procs, &envs).await;
-    procs.spawn("listener", &envs);
+    procs.spawn(&bin("listener"), "listener", &envs);
     wait("the listener subscribed", || async {
         redis.subscribers("market_events").await >= 1
     })
@@ -420,10 +374,10 @@ async fn on_a_redis_cluster_the_services_keep_going_through_a_failover_and_lose_
         ("REDIS_WAIT_REPLICAS", "1".to_string()),
         ("LISTENER_COALESCE_WINDOW_MS", "20".to_string()),
     ]);
-    let mut procs = Processes(Vec::new());
+    let mut procs = Processes::default();
     let api = start_api(&mut procs, &envs).await;
     for name in ["worker", "worker", "listener"] {
-        procs.spawn(name, &envs);
+        procs.spawn(&bin(name), name, &envs);
     }
     wait("the listener subscribed", || async {
         cluster.subscribers("market_events").await >= 1

@@ -160,6 +160,21 @@ impl Keys {
         ]
     }
 
+    /// The prefix every price-cache hash starts with (`{ns}:prices:`), for
+    /// `CLIENT TRACKING … PREFIX`.
+    pub fn price_prefix(&self) -> &str {
+        &self.price_prefix
+    }
+
+    /// The bucket of a price-cache hash's key, or `None` for any other key.
+    pub fn price_bucket_of_key(&self, key: &str) -> Option<u32> {
+        let digits = key.strip_prefix(self.price_prefix.as_str())?;
+        if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().filter(|b| *b < PRICE_BUCKETS)
+    }
+
     /// A pattern matching every price-cache hash of this namespace, for SCAN.
     pub fn price_pattern(&self) -> String {
         format!("{}*", self.price_prefix)

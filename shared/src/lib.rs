@@ -22,7 +22,8 @@
 //! Plumbing (Redis, the store, the process):
 //! - [`config`]: typed settings read from the environment; a bad value names its variable.
 //! - [`redis_pool`]: a small pool of multiplexed, self-reconnecting Redis connections.
-//! - [`cache`]: the cached price format, its re-validation on read, and the price cache.
+//! - [`cache`]: the cached price format, its re-validation on read, the price cache, and
+//!   the near cache in the api's memory that Redis keeps consistent (`CLIENT TRACKING`).
 //! - [`lock`]: the Redis distributed lock (watchdog, fencing) and fenced cache writes.
 //! - [`event_bus`]: where events travel and the bus that appends and publishes them.
 //! - [`store`]: the catalog store boundary ([`store::CatalogStore`]) and its two implementations,

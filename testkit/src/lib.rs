@@ -12,6 +12,7 @@
 //!   [`run_until_ready_then_sigterm`], [`publish`] (a raw `PUBLISH`),
 //!   [`telemetry`] (settings that export nothing) and [`env_or`] (a
 //!   benchmark's knob from the environment).
+//! - [`Processes`]: service binaries started for a test and stopped by PID.
 //! - `cluster`: [`RedisCluster`] (three primaries, three replicas),
 //!   [`TestRedis`] and the [`redis_suite!`] macro that runs one test on both.
 //! - `postgres`: [`PostgresServer`], a real PostgreSQL started with `initdb`
@@ -412,4 +413,54 @@ pub fn run_until_ready_then_sigterm(
     let _ = reader.join();
     output.extend(rx.try_iter().map(|l| l + "\n"));
     (status.success(), output)
+}
+
+/// Service processes started from their binaries, stopped by PID: killed
+/// when dropped, or stopped with SIGTERM by [`Processes::stop`].
+#[derive(Default)]
+pub struct Processes(Vec<Child>);
+
+impl Processes {
+    /// Starts `bin` as `label` with `envs` (and `RUST_LOG=warn`); its log
+    /// goes to `TEST_LOG_DIR/<label>-<n>.log` when that is set (to see why a
+    /// test failed), else nowhere.
+    pub fn spawn(&mut self, bin: &Path, label: &str, envs: &[(&str, String)]) {
+        let child = Command::new(bin)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdout(match std::env::var("TEST_LOG_DIR") {
+                Ok(dir) => Stdio::from(
+                    std::fs::File::create(format!("{dir}/{label}-{}.log", self.0.len()))
+                        .expect("log file"),
+                ),
+                Err(_) => Stdio::null(),
+            })
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a service binary");
+        self.0.push(child);
+    }
+
+    /// SIGTERM to each, then waits; every one must exit cleanly.
+    pub fn stop(mut self) {
+        for child in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.0 {
+            let status = child.wait().expect("wait for a service");
+            assert!(status.success(), "a service exited with {status}");
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -91,5 +91,8 @@ impl Probe for AppState {
     /// The Redis pool's state, sampled at scrape.
     async fn before_scrape(&self) {
         crate::metrics::sample_pool(self.cache.pool());
+        if let Some(near) = self.cache.near() {
+            near.sample();
+        }
     }
 }

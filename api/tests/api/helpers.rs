@@ -48,6 +48,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         recalc_retry: shared::jobs::RECALC_RETRY,
         events: shared::event_bus::EventSettings::default(),
         jaeger_ui_url: None,
+        near_cache_max_entries: 0,
     }
 }
 

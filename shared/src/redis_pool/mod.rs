@@ -340,6 +340,20 @@ impl RedisPool {
         })
     }
 
+    /// A client of the same server speaking RESP3, for connections that
+    /// receive pushes (the near cache's invalidations); `None` on a cluster.
+    pub fn resp3_client(&self) -> Option<redis::Client> {
+        let Clients::Single(client) = &self.inner.clients else {
+            return None;
+        };
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(resp3)).ok()
+    }
+
     /// A new pub/sub connection (subscriptions need a connection of their
     /// own); on a cluster, through the next seed node.
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {

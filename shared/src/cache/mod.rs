@@ -22,6 +22,12 @@
 //! any more is freed whole (the physical TTL, never shorter than an
 //! entry's). A stale field therefore stays in memory until its product is
 //! priced again or its bucket goes quiet; it is never served.
+//!
+//! **Near cache.** An api may keep prices in its own memory too ([`near`]),
+//! attached with [`PriceCache::with_near`]; Redis's invalidations keep it
+//! consistent.
+
+pub mod near;
 
 use tracing::Instrument as _;
 
@@ -35,6 +41,8 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{Keys, PRICE_BUCKETS, price_bucket_of};
 use crate::pricing::CURRENCY;
 use crate::redis_pool::RedisPool;
+use near::{NearCache, Ticket};
+use std::sync::Arc;
 
 /// Version of the cached JSON format. Bump it when [`CachedPrice`] changes
 /// shape: entries of other versions then count as misses and are rewritten.
@@ -225,18 +233,36 @@ impl PriceBatch {
     }
 }
 
-/// Reads and writes cached prices through the pool.
+/// Reads and writes cached prices through the pool, and through a near
+/// cache in front of it when one is attached ([`Self::with_near`]).
 #[derive(Clone)]
 pub struct PriceCache {
     pool: RedisPool,
     keys: Keys,
     ttl: Duration,
+    near: Option<Arc<NearCache>>,
 }
 
 impl PriceCache {
     /// A cache over `pool`, with keys from `keys` and entries living `ttl`.
     pub fn new(pool: RedisPool, keys: Keys, ttl: Duration) -> Self {
-        Self { pool, keys, ttl }
+        Self {
+            pool,
+            keys,
+            ttl,
+            near: None,
+        }
+    }
+
+    /// Reads go to `near` first, and what Redis answers is kept there.
+    pub fn with_near(mut self, near: Arc<NearCache>) -> Self {
+        self.near = Some(near);
+        self
+    }
+
+    /// The near cache, when one is attached.
+    pub fn near(&self) -> Option<&Arc<NearCache>> {
+        self.near.as_ref()
     }
 
     /// The pool underneath, for readiness checks and metrics.
@@ -259,48 +285,81 @@ impl PriceCache {
         (self.ttl.as_millis() as u64).max(1)
     }
 
-    /// One `HGET`.
+    /// The near cache's entry, else one `HGET` (kept in the near cache).
     pub async fn get(&self, product_id: &str) -> redis::RedisResult<Lookup> {
+        let ticket = match &self.near {
+            Some(near) => {
+                if let Some(entry) = near.get(product_id, Utc::now(), self.ttl) {
+                    return Ok(Lookup::Hit(entry));
+                }
+                near.ticket(product_id)
+            }
+            None => None,
+        };
         let (mut conn, tracker) = self.pool.get();
         let raw: Option<Vec<u8>> = tracker.track(
             conn.hget(self.keys.price(product_id), product_id)
                 .instrument(redis_span("HGET", "HGET"))
                 .await,
         )?;
-        Ok(Lookup::from_raw(product_id, raw, Utc::now(), self.ttl))
+        let lookup = Lookup::from_raw(product_id, raw, Utc::now(), self.ttl);
+        self.keep(ticket, &lookup);
+        Ok(lookup)
     }
 
-    /// One `HGET` per product in one pipeline round trip (on a cluster, one
-    /// per hash slot, at once); the result is in the order of `product_ids`.
-    pub async fn get_many(&self, product_ids: &[String]) -> redis::RedisResult<Vec<Lookup>> {
-        if product_ids.is_empty() {
-            return Ok(Vec::new());
+    /// Keeps a hit read from Redis under `ticket` in the near cache.
+    fn keep(&self, ticket: Option<Ticket>, lookup: &Lookup) {
+        if let (Some(near), Some(ticket), Lookup::Hit(entry)) = (&self.near, ticket, lookup) {
+            near.insert(ticket, entry.clone());
         }
-        let cmds = product_ids
-            .iter()
-            .map(|id| {
-                let key = self.keys.price(id);
-                let mut cmd = redis::cmd("HGET");
-                cmd.arg(&key).arg(id);
-                (key, cmd)
-            })
-            .collect();
-        let (mut conn, tracker) = self.pool.get();
-        let raws = tracker.track(
-            self.pool
-                .query_keyed(&mut conn, cmds)
-                .instrument(redis_span("BATCH HGET", "BATCH HGET"))
-                .await,
-        )?;
+    }
+
+    /// The near cache's entries, and one `HGET` per other product in one
+    /// pipeline round trip (on a cluster, one per hash slot, at once); the
+    /// result is in the order of `product_ids`.
+    pub async fn get_many(&self, product_ids: &[String]) -> redis::RedisResult<Vec<Lookup>> {
         let now = Utc::now();
-        product_ids
-            .iter()
-            .zip(raws)
-            .map(|(id, raw)| {
+        let mut out: Vec<Option<Lookup>> = match &self.near {
+            Some(near) => product_ids
+                .iter()
+                .map(|id| near.get(id, now, self.ttl).map(Lookup::Hit))
+                .collect(),
+            None => vec![None; product_ids.len()],
+        };
+        let wanted: Vec<usize> = (0..product_ids.len())
+            .filter(|&i| out[i].is_none())
+            .collect();
+        if !wanted.is_empty() {
+            let tickets: Vec<Option<Ticket>> = wanted
+                .iter()
+                .map(|&i| self.near.as_ref().and_then(|n| n.ticket(&product_ids[i])))
+                .collect();
+            let cmds = wanted
+                .iter()
+                .map(|&i| {
+                    let id = &product_ids[i];
+                    let key = self.keys.price(id);
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(&key).arg(id);
+                    (key, cmd)
+                })
+                .collect();
+            let (mut conn, tracker) = self.pool.get();
+            let raws = tracker.track(
+                self.pool
+                    .query_keyed(&mut conn, cmds)
+                    .instrument(redis_span("BATCH HGET", "BATCH HGET"))
+                    .await,
+            )?;
+            let now = Utc::now();
+            for ((&i, raw), ticket) in wanted.iter().zip(raws).zip(tickets) {
                 let raw: Option<Vec<u8>> = redis::from_redis_value(raw)?;
-                Ok(Lookup::from_raw(id, raw, now, self.ttl))
-            })
-            .collect()
+                let lookup = Lookup::from_raw(&product_ids[i], raw, now, self.ttl);
+                self.keep(ticket, &lookup);
+                out[i] = Some(lookup);
+            }
+        }
+        Ok(out.into_iter().map(|l| l.unwrap_or(Lookup::Miss)).collect())
     }
 
     /// One `HSET` and the bucket's `PEXPIRE`, in one round trip.

@@ -1,0 +1,487 @@
+//! A near cache of prices in the api's own memory, kept consistent by Redis
+//! itself (server-assisted client-side caching, `CLIENT TRACKING`).
+//!
+//! Every cache hit used to cost a Redis round trip, so Redis's one core
+//! capped the whole fleet of apis. With the near cache a hit is answered
+//! from this process's memory; Redis only tells it what changed.
+//!
+//! **How it stays right.** [`track`] keeps one RESP3 connection with
+//! `CLIENT TRACKING ON BCAST PREFIX {ns}:prices:`: Redis then pushes an
+//! `invalidate` message naming the price hash of every write to one, by
+//! anyone (a recalculation, an event-driven update, `redis-cli HSET`), and
+//! of every expiry or eviction; a flush of the database pushes a null. Each
+//! of the [`PRICE_BUCKETS`] hashes has an epoch here, bumped by its
+//! invalidation, and the whole cache a generation, bumped by a flush. An
+//! entry remembers the epoch and generation it was read under ([`Ticket`],
+//! taken *before* the Redis read), and is served only while both are
+//! unchanged, so:
+//!
+//! - a value read before a write but stored after its invalidation arrived
+//!   is never served (its ticket is older than the bucket's epoch);
+//! - an invalidation costs one atomic increment, however many entries the
+//!   bucket holds.
+//!
+//! **Correctness before speed.** While the tracking connection is down
+//! (Redis restarting, a network cut, not yet connected) the near cache is
+//! flushed and bypassed: every read goes to Redis as before. A cut that
+//! closes no socket is found by a `PING` every [`PING_EVERY`] (bounded by
+//! [`PING_TIMEOUT`]); until then an entry whose invalidation was lost may
+//! be served, at most that long. Entries also obey the cache TTL exactly:
+//! an entry older than `CACHE_TTL_SECS` since its `calculated_at` is a miss,
+//! as in Redis.
+//!
+//! **Bounded.** At most `API_NEAR_CACHE_MAX_ENTRIES` entries, evicted by
+//! S3-FIFO (`quick_cache`), which keeps the hot set under scans.
+//!
+//! Series: `near_cache_hits_total`, `near_cache_misses_total`,
+//! `near_cache_evictions_total`, `near_cache_invalidations_total`,
+//! `near_cache_flushes_total`, and the gauges `near_cache_entries` and
+//! `near_cache_tracking` (1 while invalidations are being received).
+//!
+//! A Redis Cluster is not supported: tracking is per node, and a node's
+//! failover would need re-tracking on the new primary; the api refuses a
+//! near cache together with `REDIS_CLUSTER=true`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
+use redis::{PushInfo, PushKind, Value};
+
+use crate::cache::CachedPrice;
+use crate::keys::{Keys, PRICE_BUCKETS, price_bucket_of};
+use crate::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
+
+/// How often the tracking connection is checked with a `PING`: the longest
+/// a silent network cut can go unnoticed, together with [`PING_TIMEOUT`].
+pub const PING_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a `PING` of the tracking connection may take before the
+/// connection counts as lost.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One near-cache entry: the price and the epochs it was read under.
+struct Slot {
+    entry: CachedPrice,
+    generation: u64,
+    epoch: u64,
+}
+
+/// Counts evictions into `near_cache_evictions_total`.
+#[derive(Clone, Default)]
+struct CountEvictions;
+
+impl Lifecycle<String, Arc<Slot>> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: String, _val: Arc<Slot>) {
+        metrics::counter!("near_cache_evictions_total").increment(1);
+    }
+}
+
+/// What a read from Redis may store, if nothing changed meanwhile: the
+/// generation and the bucket's epoch seen before the read was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    generation: u64,
+    bucket: u32,
+    epoch: u64,
+}
+
+/// The near cache of one process.
+pub struct NearCache {
+    entries: Cache<String, Arc<Slot>, UnitWeighter, DefaultHashBuilder, CountEvictions>,
+    epochs: Box<[AtomicU64]>,
+    generation: AtomicU64,
+    live: AtomicBool,
+    keys: Keys,
+}
+
+impl NearCache {
+    /// A near cache of at most `capacity` entries for the price hashes of
+    /// `keys`. It serves nothing until [`track`] has tracking running.
+    pub fn new(capacity: usize, keys: Keys) -> Arc<Self> {
+        let capacity = capacity.max(1);
+        let entries = Cache::with(
+            capacity,
+            capacity as u64,
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            CountEvictions,
+        );
+        describe();
+        Arc::new(Self {
+            entries,
+            epochs: (0..PRICE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            keys,
+        })
+    }
+
+    /// Whether invalidations are being received, so entries may be served.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Entries held now (some may be stale and never served).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry of `product_id`, if one is held, unchanged since it was
+    /// read, and fresh at `now` for `ttl`. Counts a hit or a miss; while
+    /// tracking is down it answers `None` and counts nothing.
+    pub fn get(&self, product_id: &str, now: DateTime<Utc>, ttl: Duration) -> Option<CachedPrice> {
+        if !self.is_live() {
+            return None;
+        }
+        let found = self.entries.get(product_id).filter(|slot| {
+            slot.generation == self.generation.load(Ordering::Acquire)
+                && slot.epoch == self.epoch_of(product_id).load(Ordering::Acquire)
+                && slot.entry.is_fresh(now, ttl)
+        });
+        match found {
+            Some(slot) => {
+                metrics::counter!("near_cache_hits_total").increment(1);
+                Some(slot.entry.clone())
+            }
+            None => {
+                metrics::counter!("near_cache_misses_total").increment(1);
+                None
+            }
+        }
+    }
+
+    /// A ticket for reading `product_id` from Redis now; `None` while
+    /// tracking is down (nothing read then may be kept).
+    pub fn ticket(&self, product_id: &str) -> Option<Ticket> {
+        if !self.is_live() {
+            return None;
+        }
+        let bucket = price_bucket_of(product_id);
+        // The generation first: a flush between the two loads then shows.
+        let generation = self.generation.load(Ordering::Acquire);
+        let epoch = self.epochs[bucket as usize].load(Ordering::Acquire);
+        Some(Ticket {
+            generation,
+            bucket,
+            epoch,
+        })
+    }
+
+    /// Keeps `entry`, read from Redis under `ticket`. It is served only if
+    /// no invalidation of its bucket and no flush came after the ticket.
+    pub fn insert(&self, ticket: Ticket, entry: CachedPrice) {
+        if ticket.bucket != price_bucket_of(&entry.product_id) {
+            return;
+        }
+        self.entries.insert(
+            entry.product_id.clone(),
+            Arc::new(Slot {
+                entry,
+                generation: ticket.generation,
+                epoch: ticket.epoch,
+            }),
+        );
+    }
+
+    /// Applies one invalidated key: a price hash's bucket goes stale.
+    /// Returns whether the key was one of ours.
+    pub fn invalidate_key(&self, key: &[u8]) -> bool {
+        let bucket = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| self.keys.price_bucket_of_key(k));
+        match bucket {
+            Some(b) => {
+                self.epochs[b as usize].fetch_add(1, Ordering::AcqRel);
+                metrics::counter!("near_cache_invalidations_total").increment(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every entry: none read before now is served again.
+    pub fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.clear();
+        metrics::counter!("near_cache_flushes_total").increment(1);
+    }
+
+    /// Starts serving (`true`, after a flush) or stops and flushes (`false`).
+    fn set_live(&self, live: bool) {
+        if live {
+            self.flush();
+            self.live.store(true, Ordering::Release);
+        } else if self.live.swap(false, Ordering::AcqRel) {
+            self.flush();
+        }
+        metrics::gauge!("near_cache_tracking").set(if live { 1.0 } else { 0.0 });
+    }
+
+    /// Applies one push message of the tracking connection.
+    fn apply(&self, push: &PushInfo) {
+        if push.kind != PushKind::Invalidate {
+            return;
+        }
+        match push.data.first() {
+            Some(Value::Array(keys)) => {
+                for key in keys {
+                    if let Value::BulkString(k) = key {
+                        self.invalidate_key(k);
+                    }
+                }
+            }
+            // A null: the database was flushed.
+            _ => self.flush(),
+        }
+    }
+
+    /// Samples the entries gauge (at scrape time).
+    pub fn sample(&self) {
+        metrics::gauge!("near_cache_entries").set(self.entries.len() as f64);
+    }
+
+    fn epoch_of(&self, product_id: &str) -> &AtomicU64 {
+        &self.epochs[price_bucket_of(product_id) as usize]
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "near_cache_hits_total",
+        "Price reads answered from the near cache"
+    );
+    metrics::describe_counter!(
+        "near_cache_misses_total",
+        "Price reads the near cache could not answer (absent, invalidated or expired)"
+    );
+    metrics::describe_counter!(
+        "near_cache_evictions_total",
+        "Near-cache entries evicted to stay within API_NEAR_CACHE_MAX_ENTRIES"
+    );
+    metrics::describe_counter!(
+        "near_cache_invalidations_total",
+        "Price-hash invalidations received from Redis (CLIENT TRACKING)"
+    );
+    metrics::describe_counter!(
+        "near_cache_flushes_total",
+        "Near-cache flushes: tracking lost or started, or the database flushed"
+    );
+    metrics::describe_gauge!("near_cache_entries", "Entries in the near cache");
+    metrics::describe_gauge!(
+        "near_cache_tracking",
+        "1 while the near cache receives invalidations and serves, else 0"
+    );
+}
+
+/// Keeps `near` tracking: connects with RESP3, turns on `CLIENT TRACKING`
+/// in broadcast mode for the price hashes, applies every invalidation, and
+/// on any loss flushes and bypasses the cache, then reconnects with
+/// exponential backoff. Returns when the near cache is dropped.
+pub async fn track(near: Weak<NearCache>, client: redis::Client) {
+    let mut delay = INITIAL_RECONNECT_DELAY;
+    loop {
+        let Some(prefix) = near.upgrade().map(|n| n.keys.price_prefix().to_string()) else {
+            return;
+        };
+        match connect(&client, &prefix).await {
+            Ok((conn, pushes)) => {
+                delay = INITIAL_RECONNECT_DELAY;
+                tracing::info!("near cache: tracking price invalidations");
+                let lost = follow(&near, conn, pushes).await;
+                let Some(n) = near.upgrade() else { return };
+                n.set_live(false);
+                tracing::warn!(reason = %lost, "near cache: tracking lost; flushed, bypassed until it is back");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "near cache: cannot track invalidations");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+type Pushes = tokio::sync::mpsc::UnboundedReceiver<PushInfo>;
+
+/// A RESP3 connection with broadcast tracking of `prefix` turned on.
+async fn connect(
+    client: &redis::Client,
+    prefix: &str,
+) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Pushes)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_push_sender(tx)
+        .set_connection_timeout(Some(PING_TIMEOUT * 4))
+        .set_response_timeout(Some(PING_TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(prefix)
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok((conn, rx))
+}
+
+/// Serves from `near` while `conn` delivers invalidations; returns why it
+/// stopped (the connection closed, a `PING` failed, or the cache is gone).
+async fn follow(
+    near: &Weak<NearCache>,
+    mut conn: redis::aio::MultiplexedConnection,
+    mut pushes: Pushes,
+) -> String {
+    match near.upgrade() {
+        Some(n) => n.set_live(true),
+        None => return "dropped".into(),
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            push = pushes.recv() => {
+                let Some(push) = push else { return "connection closed".into() };
+                if push.kind == PushKind::Disconnection {
+                    return "connection closed".into();
+                }
+                let Some(n) = near.upgrade() else { return "dropped".into() };
+                n.apply(&push);
+            }
+            _ = ping.tick() => {
+                let Some(n) = near.upgrade() else { return "dropped".into() };
+                n.sample();
+                drop(n);
+                let answer = tokio::time::timeout(
+                    PING_TIMEOUT,
+                    redis::cmd("PING").query_async::<String>(&mut conn),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("PING failed: {e}"),
+                    Err(_) => return "PING timed out".into(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, cents: i64) -> CachedPrice {
+        CachedPrice::new(id, cents, Utc::now())
+    }
+
+    fn live(capacity: usize) -> Arc<NearCache> {
+        let near = NearCache::new(capacity, Keys::new("t"));
+        near.set_live(true);
+        near
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn nothing_is_served_or_kept_while_tracking_is_down() {
+        let near = NearCache::new(10, Keys::new("t"));
+        assert!(near.ticket("P-1").is_none());
+        let near = live(10);
+        let t = near.ticket("P-1").unwrap();
+        near.insert(t, entry("P-1", 100));
+        assert_eq!(near.get("P-1", Utc::now(), TTL).unwrap().price_cents, 100);
+        near.set_live(false);
+        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        near.set_live(true);
+        assert!(
+            near.get("P-1", Utc::now(), TTL).is_none(),
+            "a reconnect flushes"
+        );
+    }
+
+    #[test]
+    fn a_read_that_an_invalidation_overtook_is_never_served() {
+        let near = live(10);
+        let keys = Keys::new("t");
+        // The ticket is taken, the write's invalidation arrives, then the
+        // (old) value read before the write is stored.
+        let t = near.ticket("P-1").unwrap();
+        assert!(near.invalidate_key(keys.price("P-1").as_bytes()));
+        near.insert(t, entry("P-1", 100));
+        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        // A read after the invalidation is kept and served.
+        let t = near.ticket("P-1").unwrap();
+        near.insert(t, entry("P-1", 200));
+        assert_eq!(near.get("P-1", Utc::now(), TTL).unwrap().price_cents, 200);
+        // Another bucket's invalidation leaves it alone; its own drops it.
+        let other = (2..)
+            .map(|i| format!("P-{i}"))
+            .find(|id| price_bucket_of(id) != price_bucket_of("P-1"))
+            .unwrap();
+        near.invalidate_key(keys.price(&other).as_bytes());
+        assert!(near.get("P-1", Utc::now(), TTL).is_some());
+        near.invalidate_key(keys.price("P-1").as_bytes());
+        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+    }
+
+    #[test]
+    fn a_flush_drops_everything_read_before_it() {
+        let near = live(10);
+        let t = near.ticket("P-1").unwrap();
+        near.flush();
+        near.insert(t, entry("P-1", 100));
+        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        let t = near.ticket("P-1").unwrap();
+        near.insert(t, entry("P-1", 100));
+        near.apply(&PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Nil],
+        });
+        assert!(
+            near.get("P-1", Utc::now(), TTL).is_none(),
+            "FLUSHALL pushes a null"
+        );
+    }
+
+    #[test]
+    fn keys_outside_the_price_hashes_are_ignored() {
+        let near = live(10);
+        assert!(!near.invalidate_key(b"t:prices:fence"));
+        assert!(!near.invalidate_key(b"t:prices:999999"));
+        assert!(!near.invalidate_key(b"other:prices:1"));
+    }
+
+    #[test]
+    fn entries_obey_the_cache_ttl() {
+        let near = live(10);
+        let t = near.ticket("P-1").unwrap();
+        near.insert(t, entry("P-1", 100));
+        let later = Utc::now() + chrono::Duration::seconds(61);
+        assert!(near.get("P-1", later, TTL).is_none());
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bound() {
+        let near = live(100);
+        for i in 0..1_000 {
+            let id = format!("P-{i}");
+            let t = near.ticket(&id).unwrap();
+            near.insert(t, entry(&id, 100));
+        }
+        assert!(near.len() <= 100, "{} entries", near.len());
+    }
+}
