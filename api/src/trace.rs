@@ -56,7 +56,7 @@ pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
                 span.record("http.route", route.as_str());
                 span.record(
                     "otel.name",
-                    format_args!("{method} {}", route.as_str()).to_string(),
+                    tracing::field::display(format_args!("{method} {}", route.as_str())),
                 );
             }
             None => {

@@ -421,6 +421,12 @@ pub struct TelemetrySettings {
     /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which traces are
     /// kept. Defaults to `parentbased_always_on`.
     pub sampler: TraceSampler,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (ms, default 5,000): the longest a finished
+    /// span waits before it is sent (a full batch of 512 goes at once).
+    pub batch_delay: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 65,536): finished spans waiting to
+    /// be sent, at most; more are dropped (with a warning a minute).
+    pub max_queue: usize,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
     /// `RUST_LOG`: the env-filter directive. Defaults to `info`.
@@ -540,6 +546,8 @@ impl TelemetrySettings {
             otlp_endpoint: otlp_endpoint.filter(|_| !disabled),
             otlp_protocol: env_or("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::Grpc)?,
             sampler: TraceSampler::from_env()?,
+            batch_delay: env_millis("OTEL_BSP_SCHEDULE_DELAY", 5_000, 1, 3_600_000)?,
+            max_queue: env_in_range("OTEL_BSP_MAX_QUEUE_SIZE", 65_536, 512, 10_000_000)?,
             log_format: env_or("LOG_FORMAT", LogFormat::Pretty)?,
             log_filter,
         })

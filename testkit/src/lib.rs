@@ -341,6 +341,8 @@ pub fn telemetry(service_name: &str, log_filter: &str) -> TelemetrySettings {
         otlp_endpoint: None,
         otlp_protocol: Default::default(),
         sampler: Default::default(),
+        batch_delay: std::time::Duration::from_secs(5),
+        max_queue: 65_536,
         log_format: LogFormat::Pretty,
         log_filter: log_filter.into(),
     }

@@ -150,7 +150,10 @@ fn a_near_cache_on_a_redis_cluster_is_refused_at_startup() {
         .env("API_NEAR_CACHE_MAX_ENTRIES", "1000")
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a near cache on a cluster was accepted");
+    assert!(
+        !out.status.success(),
+        "a near cache on a cluster was accepted"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("API_NEAR_CACHE_MAX_ENTRIES"), "{stderr}");
     assert!(stderr.contains("REDIS_CLUSTER"), "{stderr}");

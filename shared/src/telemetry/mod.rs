@@ -3,18 +3,17 @@
 //! [`init`] installs a `tracing` subscriber with a fmt layer (JSON lines when
 //! `LOG_FORMAT=json`) filtered by `RUST_LOG` (default `info`) and, only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not
-//! `true`), an OpenTelemetry layer that batches spans to that collector over
-//! OTLP/gRPC (or OTLP/HTTP with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`).
-//! The trace spans (HTTP server, Redis client, job, event batch) are `DEBUG`
-//! and only the OpenTelemetry layer asks for them, so with export off they
-//! are never created: tracing costs nothing. The W3C trace-context
-//! propagator is installed either way.
+//! `true`), this crate's OpenTelemetry layer ([`layer`]), which batches
+//! spans to that collector over OTLP/gRPC (or OTLP/HTTP with
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`) from a thread of its own
+//! ([`export`]), encoding them itself ([`encode`]). The trace spans (HTTP
+//! server, Redis client, job, event batch) are `DEBUG` and only the
+//! OpenTelemetry layer asks for them, so with export off they are never
+//! created: tracing costs nothing. The W3C trace-context propagator is
+//! installed either way.
 //!
-//! A collector that is down never blocks a request: the batch processor
-//! exports on its own thread and drops what it cannot send, with one warning
-//! a minute. OTLP/HTTP uses the blocking reqwest client, which runs on that
-//! thread; the async one needs a Tokio reactor there and panicked on the
-//! first export, so nothing was ever sent.
+//! A collector that is down never blocks a request: the exporter drops what
+//! it cannot send, with one warning a minute.
 //!
 //! Helpers for the spans the services make: [`redis_span`] (a Redis client
 //! span in the database conventions), [`producer_span`] (publishing to the
@@ -23,52 +22,62 @@
 //! [`record_remote_client_span`] for an operation timed before its trace was
 //! known (the worker's queue fetch).
 //!
-//! The returned [`TelemetryGuard`] flushes and shuts the exporter down when
-//! dropped, so the last spans of a stopping service are not lost.
-//! [`init_for_tests`] is the quiet variant for test binaries: it prints only
-//! when `TEST_LOG` is set.
+//! The returned [`TelemetryGuard`] sends what is queued and stops the
+//! exporter when dropped, so the last spans of a stopping service are not
+//! lost. [`init_for_tests`] is the quiet variant for test binaries: it
+//! prints only when `TEST_LOG` is set.
+//!
+//! Layout: `record` (a span's data), `layer` (the `tracing` layer and the
+//! sampler), `encode` (OTLP protobuf), `export` (queue, thread, gRPC and
+//! HTTP), `propagation` (W3C trace context and head sampling).
 
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once, OnceLock};
 
 use anyhow::Context as _;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::Sampler;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::config::{LogFormat, OtlpProtocol, TelemetrySettings, TraceSampler};
-use opentelemetry_sdk::trace::Sampler;
+use crate::config::{LogFormat, TelemetrySettings, TraceSampler};
 
+mod encode;
+mod export;
+mod layer;
 mod propagation;
+mod record;
+
+pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
 pub use propagation::*;
 
-/// Keeps the span exporter alive; dropping it flushes pending spans.
+use layer::{OtlpLayer, Pipeline};
+use record::{AttrValue, SpanKind, SpanRecord};
+
+/// Keeps the span exporter alive; dropping it sends what is queued.
 #[must_use = "dropping the guard shuts the span exporter down"]
 pub struct TelemetryGuard {
-    provider: Option<SdkTracerProvider>,
+    exporter: Option<Arc<export::Exporter>>,
 }
 
 impl TelemetryGuard {
     /// Whether spans are being exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.exporter.is_some()
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
-        {
-            eprintln!("telemetry: flushing spans on shutdown failed: {e}");
+        if let Some(exporter) = self.exporter.take() {
+            exporter.shutdown();
         }
     }
 }
+
+/// The installed pipeline (sampler and exporter), for the helpers that make
+/// spans without the `tracing` layer ([`record_remote_client_span`]).
+static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
 
 /// Targets whose spans and events go to the OpenTelemetry layer: our own
 /// crates only. Spans from these at `DEBUG` and above are exported (the
@@ -120,58 +129,6 @@ fn traced(meta: &tracing::Metadata<'_>) -> bool {
         || *meta.level() <= tracing::Level::INFO)
 }
 
-/// Passes spans to the real exporter; when the collector is down, spans are
-/// dropped with one warning a minute instead of one per batch, and an export
-/// never blocks a request (the batch processor runs it on its own).
-#[derive(Debug)]
-struct QuietExporter<E> {
-    inner: E,
-    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-/// At most one "collector unreachable" warning per this period.
-pub const EXPORT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
-    for QuietExporter<E>
-{
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        let n = batch.len();
-        let res = self.inner.export(batch).await;
-        if let Err(e) = &res {
-            let mut last = self
-                .last_warning
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if last.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY) {
-                *last = Some(std::time::Instant::now());
-                tracing::warn!(target: "telemetry", error = %e, dropped = n, "cannot export spans; dropping them (this warning repeats at most once a minute)");
-            }
-        }
-        // Reported as done: the batch is dropped either way, and the SDK
-        // would otherwise log every failure itself.
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(
-        &self,
-        timeout: std::time::Duration,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
 /// The SDK's sampler for a [`TraceSampler`] setting.
 fn sdk_sampler(s: TraceSampler) -> Sampler {
     match s {
@@ -186,52 +143,15 @@ fn sdk_sampler(s: TraceSampler) -> Sampler {
     }
 }
 
-fn build_provider(
-    endpoint: &str,
-    protocol: OtlpProtocol,
-    service_name: &str,
-    sampler: Sampler,
-) -> anyhow::Result<SdkTracerProvider> {
-    let resource = Resource::builder()
-        .with_service_name(service_name.to_string())
-        .with_attribute(opentelemetry::KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ))
-        .build();
-    let builder = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_sampler(sampler);
-    let builder = match protocol {
-        OtlpProtocol::Grpc => builder.with_batch_exporter(QuietExporter {
-            inner: opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
-                .context("building the OTLP/gRPC span exporter")?,
-            last_warning: Default::default(),
-        }),
-        OtlpProtocol::HttpProtobuf => builder.with_batch_exporter(QuietExporter {
-            inner: opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
-                .context("building the OTLP/HTTP span exporter")?,
-            last_warning: Default::default(),
-        }),
-    };
-    Ok(builder.build())
+/// Whether a child span under `s` simply follows its parent's decision.
+fn is_parent_based(s: TraceSampler) -> bool {
+    matches!(
+        s,
+        TraceSampler::ParentBasedAlwaysOn
+            | TraceSampler::ParentBasedAlwaysOff
+            | TraceSampler::ParentBasedTraceIdRatio(_)
+    )
 }
-
-/// Longest one export may take before its batch is dropped.
-pub const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Whether a tracer provider with an exporter is installed (by [`init`]):
-/// spans built directly on the OpenTelemetry API are skipped otherwise.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber for a service. Call once, early in `main`.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
@@ -240,62 +160,39 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
 
 /// [`init`] for a service that decides, as each request arrives, whether
 /// its trace is kept ([`head_decision`]), with the configured sampler. A
-/// request it drops then creates no span at all: with the `tracing` layer,
-/// building a span costs the same whether the sampler keeps it or not, and
-/// most requests are dropped at the usual ratios. The provider itself then
-/// samples every root, since roots reach it only when already chosen.
+/// request it drops then creates no span at all (the helpers return
+/// `Span::none()`). The layer itself then keeps every root, since roots
+/// reach it only when already chosen.
 pub fn init_head_sampled(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     install(settings, true)
 }
 
 fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<TelemetryGuard> {
     use tracing_subscriber::Layer as _;
-    let filter = EnvFilter::try_new(&settings.log_filter)
-        .context("RUST_LOG")?
-        // The SDK's own messages (one per failed export) are replaced by
-        // QuietExporter's rate-limited warning.
-        .add_directive("opentelemetry_sdk=off".parse()?)
-        .add_directive("opentelemetry_otlp=off".parse()?);
+    let filter = EnvFilter::try_new(&settings.log_filter).context("RUST_LOG")?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let configured = sdk_sampler(settings.sampler);
-    let provider_sampler = if head_sampled {
-        Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
-    } else {
-        configured.clone()
-    };
-    let provider = settings
+    let exporter = settings
         .otlp_endpoint
         .as_deref()
-        .map(|ep| {
-            build_provider(
-                ep,
-                settings.otlp_protocol,
-                &settings.service_name,
-                provider_sampler,
-            )
-        })
+        .map(|endpoint| export::Exporter::start(export_settings(settings, endpoint)))
         .transpose()?;
-    if head_sampled && provider.is_some() {
-        let _ = HEAD_SAMPLER.set(configured);
-    }
-    let otel_layer = provider.as_ref().map(|p| {
-        opentelemetry::global::set_tracer_provider(p.clone());
-        EXPORTING.store(true, Ordering::Relaxed);
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(settings.service_name.clone()))
-            // Per-span extras that cost CPU on every poll (busy/idle time)
-            // or allocations (code location, thread, target) and that a
-            // trace of this service does not need.
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_target(false)
-            // Attaching the OpenTelemetry context on every enter (every poll
-            // of an instrumented future) serves other OpenTelemetry
-            // instrumentation, which these services do not use: trace
-            // context is read from the `tracing` span itself.
-            .with_context_activation(false)
-            .with_filter(Traced)
+    let otel_layer = exporter.as_ref().map(|exporter| {
+        if head_sampled {
+            let _ = HEAD_SAMPLER.set(configured.clone());
+        }
+        let (sampler, parent_based) = if head_sampled {
+            (Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), true)
+        } else {
+            (configured, is_parent_based(settings.sampler))
+        };
+        let pipeline = Arc::new(Pipeline {
+            sampler,
+            parent_based,
+            exporter: Some(exporter.clone()),
+        });
+        let _ = PIPELINE.set(pipeline.clone());
+        OtlpLayer { pipeline }.with_filter(Traced)
     });
     let registry = tracing_subscriber::registry().with(otel_layer);
     match settings.log_format {
@@ -305,7 +202,27 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
         LogFormat::Pretty => registry.with(fmt::layer().with_filter(filter)).try_init(),
     }
     .context("installing the tracing subscriber")?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { exporter })
+}
+
+/// Where the spans of a service with these settings go, and the resource
+/// (`service.name`, `service.version`) they are sent with.
+fn export_settings(settings: &TelemetrySettings, endpoint: &str) -> export::ExportSettings {
+    let text = |s: &str| AttrValue::Str(s.to_string().into());
+    export::ExportSettings {
+        endpoint: endpoint.to_string(),
+        protocol: settings.otlp_protocol,
+        delay: settings.batch_delay,
+        max_queue: settings.max_queue,
+        resource: encode::Resource {
+            attributes: vec![
+                ("service.name", text(&settings.service_name)),
+                ("service.version", text(env!("CARGO_PKG_VERSION"))),
+                ("telemetry.sdk.language", text("rust")),
+            ],
+            scope: settings.service_name.clone(),
+        },
+    }
 }
 
 /// A client span for one Redis round trip on a hot path, in the database
@@ -353,7 +270,7 @@ pub fn producer_span(destination: &str) -> tracing::Span {
 /// `end`, as a child of the remote span `traceparent`. For an operation
 /// whose trace is known only from its result: the worker's fetch learns
 /// which traces its jobs belong to when the fetch returns. Nothing happens
-/// unless spans are exported or `traceparent` is invalid.
+/// unless spans are exported, `traceparent` is valid and the sampler keeps it.
 pub fn record_remote_client_span(
     name: &'static str,
     start: std::time::SystemTime,
@@ -362,37 +279,54 @@ pub fn record_remote_client_span(
     tracestate: Option<&str>,
     attributes: Vec<opentelemetry::KeyValue>,
 ) {
-    use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
-    if !EXPORTING.load(Ordering::Relaxed) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let Some(pipeline) = PIPELINE.get().filter(|p| p.exporter.is_some()) else {
         return;
-    }
+    };
     let parent = extract(traceparent, tracestate);
-    if !parent.span().span_context().is_valid() {
+    let parent = parent.span().span_context().clone();
+    if !parent.is_valid() {
         return;
     }
-    let tracer = opentelemetry::global::tracer("shared");
-    let mut span = tracer
-        .span_builder(name)
-        .with_kind(SpanKind::Client)
-        .with_start_time(start)
-        .with_attributes(attributes)
-        .start_with_context(&tracer, &parent);
-    span.end_with_timestamp(end);
+    let trace_id = u128::from_be_bytes(parent.trace_id().to_bytes());
+    if !pipeline.sample(Some(&parent), trace_id, name) {
+        return;
+    }
+    let mut record = SpanRecord::new(
+        (
+            trace_id,
+            layer::new_span_id(),
+            u64::from_be_bytes(parent.span_id().to_bytes()),
+        ),
+        parent.trace_state().header(),
+        true,
+        name.into(),
+        SpanKind::Client,
+        record::unix_nano(start),
+    );
+    record.end_unix_nano = record::unix_nano(end);
+    record.attributes = attributes
+        .into_iter()
+        .map(|kv| (kv.key.as_str().to_string().into(), kv.value.into()))
+        .collect();
+    pipeline.finish(record);
 }
 
 /// Installs a subscriber for tests, once per test binary. Spans get real
-/// OpenTelemetry ids (a provider without an exporter), so trace context is
+/// ids and sampling (the pipeline without an exporter), so trace context is
 /// propagated as in a service that exports. Log output goes to the test
 /// harness's captured stdout, and only when `TEST_LOG` is set.
 pub fn init_for_tests() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         use tracing_subscriber::Layer as _;
-        let provider = SdkTracerProvider::builder().build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("tests"))
-            .with_filter(Traced);
+        let pipeline = Arc::new(Pipeline {
+            sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            parent_based: true,
+            exporter: None,
+        });
+        let otel = OtlpLayer { pipeline }.with_filter(Traced);
         let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("debug"));

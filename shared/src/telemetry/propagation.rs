@@ -57,36 +57,49 @@ pub(crate) fn extract(
 /// for carrying it across Redis or HTTP. `None` when the span is not traced
 /// (no OpenTelemetry layer installed, e.g. export off).
 pub fn current_trace_context() -> Option<(String, Option<String>)> {
-    use opentelemetry::propagation::TextMapPropagator as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     // A request dropped by head sampling passes its "not sampled" decision
     // on, so the listener and the worker drop its trace too.
     if let Ok(sc) = UNTRACED.try_with(Clone::clone) {
         let state = sc.trace_state().header();
         return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
     }
-    let cx = tracing::Span::current().context();
-    let mut carrier = W3c::default();
-    PROPAGATOR.inject_context(&cx, &mut carrier);
-    Some((carrier.traceparent?, carrier.tracestate))
+    super::layer::with_record(&tracing::Span::current(), |r| {
+        (
+            r.traceparent(),
+            Some(r.trace_state.clone()).filter(|s| !s.is_empty()),
+        )
+    })
 }
 
 /// Makes `span` a child of the remote span described by `traceparent` (and
-/// `tracestate`). A missing or malformed `traceparent` leaves it a root.
+/// `tracestate`), taking its trace id and, under a parent-based sampler, its
+/// sampling decision. A missing or malformed `traceparent` leaves it a root.
+/// Call it before the span has children.
 pub fn set_remote_parent(
     span: &tracing::Span,
     traceparent: Option<&str>,
     tracestate: Option<&str>,
 ) {
     use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if traceparent.is_none() {
+    if traceparent.is_none() || span.is_disabled() {
         return;
     }
     let cx = extract(traceparent, tracestate);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
+    let parent = cx.span().span_context().clone();
+    if !parent.is_valid() {
+        return;
     }
+    let Some(pipeline) = super::PIPELINE.get() else {
+        return;
+    };
+    let trace_id = u128::from_be_bytes(parent.trace_id().to_bytes());
+    let sampled = pipeline.sample(Some(&parent), trace_id, "remote child");
+    super::layer::with_record(span, |r| {
+        r.trace_id = trace_id;
+        r.parent_span_id = u64::from_be_bytes(parent.span_id().to_bytes());
+        r.trace_state = parent.trace_state().header();
+        r.sampled = sampled;
+    });
 }
 
 /// The configured sampler of a head-sampled service ([`init_head_sampled`]).
@@ -100,6 +113,11 @@ tokio::task_local! {
 
 pub(crate) fn untraced() -> bool {
     UNTRACED.try_with(|_| ()).is_ok()
+}
+
+/// The span context of the request head sampling dropped that runs now, if any.
+pub(crate) fn untraced_context() -> Option<opentelemetry::trace::SpanContext> {
+    UNTRACED.try_with(Clone::clone).ok()
 }
 
 /// What head sampling decided for an incoming request.
@@ -176,13 +194,20 @@ pub async fn run_untraced<F: std::future::Future>(
 /// several traces at once (a batch of events) but has only one parent.
 pub fn add_remote_link(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
     use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     if traceparent.is_none() || span.is_disabled() {
         return;
     }
     let cx = extract(traceparent, tracestate);
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
-        span.add_link(sc);
+        super::layer::with_record(span, |r| {
+            if r.sampled {
+                r.links.push(super::record::Link {
+                    trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+                    span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+                    trace_state: sc.trace_state().header(),
+                });
+            }
+        });
     }
 }

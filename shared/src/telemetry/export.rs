@@ -1,0 +1,326 @@
+//! The span exporter: a bounded queue that request threads push finished
+//! spans into, and one thread of its own that batches them, encodes them
+//! ([`super::encode`]) and sends them over OTLP/gRPC or OTLP/HTTP.
+//!
+//! A push takes an uncontended lock and, once a batch is full, unparks the
+//! export thread; nothing else happens on the request's thread. The thread
+//! exports when a batch is full or every `OTEL_BSP_SCHEDULE_DELAY`, drops a
+//! batch it cannot send within [`EXPORT_TIMEOUT`] (one warning a minute),
+//! and drops spans while its queue is full (also one warning a minute). A
+//! collector that is down never blocks or fails a request. [`Exporter::shutdown`]
+//! sends what is left, so a stopping service loses no span.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::encode::{self, Resource};
+use super::record::SpanRecord;
+use crate::config::OtlpProtocol;
+
+/// Longest one export may take before its batch is dropped.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// At most one warning of each kind ("cannot export", "queue full") per this period.
+pub const EXPORT_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Spans per export request, as the OpenTelemetry SDK's batch processor.
+const MAX_EXPORT_BATCH: usize = 512;
+
+/// Where and how spans go.
+#[derive(Debug, Clone)]
+pub(crate) struct ExportSettings {
+    pub(crate) endpoint: String,
+    pub(crate) protocol: OtlpProtocol,
+    /// Longest a finished span waits before it is sent.
+    pub(crate) delay: Duration,
+    /// Finished spans waiting for the export thread, at most.
+    pub(crate) max_queue: usize,
+    pub(crate) resource: Resource,
+}
+
+/// The queue and the handle of the export thread.
+pub(crate) struct Exporter {
+    queue: Mutex<Vec<SpanRecord>>,
+    max_queue: usize,
+    /// Set when the thread has been woken for a full batch, cleared when it
+    /// takes the queue: one unpark per batch, not per span.
+    woken: AtomicBool,
+    stop: AtomicBool,
+    dropped: AtomicU64,
+    last_full_warning: Mutex<Option<Instant>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    waker: std::thread::Thread,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Checks the settings and starts the export thread.
+    pub(crate) fn start(settings: ExportSettings) -> anyhow::Result<Arc<Self>> {
+        // Refuse a bad endpoint now, not on the first export.
+        let transport = Transport::plan(&settings)?;
+        let max_queue = settings.max_queue;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Exporter>>(1);
+        let handle = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || {
+                let Ok(exporter) = rx.recv() else { return };
+                run(&exporter, transport, &settings);
+            })
+            .context("starting the span export thread")?;
+        let exporter = Arc::new(Self {
+            queue: Mutex::new(Vec::with_capacity(MAX_EXPORT_BATCH)),
+            max_queue,
+            woken: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            last_full_warning: Mutex::new(None),
+            waker: handle.thread().clone(),
+            thread: Mutex::new(Some(handle)),
+        });
+        tx.send(exporter.clone())
+            .context("handing the exporter to its thread")?;
+        Ok(exporter)
+    }
+
+    /// Queues a finished span; drops it when the queue is full.
+    pub(crate) fn push(&self, span: SpanRecord) {
+        let len = {
+            let mut q = lock(&self.queue);
+            if q.len() >= self.max_queue {
+                drop(q);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.warn_full();
+                return;
+            }
+            q.push(span);
+            q.len()
+        };
+        if len >= MAX_EXPORT_BATCH && !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.unpark();
+        }
+    }
+
+    fn warn_full(&self) {
+        let mut last = lock(&self.last_full_warning);
+        if last.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(target: "telemetry", dropped_so_far = self.dropped.load(Ordering::Relaxed), "the span export queue is full; dropping spans (this warning repeats at most once a minute)");
+        }
+    }
+
+    /// Sends what is queued and stops the thread (bounded by the export
+    /// timeout of each remaining batch).
+    pub(crate) fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.unpark();
+        if let Some(handle) = lock(&self.thread).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The export thread: waits for a full batch or the delay, then sends.
+fn run(exporter: &Exporter, transport: Transport, settings: &ExportSettings) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("telemetry: cannot start the span export runtime: {e}");
+            return;
+        }
+    };
+    let client = rt.block_on(async { transport.connect() });
+    let mut last_warning: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(MAX_EXPORT_BATCH);
+    let mut next = Instant::now() + settings.delay;
+    loop {
+        let stopping = exporter.stop.load(Ordering::Acquire);
+        let full = lock(&exporter.queue).len() >= MAX_EXPORT_BATCH;
+        if !stopping && !full && Instant::now() < next {
+            std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+            continue;
+        }
+        exporter.woken.store(false, Ordering::Release);
+        std::mem::swap(&mut batch, &mut *lock(&exporter.queue));
+        // Every chunk at once: one export at a time cannot keep up with a
+        // busy api when each round trip waits for a collector that shares
+        // its machine.
+        let sends = batch.chunks(MAX_EXPORT_BATCH).map(|chunk| {
+            let body = encode::request(&settings.resource, chunk);
+            let mut client = client.clone();
+            let n = chunk.len();
+            async move {
+                let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.send(body))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_string()));
+                (sent, n)
+            }
+        });
+        let results = rt.block_on(futures::future::join_all(sends));
+        let dropped: usize = results
+            .iter()
+            .filter(|(r, _)| r.is_err())
+            .map(|(_, n)| n)
+            .sum();
+        if let Some((Err(e), _)) = results.iter().find(|(r, _)| r.is_err())
+            && last_warning.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY)
+        {
+            last_warning = Some(Instant::now());
+            tracing::warn!(target: "telemetry", error = %e, dropped, "cannot export spans; dropping them (this warning repeats at most once a minute)");
+        }
+        batch.clear();
+        if stopping && lock(&exporter.queue).is_empty() {
+            return;
+        }
+        if !full {
+            next = Instant::now() + settings.delay;
+        }
+    }
+}
+
+/// The OTLP method a gRPC export calls.
+const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// How to reach the collector, checked before the thread starts.
+#[derive(Debug)]
+enum Transport {
+    Grpc(Box<tonic::transport::Endpoint>),
+    Http(String),
+}
+
+impl Transport {
+    fn plan(settings: &ExportSettings) -> anyhow::Result<Self> {
+        Ok(match settings.protocol {
+            OtlpProtocol::Grpc => Self::Grpc(Box::new(
+                tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+                    .context("OTEL_EXPORTER_OTLP_ENDPOINT is not a valid URI")?
+                    .connect_timeout(EXPORT_TIMEOUT)
+                    .timeout(EXPORT_TIMEOUT),
+            )),
+            OtlpProtocol::HttpProtobuf => Self::Http(format!(
+                "{}/v1/traces",
+                settings.endpoint.trim_end_matches('/')
+            )),
+        })
+    }
+
+    /// A client; inside the export thread's runtime (gRPC's lazy channel
+    /// spawns its connection task there).
+    fn connect(self) -> Client {
+        match self {
+            Self::Grpc(endpoint) => Client::Grpc(tonic::client::Grpc::new(endpoint.connect_lazy())),
+            Self::Http(url) => Client::Http(
+                reqwest::Client::builder()
+                    .timeout(EXPORT_TIMEOUT)
+                    .build()
+                    .unwrap_or_default(),
+                url,
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Client {
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Http(reqwest::Client, String),
+}
+
+impl Client {
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+        match self {
+            Self::Grpc(grpc) => {
+                grpc.ready().await.map_err(|e| e.to_string())?;
+                let mut request = tonic::Request::new(body);
+                request.set_timeout(EXPORT_TIMEOUT);
+                grpc.unary::<_, (), _>(
+                    request,
+                    axum::http::uri::PathAndQuery::from_static(GRPC_EXPORT),
+                    RawCodec,
+                )
+                .await
+                .map(drop)
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            }
+            Self::Http(client, url) => {
+                let resp = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the collector answered {}", resp.status()))
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC codec for bodies encoded already: writes the bytes as they are,
+/// reads the (empty) answer without decoding it.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf as _;
+        let n = src.remaining();
+        src.advance(n);
+        Ok(Some(()))
+    }
+}
