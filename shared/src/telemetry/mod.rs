@@ -326,6 +326,7 @@ pub fn init_for_tests() {
             parent_based: true,
             exporter: None,
         });
+        let _ = PIPELINE.set(pipeline.clone());
         let otel = OtlpLayer { pipeline }.with_filter(Traced);
         let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
             let filter =
