@@ -19,16 +19,11 @@ use helpers::NS;
 const N: usize = 10_000;
 
 async fn metric_sum(addr: SocketAddr, name: &str, filter: &str) -> f64 {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    testkit::metric(
+        &testkit::scrape(&format!("http://{addr}/metrics")).await,
+        name,
+        filter,
+    )
 }
 
 #[tokio::test]

@@ -112,19 +112,8 @@ impl Fleet {
 
     /// A series of one api's `/metrics` (0 when absent).
     async fn metric(&self, api: usize, name: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.apis[api]))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.split([' ', '{']).next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+        let text = testkit::scrape(&format!("{}/metrics", self.apis[api])).await;
+        testkit::metric(&text, name, "")
     }
 
     async fn wait_tracking(&self, api: usize) {

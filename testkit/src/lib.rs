@@ -304,6 +304,30 @@ pub fn sibling_bin(own: &str, name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The Prometheus text a service serves at `url` (its `/metrics`).
+pub async fn scrape(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the /metrics body")
+}
+
+/// The sum of the samples in Prometheus `text` of the series `name` whose
+/// labels contain `labels` (e.g. `reason="malformed_json"`, or `""` for
+/// any); 0 when there are none.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(labels))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series.split('{').next() == Some(name)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -18,18 +18,11 @@ async fn the_dead_letter_list_is_capped_and_every_rejection_is_counted() {
     // The counter is per process, which other tests share: count the rise.
     let metrics_url = format!("http://{}/metrics", l.metrics);
     let malformed = || async {
-        let text = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix("listener_events_rejected_total{reason=\"malformed_json\"} ")
-                    .map(|v| v.trim().parse::<u64>().unwrap())
-            })
-            .unwrap_or(0)
+        testkit::metric(
+            &testkit::scrape(&metrics_url).await,
+            "listener_events_rejected_total",
+            "reason=\"malformed_json\"",
+        ) as u64
     };
     let before = malformed().await;
 

@@ -188,12 +188,7 @@ pub async fn cached(redis: &RedisServer, id: &str) -> Option<CachedPrice> {
 
 /// The worker's `/metrics` text.
 pub async fn scrape(w: &RunningWorker) -> String {
-    reqwest::get(format!("http://{}/metrics", w.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    testkit::scrape(&format!("http://{}/metrics", w.metrics)).await
 }
 
 /// Waits (polling, bounded by `within`) until the worker's `/metrics` shows `series`.
