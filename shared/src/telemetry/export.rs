@@ -41,18 +41,23 @@ pub(crate) struct ExportSettings {
     pub(crate) resource: Resource,
 }
 
-/// The queue and the handle of the export thread.
-pub(crate) struct Exporter {
-    queue: Mutex<Vec<SpanRecord>>,
-    max_queue: usize,
+/// What request threads and the export thread share.
+struct Queue {
+    spans: Mutex<Vec<SpanRecord>>,
+    max: usize,
     /// Set when the thread has been woken for a full batch, cleared when it
     /// takes the queue: one unpark per batch, not per span.
     woken: AtomicBool,
     stop: AtomicBool,
     dropped: AtomicU64,
-    last_full_warning: Mutex<Option<Instant>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    full_warning: Throttle,
+}
+
+/// The queue and the export thread that empties it.
+pub(crate) struct Exporter {
+    queue: Arc<Queue>,
     waker: std::thread::Thread,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -66,64 +71,71 @@ impl Exporter {
     pub(crate) fn start(settings: ExportSettings) -> anyhow::Result<Arc<Self>> {
         // Refuse a bad endpoint now, not on the first export.
         let transport = Transport::plan(&settings)?;
-        let max_queue = settings.max_queue;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Exporter>>(1);
-        let handle = std::thread::Builder::new()
-            .name("otlp-export".into())
-            .spawn(move || {
-                let Ok(exporter) = rx.recv() else { return };
-                run(&exporter, transport, &settings);
-            })
-            .context("starting the span export thread")?;
-        let exporter = Arc::new(Self {
-            queue: Mutex::new(Vec::with_capacity(MAX_EXPORT_BATCH)),
-            max_queue,
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(MAX_EXPORT_BATCH)),
+            max: settings.max_queue,
             woken: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-            last_full_warning: Mutex::new(None),
+            full_warning: Throttle::default(),
+        });
+        let shared = queue.clone();
+        let handle = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || run(&shared, transport, &settings))
+            .context("starting the span export thread")?;
+        Ok(Arc::new(Self {
+            queue,
             waker: handle.thread().clone(),
             thread: Mutex::new(Some(handle)),
-        });
-        tx.send(exporter.clone())
-            .context("handing the exporter to its thread")?;
-        Ok(exporter)
+        }))
     }
 
     /// Queues a finished span; drops it when the queue is full.
     pub(crate) fn push(&self, span: SpanRecord) {
+        let q = &self.queue;
         let len = {
-            let mut q = lock(&self.queue);
-            if q.len() >= self.max_queue {
-                drop(q);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.warn_full();
+            let mut spans = lock(&q.spans);
+            if spans.len() >= q.max {
+                drop(spans);
+                let dropped = q.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if q.full_warning.due() {
+                    tracing::warn!(target: "telemetry", dropped_so_far = dropped, "the span export queue is full; dropping spans (this warning repeats at most once a minute)");
+                }
                 return;
             }
-            q.push(span);
-            q.len()
+            spans.push(span);
+            spans.len()
         };
-        if len >= MAX_EXPORT_BATCH && !self.woken.swap(true, Ordering::AcqRel) {
+        if len >= MAX_EXPORT_BATCH && !q.woken.swap(true, Ordering::AcqRel) {
             self.waker.unpark();
-        }
-    }
-
-    fn warn_full(&self) {
-        let mut last = lock(&self.last_full_warning);
-        if last.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY) {
-            *last = Some(Instant::now());
-            tracing::warn!(target: "telemetry", dropped_so_far = self.dropped.load(Ordering::Relaxed), "the span export queue is full; dropping spans (this warning repeats at most once a minute)");
         }
     }
 
     /// Sends what is queued and stops the thread (bounded by the export
     /// timeout of each remaining batch).
     pub(crate) fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.queue.stop.store(true, Ordering::Release);
         self.waker.unpark();
         if let Some(handle) = lock(&self.thread).take() {
             let _ = handle.join();
         }
+    }
+}
+
+/// Says yes at most once per [`EXPORT_WARNING_EVERY`]: for warnings that
+/// would otherwise repeat on every span or batch.
+#[derive(Default)]
+struct Throttle(Mutex<Option<Instant>>);
+
+impl Throttle {
+    fn due(&self) -> bool {
+        let mut last = lock(&self.0);
+        let due = last.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 }
 
@@ -132,7 +144,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The export thread: waits for a full batch or the delay, then sends.
-fn run(exporter: &Exporter, transport: Transport, settings: &ExportSettings) {
+fn run(queue: &Queue, transport: Transport, settings: &ExportSettings) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,18 +156,18 @@ fn run(exporter: &Exporter, transport: Transport, settings: &ExportSettings) {
         }
     };
     let client = rt.block_on(async { transport.connect() });
-    let mut last_warning: Option<Instant> = None;
+    let export_warning = Throttle::default();
     let mut batch = Vec::with_capacity(MAX_EXPORT_BATCH);
     let mut next = Instant::now() + settings.delay;
     loop {
-        let stopping = exporter.stop.load(Ordering::Acquire);
-        let full = lock(&exporter.queue).len() >= MAX_EXPORT_BATCH;
+        let stopping = queue.stop.load(Ordering::Acquire);
+        let full = lock(&queue.spans).len() >= MAX_EXPORT_BATCH;
         if !stopping && !full && Instant::now() < next {
             std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
             continue;
         }
-        exporter.woken.store(false, Ordering::Release);
-        std::mem::swap(&mut batch, &mut *lock(&exporter.queue));
+        queue.woken.store(false, Ordering::Release);
+        std::mem::swap(&mut batch, &mut *lock(&queue.spans));
         // Every chunk at once: one export at a time cannot keep up with a
         // busy api when each round trip waits for a collector that shares
         // its machine.
@@ -177,13 +189,12 @@ fn run(exporter: &Exporter, transport: Transport, settings: &ExportSettings) {
             .map(|(_, n)| n)
             .sum();
         if let Some((Err(e), _)) = results.iter().find(|(r, _)| r.is_err())
-            && last_warning.is_none_or(|t| t.elapsed() >= EXPORT_WARNING_EVERY)
+            && export_warning.due()
         {
-            last_warning = Some(Instant::now());
             tracing::warn!(target: "telemetry", error = %e, dropped, "cannot export spans; dropping them (this warning repeats at most once a minute)");
         }
         batch.clear();
-        if stopping && lock(&exporter.queue).is_empty() {
+        if stopping && lock(&queue.spans).is_empty() {
             return;
         }
         if !full {

@@ -93,12 +93,11 @@ pub fn set_remote_parent(
         return;
     };
     let trace_id = u128::from_be_bytes(parent.trace_id().to_bytes());
-    let sampled = pipeline.sample(Some(&parent), trace_id, "remote child");
     super::layer::with_record(span, |r| {
+        r.sampled = pipeline.sample(Some(&parent), trace_id, &r.name);
         r.trace_id = trace_id;
         r.parent_span_id = u64::from_be_bytes(parent.span_id().to_bytes());
         r.trace_state = parent.trace_state().header();
-        r.sampled = sampled;
     });
 }
 
