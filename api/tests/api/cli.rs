@@ -130,6 +130,9 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
         ("API_NEAR_CACHE_MAX_ENTRIES", "lots"),
         ("API_NEAR_CACHE_MAX_ENTRIES", "-1"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "plenty"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_api"))
             .args(["seed", "--products", "1"])
