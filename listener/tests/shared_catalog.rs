@@ -373,6 +373,9 @@ async fn on_a_redis_cluster_the_services_keep_going_through_a_failover_and_lose_
         ("REDIS_CLUSTER", "true".to_string()),
         ("REDIS_WAIT_REPLICAS", "1".to_string()),
         ("LISTENER_COALESCE_WINDOW_MS", "20".to_string()),
+        // An attempt cut off by the failover is retried after a second, not
+        // the default 30 s then 60 s, which alone outlast the hang guard.
+        ("RECALC_RETRY_BASE_SECS", "1".to_string()),
     ]);
     let mut procs = Processes::default();
     let api = start_api(&mut procs, &envs).await;

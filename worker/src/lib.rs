@@ -419,7 +419,7 @@ pub async fn full_registry(settings: &Settings) -> anyhow::Result<Registry> {
             keys.recalc_lock(),
             settings.recalc_lock_ttl,
         ),
-        cache: shared::cache::PriceCache::new(pool, keys, settings.cache.ttl),
+        cache: shared::cache::PriceCache::new(pool, keys, settings.cache.ttl).with_bulk_writes(),
     };
     let mut registry = jobs::registry();
     jobs::recalc::register(&mut registry, Arc::new(deps));

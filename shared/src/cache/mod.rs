@@ -241,6 +241,8 @@ pub struct PriceCache {
     keys: Keys,
     ttl: Duration,
     near: Option<Arc<NearCache>>,
+    /// Whether [`Self::put_many`] writes on the pool's bulk connections.
+    bulk_writes: bool,
 }
 
 impl PriceCache {
@@ -251,7 +253,17 @@ impl PriceCache {
             keys,
             ttl,
             near: None,
+            bulk_writes: false,
         }
+    }
+
+    /// [`Self::put_many`] writes on [`RedisPool::get_bulk`]'s connections,
+    /// bounded per attempt, instead of within the read path's
+    /// `REDIS_TIMEOUT_MS`: for a worker, whose write of thousands of prices
+    /// must get through a cluster failover rather than fail its attempt.
+    pub fn with_bulk_writes(mut self) -> Self {
+        self.bulk_writes = true;
+        self
     }
 
     /// Reads go to `near` first, and what Redis answers is kept there.
@@ -400,7 +412,11 @@ impl PriceCache {
             cmds.push((key.clone(), hset));
             cmds.push((key.clone(), pexpire));
         }
-        let (mut conn, tracker) = self.pool.get();
+        let (mut conn, tracker) = if self.bulk_writes {
+            self.pool.get_bulk()
+        } else {
+            self.pool.get()
+        };
         let span = redis_span("BATCH HSET", "BATCH HSET");
         span.record("db.operation.batch.size", cmds.len());
         tracker

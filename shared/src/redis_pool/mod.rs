@@ -88,6 +88,11 @@ struct Inner {
     /// never hold up the reads multiplexed on the others.
     durable: Vec<Slot>,
     next_durable: AtomicUsize,
+    /// Connections for a worker's bulk writes ([`RedisPool::get_bulk`]),
+    /// opened on first use: bounded per attempt by
+    /// [`BULK_RESPONSE_TIMEOUT`], not overall by the pool's timeout.
+    bulk: Vec<Slot>,
+    next_bulk: AtomicUsize,
     errors: AtomicU64,
     waits_short: AtomicU64,
     /// Until when (ms since `started`) `WAIT` is skipped after a short one.
@@ -171,7 +176,8 @@ impl RedisPool {
         } else {
             0
         };
-        let (clients, slots, durable) = if settings.cluster {
+        let bulk_timeout = settings.timeout.max(BULK_RESPONSE_TIMEOUT);
+        let (clients, slots, durable, bulk) = if settings.cluster {
             let urls = settings.urls();
             let builder = || {
                 let b = ClusterClient::builder(urls.iter().copied())
@@ -210,12 +216,13 @@ impl RedisPool {
             };
             let slots = slots_of(&client, settings.pool_size.max(1), settings.timeout);
             let durable = slots_of(&long, durable_n, durable_timeout);
+            let bulk = slots_of(&long, settings.pool_size.max(1), bulk_timeout);
             let clients = Clients::Cluster {
                 client: Box::new(long),
                 seeds,
                 next_seed: AtomicUsize::new(0),
             };
-            (clients, slots, durable)
+            (clients, slots, durable, bulk)
         } else {
             let client = single_client(settings.url.trim(), &roots)?;
             let slots_of = |n: usize, response: Duration| -> redis::RedisResult<Vec<Slot>> {
@@ -237,7 +244,8 @@ impl RedisPool {
             };
             let slots = slots_of(settings.pool_size.max(1), settings.timeout)?;
             let durable = slots_of(durable_n, durable_timeout)?;
-            (Clients::Single(client), slots, durable)
+            let bulk = slots_of(settings.pool_size.max(1), bulk_timeout)?;
+            (Clients::Single(client), slots, durable, bulk)
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -249,6 +257,8 @@ impl RedisPool {
                 next: AtomicUsize::new(0),
                 durable,
                 next_durable: AtomicUsize::new(0),
+                bulk,
+                next_bulk: AtomicUsize::new(0),
                 errors: AtomicU64::new(0),
                 waits_short: AtomicU64::new(0),
                 skip_wait_until_ms: AtomicU64::new(0),
@@ -395,6 +405,17 @@ impl RedisPool {
                 slot,
             },
         )
+    }
+
+    /// A connection for a bulk write by a job (thousands of keys in one
+    /// pipeline, or one per hash slot on a cluster): each attempt may take
+    /// up to [`BULK_RESPONSE_TIMEOUT`], and on a cluster the retries after a
+    /// failover (a stale node, the slot map refreshed) are not cut short by
+    /// the pool's overall `REDIS_TIMEOUT_MS`, which bounds the read path.
+    /// Kept apart from [`Self::get`]'s, so a long write never delays a read.
+    pub fn get_bulk(&self) -> (Conn, Tracker<'_>) {
+        let i = self.inner.next_bulk.fetch_add(1, Ordering::Relaxed) % self.inner.bulk.len();
+        self.slot(&self.inner.bulk[i])
     }
 
     /// After a write on `conn` (from [`Self::get_durable`]) that must
