@@ -11,7 +11,7 @@
 //! - `cli`: the `api [serve|seed|import]` command line ([`Cli`], [`run`]).
 //! - `config`: [`Settings`] from the environment.
 //! - `startup`: [`Application`]: build, bind, serve, stop.
-//! - `state`: [`AppState`], the shared clients; [`app`] is the router over it.
+//! - `state`: [`AppState`], one handle on the shared [`Clients`]; [`app`] is the router over it.
 //! - `trace`: the server span of each request; continues and returns `traceparent`.
 //! - `routes`: one module per feature (prices, tasks, queues, events, workers,
 //!   dashboard JSON, dashboard pages, operations), each with `router()`.
@@ -41,7 +41,7 @@ pub use error::ApiError;
 pub use extract::parse_object;
 pub use openapi::ApiDoc;
 pub use startup::Application;
-pub use state::AppState;
+pub use state::{AppState, Clients};
 
 /// The whole application router over `state`: what the server serves, and
 /// what tests drive in-process with `tower::ServiceExt::oneshot`.

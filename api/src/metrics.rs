@@ -66,7 +66,8 @@ fn describe() {
 
 /// Records one cache hit.
 pub(crate) fn cache_hit() {
-    metrics::counter!("cache_hits_total").increment(1);
+    static HITS: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    shared::metrics::counter(&HITS, "cache_hits_total").increment(1);
 }
 
 /// Records one cache miss and why.
@@ -86,16 +87,51 @@ pub(crate) fn sample_pool(pool: &RedisPool) {
 pub(crate) async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
-    let route = req
+    // Copied (thread-local, uncontended) rather than the path's `Arc`
+    // cloned, whose count every core would write.
+    let route: Option<String> = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map(|p| p.as_str().to_owned());
     let response = next.run(req).await;
-    let status = status_label(response.status().as_u16());
-    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status)
-        .record(start.elapsed().as_secs_f64());
+    let route = route.as_deref().unwrap_or("unmatched");
+    record_duration(method, route, response.status().as_u16(), start.elapsed());
     response
+}
+
+/// A thread's [`HTTP_DURATION`] handles: by route, then by method and status.
+type DurationHandles =
+    std::collections::HashMap<Box<str>, Vec<(&'static str, u16, metrics::Histogram)>>;
+
+thread_local! {
+    /// This thread's handles on [`HTTP_DURATION`], by route, then method
+    /// and status: found without building a labelled key, hashing it and
+    /// taking the registry's shared lock on every request. Bounded by the
+    /// route templates (and `unmatched`) times the methods and statuses.
+    static DURATIONS: std::cell::RefCell<DurationHandles> = std::cell::RefCell::default();
+}
+
+fn record_duration(method: &'static str, route: &str, status: u16, took: std::time::Duration) {
+    DURATIONS.with_borrow_mut(|by_route| {
+        let handles = match by_route.get_mut(route) {
+            Some(handles) => handles,
+            None => by_route.entry(route.into()).or_default(),
+        };
+        let at = handles
+            .iter()
+            .position(|(m, s, _)| *m == method && *s == status)
+            .unwrap_or_else(|| {
+                let histogram = metrics::histogram!(
+                    HTTP_DURATION,
+                    "method" => method,
+                    "route" => route.to_owned(),
+                    "status" => status.to_string(),
+                );
+                handles.push((method, status, histogram));
+                handles.len() - 1
+            });
+        handles[at].2.record(took.as_secs_f64());
+    });
 }
 
 fn method_label(method: &axum::http::Method) -> &'static str {
@@ -108,21 +144,5 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         axum::http::Method::HEAD => "HEAD",
         axum::http::Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
-    }
-}
-
-fn status_label(status: u16) -> metrics::SharedString {
-    // The common codes are static strings; only rare ones allocate.
-    match status {
-        200 => "200".into(),
-        202 => "202".into(),
-        400 => "400".into(),
-        404 => "404".into(),
-        413 => "413".into(),
-        415 => "415".into(),
-        422 => "422".into(),
-        500 => "500".into(),
-        503 => "503".into(),
-        other => other.to_string().into(),
     }
 }

@@ -49,6 +49,20 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
+/// The counter `name` with no labels, registered once in `cell`: for the
+/// series counted on every request, where `metrics::counter!` would look
+/// the name up in the registry (a hash and a shared lock) each time.
+/// Installs the recorder first, so the handle is never a no-op.
+pub fn counter(
+    cell: &'static OnceLock<metrics::Counter>,
+    name: &'static str,
+) -> &'static metrics::Counter {
+    cell.get_or_init(|| {
+        recorder();
+        metrics::counter!(name)
+    })
+}
+
 /// Binds `router` on `addr` (port 0 picks a free port); returns the bound
 /// address and the future that serves it. Used by the worker and the
 /// listener for their `/metrics` and `/health`.

@@ -43,7 +43,7 @@
 //! near cache together with `REDIS_CLUSTER=true`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -151,11 +151,13 @@ impl NearCache {
         });
         match found {
             Some(slot) => {
-                metrics::counter!("near_cache_hits_total").increment(1);
+                static HITS: OnceLock<metrics::Counter> = OnceLock::new();
+                crate::metrics::counter(&HITS, "near_cache_hits_total").increment(1);
                 Some(slot.entry.clone())
             }
             None => {
-                metrics::counter!("near_cache_misses_total").increment(1);
+                static MISSES: OnceLock<metrics::Counter> = OnceLock::new();
+                crate::metrics::counter(&MISSES, "near_cache_misses_total").increment(1);
                 None
             }
         }
