@@ -36,33 +36,31 @@ pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
         }
         return response;
     }
+    // Everything known before the handler runs is given at creation: each
+    // field recorded later costs the layer another lookup of the span.
+    let method = req.method().as_str();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    // An unmatched path has no route: the span is named by the method
+    // alone and carries no `http.route`, as the conventions ask.
     let span = tracing::debug_span!(
         "http",
-        otel.name = tracing::field::Empty,
+        otel.name = %format_args!(
+            "{method}{}{}",
+            if route.is_some() { " " } else { "" },
+            route.unwrap_or("")
+        ),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        http.request.method = req.method().as_str(),
-        http.route = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
         http.response.status_code = tracing::field::Empty,
         url.path = req.uri().path(),
         url.scheme = "http",
     );
     if !span.is_disabled() {
-        let method = req.method().as_str();
-        // An unmatched path has no route: the span is named by the method
-        // alone and carries no `http.route`, as the conventions ask.
-        match req.extensions().get::<MatchedPath>() {
-            Some(route) => {
-                span.record("http.route", route.as_str());
-                span.record(
-                    "otel.name",
-                    tracing::field::display(format_args!("{method} {}", route.as_str())),
-                );
-            }
-            None => {
-                span.record("otel.name", method);
-            }
-        }
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         shared::telemetry::set_remote_parent(&span, header("traceparent"), header("tracestate"));
     }
@@ -73,8 +71,7 @@ pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
-        let context = span.in_scope(shared::telemetry::current_trace_context);
-        if let Some((parent, _)) = context
+        if let Some((parent, _)) = shared::telemetry::trace_context_of(&span)
             && let Ok(value) = HeaderValue::from_str(&parent)
         {
             response.headers_mut().insert("traceparent", value);

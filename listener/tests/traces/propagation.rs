@@ -167,3 +167,27 @@ async fn events_processed_in_one_batch_link_every_trace_to_the_batch() {
         "{receive:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_no_route_matches_names_its_server_span_by_the_method_alone() {
+    let (_redis, _dir, rx, services_up) = start_traced().await;
+
+    let resp = post(&services_up.api, "/no/such/path", "{}").await;
+    assert_eq!(resp.status(), 404);
+
+    let spans = wait_for_trace(
+        &rx,
+        CLIENT_TRACE,
+        &[("the api's server span", &|s| {
+            s.service == "pricing-api" && s.kind == 2
+        })],
+    )
+    .await;
+    services_up.stop().await;
+
+    let server = find(&spans, |s| s.service == "pricing-api" && s.kind == 2);
+    assert_eq!(server.name, "POST", "{server:?}");
+    assert_eq!(server.attr("http.route"), None, "{server:?}");
+    assert_eq!(server.attr("url.path"), Some("/no/such/path"), "{server:?}");
+    assert_eq!(server.attr("http.response.status_code"), Some("404"));
+}

@@ -230,7 +230,7 @@ impl Fields<'_> {
     fn put_str(&mut self, field: &Field, value: &str) {
         let r = &mut *self.record;
         match field.name() {
-            "otel.name" => r.name = Cow::Owned(value.to_string()),
+            "otel.name" => r.name = interned(value),
             "otel.kind" => {
                 if let Some(kind) = SpanKind::parse(value) {
                     r.kind = kind;
@@ -282,7 +282,13 @@ impl Visit for Fields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put_str(field, &format!("{value:?}"));
+        let text = format!("{value:?}");
+        match field.name() {
+            // Formatted for the span (`%format_args!(…)`): kept as it is,
+            // not copied again.
+            "otel.name" => self.record.name = Cow::Owned(text),
+            _ => self.put_str(field, &text),
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {

@@ -63,7 +63,13 @@ pub fn current_trace_context() -> Option<(String, Option<String>)> {
         let state = sc.trace_state().header();
         return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
     }
-    super::layer::with_record(&tracing::Span::current(), |r| {
+    trace_context_of(&tracing::Span::current())
+}
+
+/// The W3C `traceparent` (and `tracestate`) of `span` itself, read without
+/// entering it; `None` for a span the layer does not record.
+pub fn trace_context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
+    super::layer::with_record(span, |r| {
         (
             r.traceparent(),
             Some(r.trace_state.clone()).filter(|s| !s.is_empty()),
