@@ -1,6 +1,8 @@
 //! The server span of every request, in OpenTelemetry's HTTP conventions.
 //!
-//! [`trace_http`] opens a `DEBUG` span named `{method} {route}`
+//! [`trace_http`] opens a server span ([`shared::telemetry::ServerSpan`],
+//! kept in the request's task rather than the `tracing` registry, which
+//! made every traced request pay a lookup per poll) named `{method} {route}`
 //! (`otel.kind=server`, `http.request.method`, `http.route`, `url.path`,
 //! `url.scheme`, and `http.response.status_code` once answered; a 5xx marks
 //! it as an error). A path no route matches is named by its method alone,
@@ -18,7 +20,6 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use shared::telemetry::HeadDecision;
-use tracing::Instrument as _;
 
 /// Middleware: runs the request inside its server span, or, when head
 /// sampling drops it, without any span (its response still carries a
@@ -36,46 +37,27 @@ pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
         }
         return response;
     }
-    // Everything known before the handler runs is given at creation: each
-    // field recorded later costs the layer another lookup of the span.
-    let method = req.method().as_str();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str);
-    // An unmatched path has no route: the span is named by the method
-    // alone and carries no `http.route`, as the conventions ask.
-    let span = tracing::debug_span!(
-        "http",
-        otel.name = %format_args!(
-            "{method}{}{}",
-            if route.is_some() { " " } else { "" },
-            route.unwrap_or("")
-        ),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method,
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        url.path = req.uri().path(),
-        url.scheme = "http",
-    );
-    if !span.is_disabled() {
+    let span = {
+        // In a block: a borrow of the request must not live across an await.
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        shared::telemetry::set_remote_parent(&span, header("traceparent"), header("tracestate"));
-    }
-    let mut response = next.run(req).instrument(span.clone()).await;
-    if !span.is_disabled() {
-        let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
-        if status.is_server_error() {
-            span.record("otel.status_code", "ERROR");
-        }
-        if let Some((parent, _)) = shared::telemetry::trace_context_of(&span)
-            && let Ok(value) = HeaderValue::from_str(&parent)
-        {
-            response.headers_mut().insert("traceparent", value);
-        }
+        shared::telemetry::ServerSpan::start(
+            req.method().as_str(),
+            req.extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str),
+            req.uri().path(),
+            header("traceparent"),
+            header("tracestate"),
+        )
+    };
+    // With span export off there is no span to keep.
+    let Some(span) = span else {
+        return next.run(req).await;
+    };
+    let (mut response, span) = span.run(next.run(req)).await;
+    let traceparent = span.finish(response.status().as_u16());
+    if let Ok(value) = HeaderValue::try_from(traceparent) {
+        response.headers_mut().insert("traceparent", value);
     }
     response
 }

@@ -90,11 +90,16 @@ where
             None if attrs.is_contextual() => ctx.lookup_current(),
             None => None,
         };
-        let from_parent = parent.and_then(|p| {
-            p.extensions()
+        let contextual_root = parent.is_none() && attrs.is_contextual();
+        let from_parent = match parent {
+            Some(p) => p
+                .extensions()
                 .get::<SpanRecord>()
-                .map(|r| (r.trace_id, r.span_id, r.sampled, r.trace_state.clone()))
-        });
+                .map(|r| (r.trace_id, r.span_id, r.sampled, r.trace_state.clone())),
+            // No `tracing` parent: the request's server span, if one runs.
+            None if contextual_root => super::server::current_parent(),
+            None => None,
+        };
         let name = attrs.metadata().name();
         let (trace_id, parent_span_id, sampled, trace_state) = match from_parent {
             Some((trace, parent_id, parent_sampled, state)) => {
@@ -156,30 +161,24 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let error = *event.metadata().level() == tracing::Level::ERROR;
         let Some(span) = ctx.event_span(event) else {
+            // Outside any `tracing` span: the request's server span, if any.
+            if event.is_contextual() {
+                super::server::add_event(span_event(event), error);
+            }
             return;
         };
         let mut ext = span.extensions_mut();
         let Some(record) = ext.get_mut::<SpanRecord>().filter(|r| r.sampled) else {
             return;
         };
-        let mut visitor = EventFields {
-            name: None,
-            attributes: Vec::new(),
-        };
-        event.record(&mut visitor);
-        let name = visitor
-            .name
-            .unwrap_or_else(|| event.metadata().name().to_string());
-        if *event.metadata().level() == tracing::Level::ERROR {
+        let event = span_event(event);
+        if error {
             record.status_code = 2;
-            record.status_message.clone_from(&name);
+            record.status_message.clone_from(&event.name);
         }
-        record.events.push(SpanEvent {
-            time_unix_nano: now_unix_nano(),
-            name,
-            attributes: visitor.attributes,
-        });
+        record.events.push(event);
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -191,6 +190,23 @@ where
             record.end_unix_nano = now_unix_nano();
             self.pipeline.finish(record);
         }
+    }
+}
+
+/// `event` as a span event: its message names it, its other fields are
+/// its attributes.
+fn span_event(event: &Event<'_>) -> SpanEvent {
+    let mut visitor = EventFields {
+        name: None,
+        attributes: Vec::new(),
+    };
+    event.record(&mut visitor);
+    SpanEvent {
+        time_unix_nano: now_unix_nano(),
+        name: visitor
+            .name
+            .unwrap_or_else(|| event.metadata().name().to_string()),
+        attributes: visitor.attributes,
     }
 }
 

@@ -15,7 +15,9 @@
 //! A collector that is down never blocks a request: the exporter drops what
 //! it cannot send, with one warning a minute.
 //!
-//! Helpers for the spans the services make: [`redis_span`] (a Redis client
+//! Helpers for the spans the services make: [`ServerSpan`] (an HTTP
+//! server span kept in the request's task, outside the registry),
+//! [`redis_span`] (a Redis client
 //! span in the database conventions), [`producer_span`] (publishing to the
 //! event channel or the job queue), [`current_trace_context`] and
 //! [`set_remote_parent`] (W3C `traceparent` across Redis and HTTP), and
@@ -29,7 +31,8 @@
 //!
 //! Layout: `record` (a span's data), `layer` (the `tracing` layer and the
 //! sampler), `encode` (OTLP protobuf), `export` (queue, thread, gRPC and
-//! HTTP), `propagation` (W3C trace context and head sampling).
+//! HTTP), `propagation` (W3C trace context and head sampling), `server`
+//! (the HTTP server span outside the registry).
 
 use std::sync::{Arc, Once, OnceLock};
 
@@ -47,9 +50,11 @@ mod export;
 mod layer;
 mod propagation;
 mod record;
+mod server;
 
 pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
 pub use propagation::*;
+pub use server::ServerSpan;
 
 use layer::{OtlpLayer, Pipeline};
 use record::{AttrValue, SpanKind, SpanRecord};

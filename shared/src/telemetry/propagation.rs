@@ -63,7 +63,15 @@ pub fn current_trace_context() -> Option<(String, Option<String>)> {
         let state = sc.trace_state().header();
         return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
     }
-    trace_context_of(&tracing::Span::current())
+    trace_context_of(&tracing::Span::current()).or_else(|| {
+        // No `tracing` span: the request's server span, if one runs.
+        super::server::with_current(|r| {
+            (
+                r.traceparent(),
+                Some(r.trace_state.clone()).filter(|s| !s.is_empty()),
+            )
+        })
+    })
 }
 
 /// The W3C `traceparent` (and `tracestate`) of `span` itself, read without
