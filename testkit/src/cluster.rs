@@ -236,6 +236,27 @@ impl RedisCluster {
         }
     }
 
+    /// Freezes every node (SIGSTOP, by PID): connections stay open but
+    /// nothing answers, as with a hung host. [`Self::resume`] thaws them.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws the nodes [`Self::pause`] froze (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        for node in &self.nodes {
+            if let Some(child) = &node.child {
+                let _ = std::process::Command::new("kill")
+                    .args([signal, &child.id().to_string()])
+                    .status();
+            }
+        }
+    }
+
     /// Starts the node on `port` again, on its data and cluster config;
     /// it rejoins the cluster (a former primary as a replica).
     pub async fn restart(&mut self, port: u16) {

@@ -447,13 +447,17 @@ pub fn run_until_ready_then_sigterm(
 pub struct Processes(Vec<Child>);
 
 impl Processes {
-    /// Starts `bin` as `label` with `envs` (and `RUST_LOG=warn`); its log
-    /// goes to `TEST_LOG_DIR/<label>-<n>.log` when that is set (to see why a
-    /// test failed), else nowhere.
+    /// Starts `bin` as `label` with `envs` (and `RUST_LOG=warn`, or
+    /// `TEST_RUST_LOG` when that is set); its log goes to
+    /// `TEST_LOG_DIR/<label>-<n>.log` when that is set (to see why a test
+    /// failed), else nowhere.
     pub fn spawn(&mut self, bin: &Path, label: &str, envs: &[(&str, String)]) {
         let child = Command::new(bin)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(match std::env::var("TEST_LOG_DIR") {
                 Ok(dir) => Stdio::from(
                     std::fs::File::create(format!("{dir}/{label}-{}.log", self.0.len()))

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster::ClusterClient;
 use redis::{Cmd, Value};
 
 use crate::config::RedisSettings;
@@ -202,14 +202,15 @@ impl RedisPool {
                 .map(|u| single_client(u, &roots))
                 .collect::<redis::RedisResult<Vec<_>>>()?;
             let slots_of = |client: &ClusterClient, n: usize, response: Duration| -> Vec<Slot> {
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(settings.timeout)
-                    .set_response_timeout(response);
+                let family = conn::Family::default();
                 (0..n)
                     .map(|_| {
                         Slot::new(Conn::Cluster(LazyCluster::new(
                             client.clone(),
-                            config.clone(),
+                            settings.timeout,
+                            response,
+                            CLUSTER_RETRIES,
+                            family.clone(),
                         )))
                     })
                     .collect()
@@ -314,10 +315,13 @@ impl RedisPool {
                     .map(Conn::Multiplexed)
             }
             Clients::Cluster { client, .. } => {
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(self.inner.timeout)
-                    .set_response_timeout(response_timeout);
-                let lazy = LazyCluster::new(ClusterClient::clone(client), config);
+                let lazy = LazyCluster::new(
+                    ClusterClient::clone(client),
+                    self.inner.timeout,
+                    response_timeout,
+                    CLUSTER_RETRIES,
+                    conn::Family::default(),
+                );
                 lazy.connection().await.map(|_| Conn::Cluster(lazy))
             }
         };
@@ -341,12 +345,13 @@ impl RedisPool {
                     config,
                 )?)
             }
-            Clients::Cluster { client, .. } => {
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(self.inner.timeout)
-                    .set_response_timeout(response_timeout);
-                Conn::Cluster(LazyCluster::new(ClusterClient::clone(client), config))
-            }
+            Clients::Cluster { client, .. } => Conn::Cluster(LazyCluster::new(
+                ClusterClient::clone(client),
+                self.inner.timeout,
+                response_timeout,
+                CLUSTER_RETRIES,
+                conn::Family::default(),
+            )),
         })
     }
 
@@ -454,16 +459,17 @@ impl RedisPool {
             Conn::Cluster(lazy) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = Route::new(crate::keys::hash_slot(key.as_bytes()), SlotAddr::Master);
-                match lazy.connection().await {
-                    Ok(mut c) => c
-                        .route_command(
+                lazy.request("WAIT", move |mut c| {
+                    Box::pin(async move {
+                        c.route_command(
                             wait,
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                         )
                         .await
-                        .and_then(|v| Ok(redis::from_redis_value(v)?)),
-                    Err(e) => Err(e),
-                }
+                    })
+                })
+                .await
+                .and_then(|v| Ok(redis::from_redis_value(v)?))
             }
             _ => wait.query_async(conn).await,
         };
