@@ -191,3 +191,39 @@ async fn a_path_no_route_matches_names_its_server_span_by_the_method_alone() {
     assert_eq!(server.attr("url.path"), Some("/no/such/path"), "{server:?}");
     assert_eq!(server.attr("http.response.status_code"), Some("404"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_request_records_its_redis_round_trips_as_children_of_its_server_span() {
+    let (_redis, _dir, rx, services_up) = start_traced().await;
+
+    // A miss (HGET, then the computed price cached with HSET).
+    let resp = post(&services_up.api, "/api/v1/price", r#"{"product_id":"P-3"}"#).await;
+    assert_eq!(resp.status(), 200);
+
+    let spans = wait_for_trace(
+        &rx,
+        CLIENT_TRACE,
+        &[
+            ("the api's server span", &|s| {
+                s.service == "pricing-api" && s.kind == 2
+            }),
+            ("the HGET", &|s| s.kind == 3 && s.name == "HGET"),
+            ("the HSET", &|s| s.kind == 3 && s.name == "HSET"),
+        ],
+    )
+    .await;
+    services_up.stop().await;
+
+    let server = find(&spans, |s| s.service == "pricing-api" && s.kind == 2);
+    assert_eq!(server.name, "POST /api/v1/price", "{server:?}");
+    for name in ["HGET", "HSET"] {
+        let span = find(&spans, |s| s.kind == 3 && s.name == name);
+        assert_eq!(span.parent_span_id, server.span_id, "{span:?}");
+        assert_eq!(span.service, "pricing-api");
+        assert_eq!(span.attr("db.system"), Some("redis"), "{span:?}");
+        assert_eq!(span.attr("db.operation.name"), Some(name), "{span:?}");
+        assert_eq!(span.attr("db.query.summary"), Some(name), "{span:?}");
+        assert_eq!(span.status_code, 0, "{span:?}");
+    }
+    assert_redis_spans_hold_no_values(&spans, "P-3");
+}

@@ -31,7 +31,7 @@ pub mod near;
 
 use tracing::Instrument as _;
 
-use crate::telemetry::redis_span;
+use crate::telemetry::{redis_call, redis_span};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -310,9 +310,12 @@ impl PriceCache {
         };
         let (mut conn, tracker) = self.pool.get();
         let raw: Option<Vec<u8>> = tracker.track(
-            conn.hget(self.keys.price(product_id), product_id)
-                .instrument(redis_span("HGET", "HGET"))
-                .await,
+            redis_call(
+                "HGET",
+                "HGET",
+                conn.hget(self.keys.price(product_id), product_id),
+            )
+            .await,
         )?;
         let lookup = Lookup::from_raw(product_id, raw, Utc::now(), self.ttl);
         self.keep(ticket, &lookup);
@@ -358,10 +361,12 @@ impl PriceCache {
                 .collect();
             let (mut conn, tracker) = self.pool.get();
             let raws = tracker.track(
-                self.pool
-                    .query_keyed(&mut conn, cmds)
-                    .instrument(redis_span("BATCH HGET", "BATCH HGET"))
-                    .await,
+                redis_call(
+                    "BATCH HGET",
+                    "BATCH HGET",
+                    self.pool.query_keyed(&mut conn, cmds),
+                )
+                .await,
             )?;
             let now = Utc::now();
             for ((&i, raw), ticket) in wanted.iter().zip(raws).zip(tickets) {
@@ -383,11 +388,7 @@ impl PriceCache {
             .pexpire(&key, self.ttl_ms() as i64)
             .ignore();
         let (mut conn, tracker) = self.pool.get();
-        tracker.track(
-            pipe.query_async::<()>(&mut conn)
-                .instrument(redis_span("HSET", "HSET"))
-                .await,
-        )
+        tracker.track(redis_call("HSET", "HSET", pipe.query_async::<()>(&mut conn)).await)
     }
 
     /// Many entries in one round trip (on a cluster, one per hash slot, at

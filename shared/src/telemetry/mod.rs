@@ -250,6 +250,37 @@ pub fn redis_span(summary: &'static str, operation: &'static str) -> tracing::Sp
     )
 }
 
+/// Runs `fut`, one Redis round trip on a hot path, inside a client span
+/// like [`redis_span`]'s that also records a failed round trip as failed.
+/// Directly under a request's server span (no `tracing` span current), the
+/// span is recorded without the `tracing` registry, as the server span is:
+/// a cache hit then makes no `tracing` span at all.
+pub async fn redis_call<T, E: std::fmt::Display>(
+    summary: &'static str,
+    operation: &'static str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    use tracing::Instrument as _;
+    if untraced() {
+        return fut.await;
+    }
+    let attributes = [
+        ("db.system", "redis"),
+        ("db.operation.name", operation),
+        ("db.query.summary", summary),
+    ];
+    match server::child(summary, &attributes) {
+        server::Child::Unsampled => fut.await,
+        server::Child::Sampled(record) => {
+            let out = fut.await;
+            let error = out.as_ref().err().map(ToString::to_string);
+            server::finish_child(record, error);
+            out
+        }
+        server::Child::Elsewhere => fut.instrument(redis_span(summary, operation)).await,
+    }
+}
+
 /// A producer span for publishing to `destination` (the event channel and
 /// stream, or a job queue), in the messaging conventions. What it publishes
 /// should carry [`current_trace_context`] taken inside it, so the consumer's

@@ -63,26 +63,15 @@ pub fn current_trace_context() -> Option<(String, Option<String>)> {
         let state = sc.trace_state().header();
         return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
     }
-    trace_context_of(&tracing::Span::current()).or_else(|| {
+    trace_context_of(&tracing::Span::current())
         // No `tracing` span: the request's server span, if one runs.
-        super::server::with_current(|r| {
-            (
-                r.traceparent(),
-                Some(r.trace_state.clone()).filter(|s| !s.is_empty()),
-            )
-        })
-    })
+        .or_else(|| super::server::with_current(|r| r.w3c()))
 }
 
 /// The W3C `traceparent` (and `tracestate`) of `span` itself, read without
 /// entering it; `None` for a span the layer does not record.
 pub fn trace_context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
-    super::layer::with_record(span, |r| {
-        (
-            r.traceparent(),
-            Some(r.trace_state.clone()).filter(|s| !s.is_empty()),
-        )
-    })
+    super::layer::with_record(span, |r| r.w3c())
 }
 
 /// Makes `span` a child of the remote span described by `traceparent` (and
@@ -185,11 +174,10 @@ pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> Hea
 /// or `None` for an invalid one.
 pub fn traceparent_of(context: &opentelemetry::trace::SpanContext) -> Option<String> {
     context.is_valid().then(|| {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
+        super::record::traceparent(
+            u128::from_be_bytes(context.trace_id().to_bytes()),
+            u64::from_be_bytes(context.span_id().to_bytes()),
+            context.trace_flags().to_u8(),
         )
     })
 }

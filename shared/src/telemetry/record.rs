@@ -149,26 +149,41 @@ impl SpanRecord {
         )
     }
 
-    /// Its W3C `traceparent` (`00-{trace id}-{span id}-{flags}`), written
-    /// without the formatting machinery: it goes out with every response.
+    /// Its W3C `traceparent` (`00-{trace id}-{span id}-{flags}`).
     pub(crate) fn traceparent(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = Vec::with_capacity(55);
-        out.extend_from_slice(b"00-");
-        out.extend(
-            (0..32)
-                .rev()
-                .map(|i| HEX[(self.trace_id >> (i * 4)) as usize & 15]),
-        );
-        out.push(b'-');
-        out.extend(
-            (0..16)
-                .rev()
-                .map(|i| HEX[(self.span_id >> (i * 4)) as usize & 15]),
-        );
-        out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        String::from_utf8(out).unwrap_or_default()
+        traceparent(self.trace_id, self.span_id, u8::from(self.sampled))
     }
+
+    /// What a child elsewhere needs: its `traceparent`, and its
+    /// `tracestate` unless empty.
+    pub(crate) fn w3c(&self) -> (String, Option<String>) {
+        (
+            self.traceparent(),
+            Some(self.trace_state.clone()).filter(|s| !s.is_empty()),
+        )
+    }
+}
+
+/// A W3C `traceparent` (`00-{trace id}-{span id}-{flags}`), written without
+/// the formatting machinery: one goes out with every response.
+pub(crate) fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    out.extend(
+        (0..32)
+            .rev()
+            .map(|i| HEX[(trace_id >> (i * 4)) as usize & 15]),
+    );
+    out.push(b'-');
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|i| HEX[(span_id >> (i * 4)) as usize & 15]),
+    );
+    out.push(b'-');
+    out.extend([HEX[usize::from(flags >> 4)], HEX[usize::from(flags & 15)]]);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Now, in nanoseconds since the Unix epoch.

@@ -163,6 +163,69 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&mut SpanRecord) -> R) -> Option<R>
         .flatten()
 }
 
+/// What a span made directly under the request's server span (not through
+/// the `tracing` registry) is: see [`super::redis_call`].
+pub(crate) enum Child {
+    /// No server span runs here (or a `tracing` span is current): make a
+    /// `tracing` span as usual.
+    Elsewhere,
+    /// The server span runs and its trace is not sampled: no span at all.
+    Unsampled,
+    /// Its started record, to [`finish_child`] once the work is done.
+    Sampled(Box<SpanRecord>),
+}
+
+/// Starts a client span `name` directly under the request's server span,
+/// if that is the current span, with these attributes.
+pub(crate) fn child(name: &'static str, attributes: &[(&'static str, &'static str)]) -> Child {
+    let Some(pipeline) = super::PIPELINE.get() else {
+        return Child::Elsewhere;
+    };
+    let Some((trace, parent_id, parent_sampled, state)) = current_parent() else {
+        return Child::Elsewhere;
+    };
+    // A `tracing` span inside the request is the nearer parent.
+    if tracing::dispatcher::get_default(|d| d.current_span().id().is_some()) {
+        return Child::Elsewhere;
+    }
+    let sampled = if pipeline.parent_based {
+        parent_sampled
+    } else {
+        let sc = SpanRecord::context_of(trace, parent_id, parent_sampled, &state);
+        pipeline.sample(Some(&sc), trace, name)
+    };
+    if !sampled {
+        return Child::Unsampled;
+    }
+    let mut record = SpanRecord::new(
+        (trace, new_span_id(), parent_id),
+        state,
+        true,
+        Cow::Borrowed(name),
+        SpanKind::Client,
+        now_unix_nano(),
+    );
+    record.attributes.extend(
+        attributes
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(*k), AttrValue::Str(Cow::Borrowed(*v)))),
+    );
+    Child::Sampled(Box::new(record))
+}
+
+/// Ends a span from [`child`] (failed with `error`, if any) and hands it to
+/// the exporter.
+pub(crate) fn finish_child(mut record: Box<SpanRecord>, error: Option<String>) {
+    record.end_unix_nano = now_unix_nano();
+    if let Some(message) = error {
+        record.status_code = 2;
+        record.status_message = message;
+    }
+    if let Some(pipeline) = super::PIPELINE.get() {
+        pipeline.finish(*record);
+    }
+}
+
 /// Adds `event` to the server span of the request running now (if sampled).
 pub(crate) fn add_event(event: SpanEvent, error: bool) {
     with_current(|r| {
@@ -183,17 +246,24 @@ mod tests {
     const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
     const CLIENT_SPAN: u64 = 0x00f0_67aa_0ba9_02b7;
 
-    #[tokio::test]
-    async fn what_runs_in_a_request_sees_its_server_span_as_the_current_span() {
+    /// The server span of a price request whose client's span (of trace
+    /// [`TRACE`]) was `sampled` or not.
+    fn price_request(sampled: bool) -> ServerSpan {
         crate::telemetry::init_for_tests();
-        let span = ServerSpan::start(
+        let flags = if sampled { "01" } else { "00" };
+        ServerSpan::start(
             "POST",
             Some("/api/v1/price"),
             "/api/v1/price",
-            Some(&format!("00-{TRACE:032x}-{CLIENT_SPAN:016x}-01")),
+            Some(&format!("00-{TRACE:032x}-{CLIENT_SPAN:016x}-{flags}")),
             None,
         )
-        .expect("the test pipeline records spans");
+        .expect("the test pipeline records spans")
+    }
+
+    #[tokio::test]
+    async fn what_runs_in_a_request_sees_its_server_span_as_the_current_span() {
+        let span = price_request(true);
         let ((child, context), span) = span
             .run(async {
                 let child = tracing::debug_span!("child");
@@ -223,6 +293,55 @@ mod tests {
         let traceparent = span.finish(200);
         assert!(traceparent.starts_with(&format!("00-{TRACE:032x}-")));
         assert!(traceparent.ends_with("-01"));
+    }
+
+    #[tokio::test]
+    async fn a_redis_call_in_a_request_is_a_client_span_made_without_the_registry() {
+        let span = price_request(true);
+        let ((direct, nested, answer), span) = span
+            .run(async {
+                let direct = child("HGET", &[("db.system", "redis")]);
+                // Inside a `tracing` span, that span is the parent.
+                let nested = {
+                    let inner = tracing::debug_span!("publish");
+                    let _entered = inner.enter();
+                    matches!(child("XADD", &[]), Child::Elsewhere)
+                };
+                let answer: Result<u8, String> =
+                    crate::telemetry::redis_call("HGET", "HGET", async { Ok(7) }).await;
+                (direct, nested, answer)
+            })
+            .await;
+        let Child::Sampled(record) = direct else {
+            panic!("a sampled request's Redis call is recorded");
+        };
+        assert_eq!(
+            (record.trace_id, record.parent_span_id),
+            (TRACE, span.record.span_id),
+            "the server span is its parent"
+        );
+        assert_eq!(record.name, "HGET");
+        assert_eq!(record.kind, SpanKind::Client);
+        assert!(record.sampled);
+        assert_eq!(record.attributes.len(), 1);
+        assert!(
+            nested,
+            "a `tracing` span inside the request is the nearer parent"
+        );
+        assert_eq!(answer, Ok(7), "the call's own answer comes back");
+    }
+
+    #[tokio::test]
+    async fn an_unsampled_request_records_no_redis_span() {
+        let span = price_request(false);
+        let (unsampled, _) = span
+            .run(async { matches!(child("HGET", &[]), Child::Unsampled) })
+            .await;
+        assert!(unsampled, "a parent-based sampler follows the request");
+        assert!(
+            matches!(child("HGET", &[]), Child::Elsewhere),
+            "outside a request"
+        );
     }
 
     #[tokio::test]
