@@ -31,7 +31,10 @@ pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
     };
     if let HeadDecision::Untraced(context) = decision {
         let parent = shared::telemetry::traceparent_of(&context);
-        let mut response = shared::telemetry::run_untraced(context, next.run(req)).await;
+        // Boxed, as below: kept inline, these branches' futures would make
+        // every request's middleware future larger, and it is copied
+        // whole when it is created.
+        let mut response = Box::pin(shared::telemetry::run_untraced(context, next.run(req))).await;
         if let Some(value) = parent.and_then(|p| HeaderValue::try_from(p).ok()) {
             response.headers_mut().insert("traceparent", value);
         }
@@ -54,7 +57,7 @@ pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
     let Some(span) = span else {
         return next.run(req).await;
     };
-    let (mut response, span) = span.run(next.run(req)).await;
+    let (mut response, span) = Box::pin(span.run(next.run(req))).await;
     let traceparent = span.finish(response.status().as_u16());
     if let Ok(value) = HeaderValue::try_from(traceparent) {
         response.headers_mut().insert("traceparent", value);
