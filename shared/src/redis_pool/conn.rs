@@ -125,7 +125,7 @@ impl LazyCluster {
                     .client
                     .get_async_connection_with_config(inner.config.clone()),
             )
-            .await?;
+            .await??;
         *opened += 1;
         *inner.open.write().unwrap_or_else(|p| p.into_inner()) =
             Some((*opened, epoch, conn.clone()));
@@ -138,78 +138,74 @@ impl LazyCluster {
         self.generation().await.map(|(_, conn)| conn)
     }
 
-    /// Runs `fut`, one command on this connection, within the deadline;
-    /// past it, fails as a timeout.
-    pub(crate) async fn bounded<T>(
+    /// Runs `fut` (opening the connection, or one command on it) within
+    /// the deadline; past it, fails as a timeout.
+    pub(crate) async fn bounded<F: Future>(
         &self,
         what: &'static str,
-        fut: impl Future<Output = redis::RedisResult<T>>,
-    ) -> redis::RedisResult<T> {
+        fut: F,
+    ) -> redis::RedisResult<F::Output> {
         let deadline = self.inner.deadline;
-        tokio::time::timeout(deadline, fut)
-            .await
-            .unwrap_or_else(|_| {
-                tracing::warn!(
-                    ?deadline,
-                    what,
-                    "a Redis Cluster command outlived its deadline; given up"
-                );
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("{what}: no answer within {deadline:?}"),
-                )
-                .into())
-            })
+        tokio::time::timeout(deadline, fut).await.map_err(|_| {
+            tracing::warn!(
+                ?deadline,
+                what,
+                "a Redis Cluster command outlived its deadline; given up"
+            );
+            timed_out(format!("{what}: no answer within {deadline:?}"))
+        })
     }
 
     /// Runs `send` on the connection within the deadline, probing the
     /// connection while it waits long (see [`PROBE_EVERY`]). A connection
     /// found not answering, or that a command outlived the deadline on, is
-    /// closed: the next command opens another.
+    /// closed with the rest of its family: the next command opens another.
+    /// The client's own errors, its timeouts included, leave it open.
     pub(crate) async fn request<'a, T>(
         &'a self,
         what: &'static str,
         send: impl FnOnce(ClusterConnection) -> RedisFuture<'a, T>,
     ) -> redis::RedisResult<T> {
         let (generation, conn) = self.generation().await?;
-        let res = self.bounded(what, self.watched(what, send(conn))).await;
-        if res.as_ref().is_err_and(|e| e.is_timeout()) {
-            let mut open = self.inner.open.write().unwrap_or_else(|p| p.into_inner());
-            if let Some((g, epoch, _)) = *open
-                && g == generation
-            {
-                *open = None;
-                // Once per epoch, however many commands found it.
-                let _ = self.inner.family.0.compare_exchange(
-                    epoch,
-                    epoch + 1,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+        let err = match self.bounded(what, self.watched(send(conn))).await {
+            Ok(Ok(answer)) => return answer,
+            Ok(Err(Stuck)) => {
+                tracing::warn!(what, probe_timeout = ?self.inner.probe_after, "a Redis Cluster connection stopped answering; the command is given up and the connection replaced");
+                timed_out(format!("{what}: the cluster connection stopped answering"))
             }
+            Err(past_deadline) => past_deadline,
+        };
+        let mut open = self.inner.open.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, epoch, _)) = *open
+            && g == generation
+        {
+            *open = None;
+            // Once per epoch, however many commands found it.
+            let _ = self.inner.family.0.compare_exchange(
+                epoch,
+                epoch + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
-        res
+        Err(err)
     }
 
-    /// Drives `fut`, a command on this connection. Once it has waited a
-    /// response timeout, the connection is probed with a `PING` every
-    /// [`PROBE_EVERY`]: a probe that gets no answer (not even an error)
-    /// within a response timeout means the connection has stopped
-    /// answering, and the command fails now as a timeout.
-    async fn watched<T>(
-        &self,
-        what: &'static str,
-        fut: impl Future<Output = redis::RedisResult<T>>,
-    ) -> redis::RedisResult<T> {
+    /// Drives `fut`, a command on this connection, to its answer. Once it
+    /// has waited a response timeout, the connection is probed with a
+    /// `PING` every [`PROBE_EVERY`]: a probe that gets no answer (not even
+    /// an error) within a response timeout means the connection has
+    /// stopped answering ([`Stuck`]).
+    async fn watched<T>(&self, fut: impl Future<Output = T>) -> Result<T, Stuck> {
         let patience = self.inner.probe_after;
         tokio::pin!(fut);
         tokio::select! {
-            res = &mut fut => return res,
+            answer = &mut fut => return Ok(answer),
             () = tokio::time::sleep(patience) => {}
         }
         loop {
             let Some((_, mut conn)) = self.current() else {
-                return fut.await;
+                return Ok(fut.await);
             };
             let probe = async move {
                 let ping = redis::cmd("PING");
@@ -218,23 +214,26 @@ impl LazyCluster {
                     .is_ok()
             };
             let answered = tokio::select! {
-                res = &mut fut => return res,
+                answer = &mut fut => return Ok(answer),
                 answered = probe => answered,
             };
             if !answered {
-                tracing::warn!(what, probe_timeout = ?patience, "a Redis Cluster connection stopped answering; the command is given up and the connection replaced");
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("{what}: the cluster connection stopped answering"),
-                )
-                .into());
+                return Err(Stuck);
             }
             tokio::select! {
-                res = &mut fut => return res,
+                answer = &mut fut => return Ok(answer),
                 () = tokio::time::sleep(PROBE_EVERY) => {}
             }
         }
     }
+}
+
+/// A connection's probe went unanswered: it has stopped answering.
+struct Stuck;
+
+/// A timeout error saying `message`: transient, so its caller retries.
+fn timed_out(message: String) -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, message).into()
 }
 
 /// How often a connection whose command has waited a response timeout is
@@ -321,6 +320,15 @@ mod tests {
         };
         ping(&lazy).await.unwrap();
         let first = lazy.current().map(|(g, _)| g);
+
+        // The client's own timeout (a slow answer) keeps the connection.
+        let res: redis::RedisResult<()> = lazy
+            .request("GET", |_| {
+                Box::pin(async { Err(timed_out("the client's response timeout".into())) })
+            })
+            .await;
+        assert!(res.unwrap_err().is_timeout());
+        assert_eq!(lazy.current().map(|(g, _)| g), first, "still open");
 
         // A command that never answers, as one did after a failover.
         let res: redis::RedisResult<()> = lazy
