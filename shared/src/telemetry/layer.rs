@@ -55,6 +55,21 @@ impl Pipeline {
         decision.decision == SamplingDecision::RecordAndSample
     }
 
+    /// Whether a child span `name` of the local parent `(trace id, span
+    /// id, sampled, tracestate)` is sampled: as its parent under a
+    /// parent-based sampler, else as the sampler says.
+    pub(crate) fn sample_child(
+        &self,
+        (trace, parent_id, parent_sampled, state): (u128, u64, bool, &str),
+        name: &str,
+    ) -> bool {
+        if self.parent_based {
+            return parent_sampled;
+        }
+        let sc = SpanRecord::context_of(trace, parent_id, parent_sampled, state);
+        self.sample(Some(&sc), trace, name)
+    }
+
     /// Hands a finished, sampled span to the exporter.
     pub(crate) fn finish(&self, record: SpanRecord) {
         if let Some(exporter) = &self.exporter {
@@ -103,12 +118,9 @@ where
         let name = attrs.metadata().name();
         let (trace_id, parent_span_id, sampled, trace_state) = match from_parent {
             Some((trace, parent_id, parent_sampled, state)) => {
-                let sampled = if self.pipeline.parent_based {
-                    parent_sampled
-                } else {
-                    let sc = SpanRecord::context_of(trace, parent_id, parent_sampled, &state);
-                    self.pipeline.sample(Some(&sc), trace, name)
-                };
+                let sampled = self
+                    .pipeline
+                    .sample_child((trace, parent_id, parent_sampled, &state), name);
                 (trace, parent_id, sampled, state)
             }
             // A request head sampling dropped: a span made inside it anyway

@@ -188,13 +188,7 @@ pub(crate) fn child(name: &'static str, attributes: &[(&'static str, &'static st
     if tracing::dispatcher::get_default(|d| d.current_span().id().is_some()) {
         return Child::Elsewhere;
     }
-    let sampled = if pipeline.parent_based {
-        parent_sampled
-    } else {
-        let sc = SpanRecord::context_of(trace, parent_id, parent_sampled, &state);
-        pipeline.sample(Some(&sc), trace, name)
-    };
-    if !sampled {
+    if !pipeline.sample_child((trace, parent_id, parent_sampled, &state), name) {
         return Child::Unsampled;
     }
     let mut record = SpanRecord::new(
