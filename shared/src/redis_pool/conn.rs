@@ -140,7 +140,7 @@ impl LazyCluster {
 
     /// Runs `fut` (opening the connection, or one command on it) within
     /// the deadline; past it, fails as a timeout.
-    pub(crate) async fn bounded<F: Future>(
+    async fn bounded<F: Future>(
         &self,
         what: &'static str,
         fut: F,
