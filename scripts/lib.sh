@@ -50,6 +50,24 @@ ensure_rust() {
   fi
 }
 
+# Builds the debug binaries and examples the stack scripts run, with the very
+# command the test step uses (`cargo test --workspace`, not run), so that
+# cargo resolves the same features and reuses the test build's artifacts.
+# A narrower `cargo build -p X` unifies features differently and compiles the
+# whole dependency graph again (twice: once for the proc-macros' host), about
+# 2 GB of disk a time; CI once ran out of disk that way.
+build_test_artifacts() {
+  ensure_rust
+  local log
+  log=$(mktemp)
+  if ! cargo test --workspace --locked --no-run -q >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+}
+
 # Loads .env from the repository root, if there is one, without overriding
 # variables already set in the environment.
 load_env() {
