@@ -50,14 +50,19 @@ fn is_json(req: &Request) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    // Compared without a lowercased copy: this runs on every price request.
+    let essence = value.split(';').next().unwrap_or("").trim().as_bytes();
+    let has_prefix = |prefix: &[u8]| {
+        essence
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    let has_suffix = |suffix: &[u8]| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (has_prefix(b"application/") && has_suffix(b"+json"))
 }
 
 /// Like `parse_json`, but the body must be a JSON object. serde would
@@ -298,6 +303,38 @@ mod tests {
             ApiError::Validation { fields, .. } => fields,
             other => panic!("expected a validation error, got {other:?}"),
         }
+    }
+
+    fn with_content_type(value: &str) -> Request {
+        Request::builder()
+            .header(CONTENT_TYPE, value)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn json_media_types_are_recognised_in_any_case_with_parameters() {
+        for accepted in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=utf-8",
+            "application/vnd.api+json",
+            "APPLICATION/PROBLEM+JSON; charset=utf-8",
+        ] {
+            assert!(is_json(&with_content_type(accepted)), "{accepted}");
+        }
+        for refused in [
+            "text/plain",
+            "application/jsonx",
+            "text/json",
+            "application/x-www-form-urlencoded",
+            "json",
+            "",
+        ] {
+            assert!(!is_json(&with_content_type(refused)), "{refused}");
+        }
+        let bare = Request::builder().body(axum::body::Body::empty()).unwrap();
+        assert!(!is_json(&bare));
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   dashboard JSON, dashboard pages, operations), each with `router()`.
 //! - `service`: the cache-aside logic the price handlers call.
 //! - [`model`]: request and response bodies, and their validation.
+//! - `render`: the price answers' JSON, written directly (the read path's
+//!   largest own cost through serde), byte for byte as serde writes it.
 //! - `extract`: extractors that turn bad input into JSON 4xx errors ([`parse_object`]).
 //! - `error`: [`ApiError`], the one error type at the HTTP boundary.
 //! - `metrics`: the api's series and the request-timing middleware.
@@ -29,6 +31,7 @@ mod extract;
 mod metrics;
 pub mod model;
 mod openapi;
+mod render;
 mod routes;
 mod service;
 mod startup;

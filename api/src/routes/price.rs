@@ -1,9 +1,9 @@
 //! Price reads: `POST /api/v1/price`, `GET /api/v1/price/{product_id}` and
 //! `POST /api/v1/prices/batch`.
 
+use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidJson, ValidPath, ValidQuery};
@@ -11,6 +11,7 @@ use crate::model::{
     BatchRequest, BatchResponse, PriceDetail, PriceQuery, PriceRequest, check_location,
     check_product_id,
 };
+use crate::render::PriceJson;
 use crate::service;
 use crate::state::AppState;
 
@@ -39,10 +40,10 @@ pub(crate) fn router() -> Router<AppState> {
 pub(crate) async fn post_price(
     State(state): State<AppState>,
     ValidJson(req): ValidJson<PriceRequest>,
-) -> Result<Json<PriceDetail>, ApiError> {
+) -> Result<PriceJson<PriceDetail>, ApiError> {
     check_product_id("product_id", &req.product_id)?;
     check_location(req.user_location.as_deref())?;
-    Ok(Json(
+    Ok(PriceJson(
         service::price(&state, &req.product_id, req.is_prime_member).await?,
     ))
 }
@@ -62,10 +63,10 @@ pub(crate) async fn get_price(
     State(state): State<AppState>,
     ValidPath(product_id): ValidPath<String>,
     ValidQuery(query): ValidQuery<PriceQuery>,
-) -> Result<Json<PriceDetail>, ApiError> {
+) -> Result<PriceJson<PriceDetail>, ApiError> {
     check_product_id("product_id", &product_id)?;
     check_location(query.user_location.as_deref())?;
-    Ok(Json(
+    Ok(PriceJson(
         service::price(&state, &product_id, query.is_prime_member).await?,
     ))
 }
@@ -85,9 +86,9 @@ pub(crate) async fn get_price(
 pub(crate) async fn post_batch(
     State(state): State<AppState>,
     ValidJson(req): ValidJson<BatchRequest>,
-) -> Result<Json<BatchResponse>, ApiError> {
+) -> Result<PriceJson<BatchResponse>, ApiError> {
     let ids = req.unique_ids()?;
-    Ok(Json(
+    Ok(PriceJson(
         service::batch(&state, ids, req.is_prime_member).await?,
     ))
 }

@@ -1,0 +1,222 @@
+//! The price answers' JSON, written directly rather than through serde's
+//! derived `Serialize`, byte for byte the same (the tests compare the two).
+//!
+//! A price is the read path's whole answer, and on a near-cache hit
+//! serialising it was the largest piece of the api's own work: serde_json
+//! escapes every key, chrono writes the timestamp one character at a time
+//! through serde_json's escaping adapter, and axum's `Json` starts from a
+//! 128-byte buffer that a price outgrows. Here the keys are literals, the
+//! timestamp is written by chrono into a plain string first, and the buffer
+//! is sized once.
+
+use axum::body::Body;
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use chrono::SecondsFormat;
+
+use crate::model::{BatchResponse, PriceDetail, PriceSource};
+
+/// Bytes one price takes, with room to spare (about 160 for a typical one).
+const PRICE_BYTES: usize = 224;
+
+/// A price endpoint's answer: `200` with the JSON of `T`.
+pub(crate) struct PriceJson<T>(pub T);
+
+/// What [`PriceJson`] can write.
+pub(crate) trait WriteJson {
+    /// Appends the JSON of `self`, the same bytes `serde_json::to_vec` makes.
+    fn write_json(&self, out: &mut Vec<u8>);
+    /// A first guess at the size, so the buffer is allocated once.
+    fn size_hint(&self) -> usize;
+}
+
+impl<T: WriteJson> IntoResponse for PriceJson<T> {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(self.0.size_hint());
+        self.0.write_json(&mut body);
+        let mut response = Response::new(Body::from(body));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+impl WriteJson for PriceDetail {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"product_id\":");
+        write_str(out, &self.product_id);
+        out.extend_from_slice(b",\"final_price\":");
+        write_f64(out, self.final_price);
+        out.extend_from_slice(b",\"base_price\":");
+        write_f64(out, self.base_price);
+        out.extend_from_slice(b",\"discount_rate\":");
+        write_f64(out, self.discount_rate);
+        out.extend_from_slice(match self.source {
+            PriceSource::Cache => b",\"source\":\"cache\"",
+            PriceSource::Database => b",\"source\":\"database\"",
+        });
+        out.extend_from_slice(b",\"currency\":");
+        write_str(out, &self.currency);
+        out.extend_from_slice(b",\"calculated_at\":\"");
+        // chrono's own RFC 3339 writer with the settings its `Serialize`
+        // uses (AutoSi, `Z`); it only ever writes ASCII digits and `-:.TZ+`,
+        // which JSON needs no escape for.
+        out.extend_from_slice(
+            self.calculated_at
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\"}");
+    }
+
+    fn size_hint(&self) -> usize {
+        PRICE_BYTES + self.product_id.len()
+    }
+}
+
+impl WriteJson for BatchResponse {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"prices\":[");
+        for (i, price) in self.prices.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            price.write_json(out);
+        }
+        out.extend_from_slice(b"],\"not_found\":[");
+        for (i, id) in self.not_found.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, id);
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    fn size_hint(&self) -> usize {
+        32 + self.prices.len() * PRICE_BYTES + self.not_found.len() * 24
+    }
+}
+
+/// A JSON string, escaped by serde_json.
+fn write_str(out: &mut Vec<u8>, value: &str) {
+    // Writing into a Vec cannot fail, and a str always serialises.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// A JSON number as serde_json writes it (`null` if not finite).
+fn write_f64(out: &mut Vec<u8>, value: f64) {
+    let _ = serde_json::to_writer(&mut *out, &value);
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::*;
+
+    fn price(product_id: &str, cents: i64, at: DateTime<Utc>, source: PriceSource) -> PriceDetail {
+        PriceDetail {
+            product_id: product_id.into(),
+            final_price: cents as f64 * 0.95 / 100.0,
+            base_price: cents as f64 / 100.0,
+            discount_rate: 0.05,
+            source,
+            currency: "USD".into(),
+            calculated_at: at,
+        }
+    }
+
+    /// Timestamps that take every branch of chrono's AutoSi precision,
+    /// and years outside 0..=9999, which it writes with a sign.
+    fn instants() -> Vec<DateTime<Utc>> {
+        let base = Utc.with_ymd_and_hms(2026, 12, 5, 6, 7, 8).unwrap();
+        let mut out = vec![
+            base,
+            base + chrono::Duration::milliseconds(120),
+            base + chrono::Duration::microseconds(123_450),
+            base + chrono::Duration::nanoseconds(123_456_789),
+            base + chrono::Duration::nanoseconds(1),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-5, 3, 4, 23, 59, 59).unwrap(),
+        ];
+        // A leap second, which chrono keeps as a nanosecond past 1e9.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .map(|naive| naive.and_utc());
+        out.extend(leap);
+        out
+    }
+
+    fn json_of<T: WriteJson>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        value.write_json(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_price_is_written_exactly_as_serde_writes_it() {
+        let odd_values = [0, 1, 5, 99, 1_999, 123_456_789, -250, i64::from(i32::MAX)];
+        for at in instants() {
+            for cents in odd_values {
+                for source in [PriceSource::Cache, PriceSource::Database] {
+                    let detail = price("P-1:a.b_c", cents, at, source);
+                    let ours = json_of(&detail);
+                    let serde = serde_json::to_vec(&detail).unwrap();
+                    assert_eq!(
+                        String::from_utf8_lossy(&ours),
+                        String::from_utf8_lossy(&serde)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_and_non_finite_numbers_are_null_as_with_serde() {
+        let mut detail = price(
+            "quote\"back\\slash\u{1}é",
+            1,
+            Utc::now(),
+            PriceSource::Cache,
+        );
+        detail.currency = "tab\there".into();
+        detail.final_price = f64::NAN;
+        detail.base_price = f64::INFINITY;
+        assert_eq!(json_of(&detail), serde_json::to_vec(&detail).unwrap());
+    }
+
+    #[test]
+    fn a_batch_answer_is_written_exactly_as_serde_writes_it() {
+        let at = Utc::now();
+        let cases = [
+            BatchResponse {
+                prices: vec![],
+                not_found: vec![],
+            },
+            BatchResponse {
+                prices: vec![price("P-1", 1_999, at, PriceSource::Cache)],
+                not_found: vec!["P-404".into()],
+            },
+            BatchResponse {
+                prices: (0..5)
+                    .map(|i| price(&format!("P-{i}"), 100 + i, at, PriceSource::Database))
+                    .collect(),
+                not_found: vec!["P-x".into(), "P-y".into(), "P-\"z".into()],
+            },
+        ];
+        for batch in cases {
+            assert_eq!(json_of(&batch), serde_json::to_vec(&batch).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_response_is_200_json() {
+        let response = PriceJson(price("P-1", 1, Utc::now(), PriceSource::Cache)).into_response();
+        assert_eq!(response.status(), axum::http::StatusCode::OK);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    }
+}
