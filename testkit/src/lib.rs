@@ -19,6 +19,8 @@
 //!   and `postgres` as an unprivileged user.
 //! - `tls`: [`TestCa`], a CA made in the test for servers with TLS.
 //! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP).
+//! - [`otlp_count`]: the benchmarks' OTLP/gRPC sink, which counts the spans
+//!   of each export on the wire without decoding it.
 //!
 //! Nothing here needs Docker.
 
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod cluster;
+pub mod otlp_count;
 pub mod otlp_receiver;
 mod postgres;
 mod tls;

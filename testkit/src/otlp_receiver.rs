@@ -176,9 +176,21 @@ async fn export_http(
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     use prost::Message as _;
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(request) => {
-            sink.keep(request);
+    let decoded = if sink.count_only {
+        // Counted on the wire, as over gRPC (crate::otlp_count).
+        crate::otlp_count::count_spans(&body)
+            .map(|n| {
+                sink.count
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            })
+            .ok_or_else(|| "malformed ExportTraceServiceRequest".to_string())
+    } else {
+        ExportTraceServiceRequest::decode(body)
+            .map(|request| sink.keep(request))
+            .map_err(|e| e.to_string())
+    };
+    match decoded {
+        Ok(()) => {
             let answer = ExportTraceServiceResponse {
                 partial_success: None,
             };
@@ -188,7 +200,7 @@ async fn export_http(
             )
                 .into_response()
         }
-        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
     }
 }
 
@@ -211,8 +223,9 @@ impl OtlpReceiver {
     }
 
     /// An OTLP/gRPC receiver on `127.0.0.1:port` that only counts the spans
-    /// it receives ([`Self::count`]), for benchmarks: it decodes each export
-    /// (the protocol needs that) and keeps nothing.
+    /// it receives ([`Self::count`]), for benchmarks: it walks each export's
+    /// wire format ([`crate::otlp_count`]) instead of decoding it, and keeps
+    /// nothing.
     pub async fn start_counting_on(port: u16) -> std::io::Result<Self> {
         Self::start_grpc(port, true).await
     }
@@ -224,13 +237,21 @@ impl OtlpReceiver {
             count_only,
             ..Sink::default()
         };
-        let service = TraceServiceServer::new(sink.clone());
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut builder = tonic::transport::Server::builder();
+        let server = if count_only {
+            let router = builder.add_service(crate::otlp_count::CountingTraceService::new(
+                sink.count.clone(),
+            ));
+            tokio::spawn(async move {
+                let _ = router.serve_with_incoming(incoming).await;
+            })
+        } else {
+            let router = builder.add_service(TraceServiceServer::new(sink.clone()));
+            tokio::spawn(async move {
+                let _ = router.serve_with_incoming(incoming).await;
+            })
+        };
         Ok(Self { addr, sink, server })
     }
 
