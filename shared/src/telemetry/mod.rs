@@ -32,7 +32,8 @@
 //! Layout: `record` (a span's data), `layer` (the `tracing` layer and the
 //! sampler), `encode` (OTLP protobuf), `export` (queue, thread, gRPC and
 //! HTTP), `propagation` (W3C trace context and head sampling), `server`
-//! (the HTTP server span outside the registry).
+//! (the HTTP server span outside the registry), `intern` (its route, method
+//! and name strings, interned).
 
 use std::sync::{Arc, Once, OnceLock};
 
@@ -47,6 +48,7 @@ use crate::config::{LogFormat, TelemetrySettings, TraceSampler};
 
 mod encode;
 mod export;
+mod intern;
 mod layer;
 mod propagation;
 mod record;

@@ -57,10 +57,8 @@ impl ServerSpan {
         tracestate: Option<&str>,
     ) -> Option<Self> {
         let pipeline = super::PIPELINE.get()?.clone();
-        let name: Cow<'static, str> = match route {
-            Some(route) => Cow::Owned(format!("{method} {route}")),
-            None => Cow::Owned(method.to_string()),
-        };
+        let strings = super::intern::ServerStrings::of(method, route, path);
+        let name = strings.name;
         let parent = traceparent
             .map(|_| {
                 super::propagation::extract(traceparent, tracestate)
@@ -94,19 +92,19 @@ impl ServerSpan {
             SpanKind::Server,
             now_unix_nano(),
         );
-        let text = |s: &str| AttrValue::Str(Cow::Owned(s.to_string()));
         record.attributes.reserve(5);
-        record
-            .attributes
-            .push((Cow::Borrowed("http.request.method"), text(method)));
-        if let Some(route) = route {
+        record.attributes.push((
+            Cow::Borrowed("http.request.method"),
+            AttrValue::Str(strings.method),
+        ));
+        if let Some(route) = strings.route {
             record
                 .attributes
-                .push((Cow::Borrowed("http.route"), text(route)));
+                .push((Cow::Borrowed("http.route"), AttrValue::Str(route)));
         }
         record
             .attributes
-            .push((Cow::Borrowed("url.path"), text(path)));
+            .push((Cow::Borrowed("url.path"), AttrValue::Str(strings.path)));
         record.attributes.push((
             Cow::Borrowed("url.scheme"),
             AttrValue::Str(Cow::Borrowed("http")),

@@ -1,0 +1,206 @@
+//! Interned strings for server spans: route templates, standard methods and
+//! the span names made of them, leaked once and then borrowed.
+//!
+//! Every traced request named its server span and set its method, route and
+//! path as owned strings, four allocations that the export thread then
+//! freed, a cross-thread free each (by perf, the allocator's share of the
+//! api's CPU about tripled with every trace sampled). These strings come
+//! from a small set: the router's route templates and the standard
+//! methods. Each thread finds them in a map of its own; the first sight of
+//! one in the process leaks it. The set is bounded ([`MAX_INTERNED`]): a
+//! string past the bound, or one that is not of the set (an extension
+//! method, a path that is not its route), stays owned.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// Most strings the process ever leaks here.
+pub(crate) const MAX_INTERNED: usize = 1024;
+
+/// Every string interned so far, in the process.
+static GLOBAL: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+
+thread_local! {
+    /// This thread's view of [`GLOBAL`], read without a lock.
+    static LOCAL: RefCell<HashSet<&'static str>> = RefCell::new(HashSet::new());
+}
+
+/// `s`, borrowed from the interned set (added to it if there is room), or
+/// owned once the set is full.
+pub(crate) fn intern(s: &str) -> Cow<'static, str> {
+    if let Some(hit) = LOCAL.with_borrow(|local| local.get(s).copied()) {
+        return Cow::Borrowed(hit);
+    }
+    match intern_in(&GLOBAL, MAX_INTERNED, s) {
+        Some(hit) => {
+            LOCAL.with_borrow_mut(|local| local.insert(hit));
+            Cow::Borrowed(hit)
+        }
+        None => Cow::Owned(s.to_owned()),
+    }
+}
+
+/// `s` from `set`, leaked into it first if it holds fewer than `max`.
+fn intern_in(
+    set: &Mutex<Option<HashSet<&'static str>>>,
+    max: usize,
+    s: &str,
+) -> Option<&'static str> {
+    let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(&hit) = set.get(s) {
+        return Some(hit);
+    }
+    if set.len() >= max {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(s.into());
+    set.insert(leaked);
+    Some(leaked)
+}
+
+/// A standard HTTP method as a static string; `None` for an extension
+/// method, which a client may make up at will and so is never interned.
+pub(crate) fn standard_method(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => return None,
+    })
+}
+
+/// The strings of a server span: its name (`{method} {route}`, or the
+/// method alone), method, route and path; interned where they come from
+/// the bounded set (see the module docs), owned otherwise.
+pub(crate) struct ServerStrings {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) method: Cow<'static, str>,
+    pub(crate) route: Option<Cow<'static, str>>,
+    pub(crate) path: Cow<'static, str>,
+}
+
+impl ServerStrings {
+    /// The strings of a request for `path` by `method`, matched to `route`.
+    pub(crate) fn of(method: &str, route: Option<&str>, path: &str) -> Self {
+        let Some(standard) = standard_method(method) else {
+            return Self {
+                name: Cow::Owned(match route {
+                    Some(route) => format!("{method} {route}"),
+                    None => method.to_owned(),
+                }),
+                method: Cow::Owned(method.to_owned()),
+                route: route.map(|r| Cow::Owned(r.to_owned())),
+                path: Cow::Owned(path.to_owned()),
+            };
+        };
+        let route = route.map(intern);
+        let name = match &route {
+            Some(route) => name_of(standard, route),
+            None => Cow::Borrowed(standard),
+        };
+        // A route without parameters is its own path.
+        let path = match &route {
+            Some(route) if route.as_ref() == path => route.clone(),
+            _ => Cow::Owned(path.to_owned()),
+        };
+        Self {
+            name,
+            method: Cow::Borrowed(standard),
+            route,
+            path,
+        }
+    }
+}
+
+/// `{method} {route}`, interned; put together on the stack when it fits.
+fn name_of(method: &str, route: &str) -> Cow<'static, str> {
+    const ROOM: usize = 256;
+    let len = method.len() + 1 + route.len();
+    if len > ROOM {
+        return Cow::Owned(format!("{method} {route}"));
+    }
+    let mut buf = [0u8; ROOM];
+    buf[..method.len()].copy_from_slice(method.as_bytes());
+    buf[method.len()] = b' ';
+    buf[method.len() + 1..len].copy_from_slice(route.as_bytes());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) => intern(name),
+        // Cannot happen (two strs and a space), but never panic here.
+        Err(_) => Cow::Owned(format!("{method} {route}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Which variant the `Cow` is, is the point here.
+    #[allow(clippy::ptr_arg)]
+    fn is_borrowed(s: &Cow<'static, str>) -> bool {
+        matches!(s, Cow::Borrowed(_))
+    }
+
+    #[test]
+    fn a_routed_request_with_a_standard_method_allocates_no_string() {
+        let s = ServerStrings::of("POST", Some("/api/v1/price"), "/api/v1/price");
+        assert_eq!(s.name, "POST /api/v1/price");
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.route.as_deref(), Some("/api/v1/price"));
+        assert_eq!(s.path, "/api/v1/price");
+        assert!(is_borrowed(&s.name) && is_borrowed(&s.method) && is_borrowed(&s.path));
+        assert!(s.route.as_ref().is_some_and(is_borrowed));
+        // The same string from the same set, whichever thread asks.
+        let again = std::thread::spawn(|| {
+            ServerStrings::of("POST", Some("/api/v1/price"), "/api/v1/price").name
+        })
+        .join()
+        .unwrap();
+        assert!(
+            matches!((&s.name, &again), (Cow::Borrowed(a), Cow::Borrowed(b)) if std::ptr::eq(*a, *b))
+        );
+    }
+
+    #[test]
+    fn a_path_with_parameters_an_unmatched_path_and_an_extension_method_stay_owned() {
+        let s = ServerStrings::of(
+            "GET",
+            Some("/api/v1/price/{product_id}"),
+            "/api/v1/price/P-7",
+        );
+        assert_eq!(s.name, "GET /api/v1/price/{product_id}");
+        assert_eq!(s.path, "/api/v1/price/P-7");
+        assert!(!is_borrowed(&s.path), "a client's path is not interned");
+
+        let unmatched = ServerStrings::of("GET", None, "/no/such/thing");
+        assert_eq!(unmatched.name, "GET");
+        assert!(unmatched.route.is_none());
+        assert!(!is_borrowed(&unmatched.path));
+
+        let made_up = ServerStrings::of("BREW", Some("/api/v1/price"), "/api/v1/price");
+        assert_eq!(made_up.name, "BREW /api/v1/price");
+        assert_eq!(made_up.method, "BREW");
+        assert!(!is_borrowed(&made_up.name) && !is_borrowed(&made_up.method));
+    }
+
+    #[test]
+    fn the_set_is_bounded() {
+        let set = Mutex::new(None);
+        let first = intern_in(&set, 2, "/a");
+        assert!(first.is_some());
+        assert!(intern_in(&set, 2, "/b").is_some());
+        assert_eq!(intern_in(&set, 2, "/c"), None, "past the bound");
+        // What was interned before is still found, the same string.
+        assert!(
+            matches!((first, intern_in(&set, 2, "/a")), (Some(a), Some(b)) if std::ptr::eq(a, b))
+        );
+    }
+}
