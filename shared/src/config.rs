@@ -7,9 +7,14 @@
 //! parse stops startup with a [`ConfigError`] naming the variable, instead of
 //! silently falling back to a default.
 
+mod resource;
+
 use std::fmt::Display;
 use std::str::FromStr;
 use std::time::Duration;
+
+pub use resource::parse_resource_attributes;
+use resource::service_name_of;
 
 /// A setting that is present but unusable. The message always names the
 /// variable, so an operator can fix the deployment without reading code.
@@ -431,6 +436,13 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// `RUST_LOG`: the env-filter directive. Defaults to `info`.
     pub log_filter: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`: more resource attributes on exported
+    /// spans (`deployment.environment.name=staging,service.version=abc`,
+    /// values percent-encoded), as [`parse_resource_attributes`] reads them.
+    /// `service.name` here names the service unless `OTEL_SERVICE_NAME`
+    /// does; the others are sent as given, and override this crate's
+    /// `service.version` and `telemetry.sdk.language`.
+    pub resource_attributes: Vec<(String, String)>,
 }
 
 /// Which traces are kept, as OpenTelemetry's `OTEL_TRACES_SAMPLER` names
@@ -541,8 +553,17 @@ impl TelemetrySettings {
                 ));
             }
         };
+        let resource_attributes = match env_opt("OTEL_RESOURCE_ATTRIBUTES") {
+            None => Vec::new(),
+            Some(raw) => parse_resource_attributes(&raw)
+                .map_err(|e| ConfigError::new("OTEL_RESOURCE_ATTRIBUTES", raw, e))?,
+        };
         Ok(Self {
-            service_name: env_or("OTEL_SERVICE_NAME", default_service.to_string())?,
+            service_name: service_name_of(
+                env_opt("OTEL_SERVICE_NAME"),
+                &resource_attributes,
+                default_service,
+            ),
             otlp_endpoint: otlp_endpoint.filter(|_| !disabled),
             otlp_protocol: env_or("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::Grpc)?,
             sampler: TraceSampler::from_env()?,
@@ -550,6 +571,7 @@ impl TelemetrySettings {
             max_queue: env_in_range("OTEL_BSP_MAX_QUEUE_SIZE", 65_536, 512, 10_000_000)?,
             log_format: env_or("LOG_FORMAT", LogFormat::Pretty)?,
             log_filter,
+            resource_attributes,
         })
     }
 }

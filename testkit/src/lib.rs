@@ -372,6 +372,7 @@ pub fn telemetry(service_name: &str, log_filter: &str) -> TelemetrySettings {
         max_queue: 65_536,
         log_format: LogFormat::Pretty,
         log_filter: log_filter.into(),
+        resource_attributes: Vec::new(),
     }
 }
 

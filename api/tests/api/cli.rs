@@ -133,6 +133,8 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("OTEL_BSP_SCHEDULE_DELAY", "0"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "plenty"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team=%zz"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_api"))
             .args(["seed", "--products", "1"])

@@ -52,7 +52,8 @@ async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otel_service_name_renames_a_service_and_otel_sdk_disabled_exports_nothing() {
+async fn otel_service_name_renames_a_service_resource_attributes_are_sent_and_otel_sdk_disabled_exports_nothing()
+ {
     let redis = RedisServer::start().await;
     let (_store, _dir, db) = seeded_store(5).await;
     let rx = OtlpReceiver::start().await;
@@ -63,7 +64,13 @@ async fn otel_service_name_renames_a_service_and_otel_sdk_disabled_exports_nothi
         &db,
         &rx.endpoint(),
         &["api"],
-        &[("OTEL_SERVICE_NAME", "pricing-api-blue")],
+        &[
+            ("OTEL_SERVICE_NAME", "pricing-api-blue"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=not-this-one, deployment.environment.name=staging%2Cblue,service.version=build-7",
+            ),
+        ],
     )
     .await;
     let resp = post(&renamed.api, "/api/v1/price", r#"{"product_id":"P-1"}"#).await;
@@ -83,6 +90,23 @@ async fn otel_service_name_renames_a_service_and_otel_sdk_disabled_exports_nothi
             .collect::<BTreeSet<_>>(),
         BTreeSet::from(["pricing-api-blue"])
     );
+    // OTEL_RESOURCE_ATTRIBUTES: decoded, sent on every span, overriding the
+    // version; OTEL_SERVICE_NAME wins over its service.name.
+    for span in &spans {
+        let resource = |key: &str| {
+            span.resource
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(resource("service.name"), Some("pricing-api-blue"));
+        assert_eq!(
+            resource("deployment.environment.name"),
+            Some("staging,blue")
+        );
+        assert_eq!(resource("service.version"), Some("build-7"));
+        assert_eq!(resource("telemetry.sdk.language"), Some("rust"));
+    }
     let received = spans.len();
 
     // OTEL_SDK_DISABLED (any case) turns export off, endpoint or not: after

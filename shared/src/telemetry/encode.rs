@@ -9,6 +9,8 @@
 //! `common/v1/common.proto`; the tests decode the bytes with the generated
 //! structs to prove it.
 
+use std::borrow::Cow;
+
 use super::record::{AttrValue, SpanRecord};
 
 /// Protobuf wire types.
@@ -85,7 +87,7 @@ fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &AttrValue) {
 #[derive(Debug, Clone)]
 pub(crate) struct Resource {
     /// Resource attributes (`service.name`, `service.version`, …).
-    pub(crate) attributes: Vec<(&'static str, AttrValue)>,
+    pub(crate) attributes: Vec<(Cow<'static, str>, AttrValue)>,
     /// Instrumentation scope name.
     pub(crate) scope: String,
 }
@@ -162,7 +164,6 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use prost::Message as _;
-    use std::borrow::Cow;
 
     fn sample(i: u64) -> SpanRecord {
         SpanRecord {
@@ -210,8 +211,8 @@ mod tests {
     fn the_bytes_decode_as_an_otlp_export_request() {
         let resource = Resource {
             attributes: vec![
-                ("service.name", AttrValue::Str("pricing-api".into())),
-                ("service.version", AttrValue::Str("0.1.0".into())),
+                ("service.name".into(), AttrValue::Str("pricing-api".into())),
+                ("service.version".into(), AttrValue::Str("0.1.0".into())),
             ],
             scope: "pricing-api".into(),
         };

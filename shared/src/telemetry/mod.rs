@@ -35,6 +35,7 @@
 //! (the HTTP server span outside the registry), `intern` (its route, method
 //! and name strings, interned).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Once, OnceLock};
 
 use anyhow::Context as _;
@@ -213,23 +214,42 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
 }
 
 /// Where the spans of a service with these settings go, and the resource
-/// (`service.name`, `service.version`) they are sent with.
+/// they are sent with: [`resource_attributes`].
 fn export_settings(settings: &TelemetrySettings, endpoint: &str) -> export::ExportSettings {
-    let text = |s: &str| AttrValue::Str(s.to_string().into());
     export::ExportSettings {
         endpoint: endpoint.to_string(),
         protocol: settings.otlp_protocol,
         delay: settings.batch_delay,
         max_queue: settings.max_queue,
         resource: encode::Resource {
-            attributes: vec![
-                ("service.name", text(&settings.service_name)),
-                ("service.version", text(env!("CARGO_PKG_VERSION"))),
-                ("telemetry.sdk.language", text("rust")),
-            ],
+            attributes: resource_attributes(settings),
             scope: settings.service_name.clone(),
         },
     }
+}
+
+/// The resource: `service.name`, then `OTEL_RESOURCE_ATTRIBUTES` in its
+/// order, then `service.version` and `telemetry.sdk.language` unless
+/// those set them.
+fn resource_attributes(settings: &TelemetrySettings) -> Vec<(Cow<'static, str>, AttrValue)> {
+    let text = |s: &str| AttrValue::Str(s.to_string().into());
+    let mut attributes = vec![(Cow::Borrowed("service.name"), text(&settings.service_name))];
+    attributes.extend(
+        settings
+            .resource_attributes
+            .iter()
+            .filter(|(k, _)| k != "service.name")
+            .map(|(k, v)| (Cow::Owned(k.clone()), text(v))),
+    );
+    for (key, value) in [
+        ("service.version", env!("CARGO_PKG_VERSION")),
+        ("telemetry.sdk.language", "rust"),
+    ] {
+        if !attributes.iter().any(|(k, _)| k == key) {
+            attributes.push((Cow::Borrowed(key), text(value)));
+        }
+    }
+    attributes
 }
 
 /// A client span for one Redis round trip on a hot path, in the database
