@@ -101,18 +101,9 @@ fn pairs(attributes: &[KeyValue]) -> Vec<(String, String)> {
 }
 
 impl Sink {
+    /// Keeps (and counts) the spans of one export. A counting sink never
+    /// gets here: it counts on the wire ([`crate::otlp_count`]).
     fn keep(&self, request: ExportTraceServiceRequest) {
-        let n: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum();
-        self.count
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        if self.count_only {
-            return;
-        }
         let mut out = Vec::new();
         for rs in request.resource_spans {
             let resource = rs
@@ -148,6 +139,8 @@ impl Sink {
                 }
             }
         }
+        self.count
+            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.spans
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
