@@ -9,7 +9,7 @@ use testkit::{RedisServer, free_port, seeded_store};
 
 use crate::services::*;
 use crate::spans::*;
-use crate::{CLIENT_TRACE, LONG};
+use crate::{CLIENT_TRACE, LONG, NS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
@@ -192,11 +192,24 @@ async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
         .await
         .unwrap();
     assert_eq!(dropped.status(), 202);
-    let tp = dropped.headers()["traceparent"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(tp.ends_with("-00"), "flagged not sampled: {tp}");
+    assert!(
+        dropped.headers().get("traceparent").is_none(),
+        "a dropped request's answer names no trace: there is none to look up"
+    );
+    // What it published carries its trace, flagged not sampled.
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(shared::keys::Keys::new(NS).event_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let [(_, fields)] = &entries[..] else {
+        panic!("one event published: {entries:?}");
+    };
+    let event: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
+    let tp = event["traceparent"].as_str().unwrap_or_default();
+    assert!(tp.ends_with("-00"), "flagged not sampled: {event}");
     let dropped_trace = tp.split('-').nth(1).unwrap().to_string();
     wait("the unsampled event's job finished", || async {
         queue.depths().await.unwrap().succeeded_total == 1
