@@ -59,10 +59,22 @@ fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         buf[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(5);
-        varint(&mut prefix, len as u64);
-        buf.splice(at..=at, prefix);
+        let mut prefix = [0u8; 10];
+        let n = varint_into(&mut prefix, len as u64);
+        buf.splice(at..=at, prefix[..n].iter().copied());
     }
+}
+
+/// `v` as a varint into `out`; returns how many bytes it took.
+fn varint_into(out: &mut [u8; 10], mut v: u64) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    n + 1
 }
 
 fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &AttrValue) {
@@ -93,25 +105,59 @@ pub(crate) struct Resource {
 }
 
 /// One `ExportTraceServiceRequest` holding `spans`.
+#[cfg(test)]
 pub(crate) fn request(resource: &Resource, spans: &[SpanRecord]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256 + spans.len() * 320);
-    message(&mut buf, 1, |buf| {
-        message(buf, 1, |buf| {
-            for (k, v) in &resource.attributes {
-                key_value(buf, 1, k, v);
-            }
-        });
-        message(buf, 2, |buf| {
-            message(buf, 1, |buf| {
-                string(buf, 1, &resource.scope);
-                string(buf, 2, env!("CARGO_PKG_VERSION"));
-            });
-            for s in spans {
-                message(buf, 2, |buf| span(buf, s));
-            }
-        });
+    let mut encoded = Vec::new();
+    for s in spans {
+        span_entry(&mut encoded, s);
+    }
+    request_of_encoded(resource, &encoded)
+}
+
+/// Appends `s` to `buf` as one entry of `ScopeSpans.spans`: what a thread
+/// writes when it finishes a span ([`super::export`]), so that an export
+/// request is these bytes, concatenated, behind [`request_of_encoded`]'s
+/// header.
+pub(crate) fn span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
+    message(buf, 2, |buf| span(buf, s));
+}
+
+/// One `ExportTraceServiceRequest` around `spans`, a run of
+/// [`span_entry`]s: the resource and the scope are written once, and the
+/// spans are copied as they are.
+pub(crate) fn request_of_encoded(resource: &Resource, spans: &[u8]) -> Vec<u8> {
+    // ResourceSpans.resource
+    let mut res = Vec::with_capacity(128);
+    message(&mut res, 1, |buf| {
+        for (k, v) in &resource.attributes {
+            key_value(buf, 1, k, v);
+        }
     });
+    // ScopeSpans.scope
+    let mut scope = Vec::with_capacity(64);
+    message(&mut scope, 1, |buf| {
+        string(buf, 1, &resource.scope);
+        string(buf, 2, env!("CARGO_PKG_VERSION"));
+    });
+    let scope_spans_len = scope.len() + spans.len();
+    // The ScopeSpans field: one key byte, its length, its body.
+    let resource_spans_len = res.len() + 1 + varint_len(scope_spans_len as u64) + scope_spans_len;
+    let mut buf = Vec::with_capacity(resource_spans_len + 11);
+    // ExportTraceServiceRequest.resource_spans
+    key(&mut buf, 1, LEN);
+    varint(&mut buf, resource_spans_len as u64);
+    buf.extend_from_slice(&res);
+    // ResourceSpans.scope_spans
+    key(&mut buf, 2, LEN);
+    varint(&mut buf, scope_spans_len as u64);
+    buf.extend_from_slice(&scope);
+    buf.extend_from_slice(spans);
     buf
+}
+
+/// How many bytes `v` takes as a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn span(buf: &mut Vec<u8>, s: &SpanRecord) {

@@ -71,7 +71,7 @@ impl Pipeline {
     }
 
     /// Hands a finished, sampled span to the exporter.
-    pub(crate) fn finish(&self, record: SpanRecord) {
+    pub(crate) fn finish(&self, record: &SpanRecord) {
         if let Some(exporter) = &self.exporter {
             exporter.push(record);
         }
@@ -200,7 +200,7 @@ where
             && record.sampled
         {
             record.end_unix_nano = now_unix_nano();
-            self.pipeline.finish(record);
+            self.pipeline.finish(&record);
         }
     }
 }

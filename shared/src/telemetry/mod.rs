@@ -367,7 +367,7 @@ pub fn record_remote_client_span(
         .into_iter()
         .map(|kv| (kv.key.as_str().to_string().into(), kv.value.into()))
         .collect();
-    pipeline.finish(record);
+    pipeline.finish(&record);
 }
 
 /// Installs a subscriber for tests, once per test binary. Spans get real

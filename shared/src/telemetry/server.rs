@@ -141,7 +141,7 @@ impl ServerSpan {
         let traceparent = r.traceparent();
         if r.sampled {
             r.end_unix_nano = now_unix_nano();
-            self.pipeline.finish(self.record);
+            self.pipeline.finish(&self.record);
         }
         traceparent
     }
@@ -214,7 +214,7 @@ pub(crate) fn finish_child(mut record: Box<SpanRecord>, error: Option<String>) {
         record.status_message = message;
     }
     if let Some(pipeline) = super::PIPELINE.get() {
-        pipeline.finish(*record);
+        pipeline.finish(&record);
     }
 }
 
