@@ -51,17 +51,23 @@ fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
 /// A nested message: its body written by `body`, then its length put in
 /// front (moving the body only when the length takes more than one byte).
 fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    message_with(buf, field, 1, body);
+}
+
+/// [`message`], keeping `guess` bytes for the length: 1 for a body under
+/// 128 bytes, 2 for one under 16 KiB. Only a wrong guess moves the body.
+fn message_with(buf: &mut Vec<u8>, field: u32, guess: usize, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + guess, 0);
     body(buf);
-    let len = buf.len() - at - 1;
-    if len < 0x80 {
-        buf[at] = len as u8;
+    let len = buf.len() - at - guess;
+    let mut prefix = [0u8; 10];
+    let n = varint_into(&mut prefix, len as u64);
+    if n == guess {
+        buf[at..at + n].copy_from_slice(&prefix[..n]);
     } else {
-        let mut prefix = [0u8; 10];
-        let n = varint_into(&mut prefix, len as u64);
-        buf.splice(at..=at, prefix[..n].iter().copied());
+        buf.splice(at..at + guess, prefix[..n].iter().copied());
     }
 }
 
@@ -119,7 +125,8 @@ pub(crate) fn request(resource: &Resource, spans: &[SpanRecord]) -> Vec<u8> {
 /// request is these bytes, concatenated, behind [`request_of_encoded`]'s
 /// header.
 pub(crate) fn span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
-    message(buf, 2, |buf| span(buf, s));
+    // A span is rarely under 128 bytes or over 16 KiB.
+    message_with(buf, 2, 2, |buf| span(buf, s));
 }
 
 /// One `ExportTraceServiceRequest` around `spans`, a run of
@@ -251,6 +258,34 @@ mod tests {
             status_code: if i == 0 { 0 } else { 2 },
             status_message: String::new(),
         }
+    }
+
+    #[test]
+    fn a_span_under_128_bytes_and_one_over_16_kib_decode_too() {
+        let resource = Resource {
+            attributes: Vec::new(),
+            scope: "s".into(),
+        };
+        let mut small = sample(0);
+        small.attributes.clear();
+        small.events.clear();
+        small.links.clear();
+        small.name = Cow::Borrowed("HGET");
+        let mut large = sample(0);
+        large.name = Cow::Owned("x".repeat(20_000));
+        let mut small_alone = Vec::new();
+        span_entry(&mut small_alone, &small);
+        assert!(small_alone.len() < 130, "{} bytes", small_alone.len());
+        let req =
+            ExportTraceServiceRequest::decode(&request(&resource, &[small, large])[..]).unwrap();
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans[0].name, "HGET");
+        assert_eq!(spans[1].name.len(), 20_000);
+        assert_eq!(
+            spans[1].attributes.len(),
+            5,
+            "what follows the name is intact"
+        );
     }
 
     #[test]

@@ -33,13 +33,15 @@ use super::record::{AttrValue, SpanEvent, SpanKind, SpanRecord, now_unix_nano};
 
 tokio::task_local! {
     /// The server span of the request this task serves, while it runs.
-    static SERVER: RefCell<Option<SpanRecord>>;
+    /// Boxed: a task-local is moved in and out of its thread-local slot on
+    /// every poll of the request, and a record is about 200 bytes.
+    static SERVER: RefCell<Option<Box<SpanRecord>>>;
 }
 
 /// An HTTP server span (`otel.kind=server`), in OpenTelemetry's HTTP
 /// conventions, recorded outside the `tracing` registry; see the module docs.
 pub struct ServerSpan {
-    record: SpanRecord,
+    record: Box<SpanRecord>,
     pipeline: Arc<Pipeline>,
 }
 
@@ -84,14 +86,14 @@ impl ServerSpan {
                 ((trace, new_span_id(), 0), String::new(), sampled)
             }
         };
-        let mut record = SpanRecord::new(
+        let mut record = Box::new(SpanRecord::new(
             ids,
             trace_state,
             sampled,
             name,
             SpanKind::Server,
             now_unix_nano(),
-        );
+        ));
         record.attributes.reserve(5);
         record.attributes.push((
             Cow::Borrowed("http.request.method"),
@@ -156,7 +158,7 @@ pub(crate) fn current_parent() -> Option<(u128, u64, bool, String)> {
 /// Runs `f` on the server span of the request running now, if there is one.
 pub(crate) fn with_current<R>(f: impl FnOnce(&mut SpanRecord) -> R) -> Option<R> {
     SERVER
-        .try_with(|cell| cell.try_borrow_mut().ok()?.as_mut().map(f))
+        .try_with(|cell| cell.try_borrow_mut().ok()?.as_mut().map(|r| f(r)))
         .ok()
         .flatten()
 }
