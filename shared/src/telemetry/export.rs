@@ -16,8 +16,8 @@
 //! ([`MAX_EXPORT_BATCH`] spans) or every `OTEL_BSP_SCHEDULE_DELAY`, drops a
 //! batch it cannot send within [`EXPORT_TIMEOUT`] (one warning a minute),
 //! and spans are dropped while `OTEL_BSP_MAX_QUEUE_SIZE` of them wait (also
-//! one warning a minute; threads reserve room in steps of [`CREDIT`], so
-//! that the bound costs no shared write per span). A collector that is down
+//! one warning a minute; threads reserve room a few spans at a time (see
+//! [`credit_for`]), so that the bound costs no shared write per span). A collector that is down
 //! never blocks or fails a request. [`Exporter::shutdown`] sends what is
 //! left, so a stopping service loses no span.
 
@@ -41,9 +41,18 @@ pub const EXPORT_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Spans per export request, as the OpenTelemetry SDK's batch processor.
 const MAX_EXPORT_BATCH: usize = 512;
 
-/// Room in the queue a thread reserves at a time: it takes from the shared
-/// count once per this many spans.
-const CREDIT: usize = 64;
+/// Most room in the queue a thread reserves at a time: it takes from the
+/// shared count once per this many spans.
+const MAX_CREDIT: usize = 64;
+
+/// Room a thread reserves at a time in a queue of `max` spans: at most
+/// [`MAX_CREDIT`], and at most a 256th of the queue, so that room reserved
+/// by threads that then go idle never keeps another from queueing (a
+/// thread holds less than one step unused; at the smallest queue, 512,
+/// steps are of 2).
+fn credit_for(max: usize) -> usize {
+    (max / 256).clamp(1, MAX_CREDIT)
+}
 
 /// Where and how spans go.
 #[derive(Debug, Clone)]
@@ -109,6 +118,8 @@ pub(crate) struct Queue {
     /// cannot happen today, a push from inside a push).
     fallback: Arc<Shard>,
     max: usize,
+    /// [`credit_for`] `max`.
+    credit: usize,
     /// Spans waiting plus room reserved by threads: at most `max`.
     reserved: AtomicUsize,
 }
@@ -121,6 +132,7 @@ impl Queue {
             shards: Mutex::new(vec![fallback.clone()]),
             fallback,
             max,
+            credit: credit_for(max),
             reserved: AtomicUsize::new(0),
         }
     }
@@ -170,11 +182,11 @@ impl Queue {
         Pushed::BatchFull
     }
 
-    /// Reserves up to [`CREDIT`] spans of room; 0 when the queue is full.
+    /// Reserves up to a step of room ([`credit_for`]); 0 when the queue is full.
     fn reserve(&self) -> usize {
         let mut now = self.reserved.load(Ordering::Relaxed);
         loop {
-            let grant = CREDIT.min(self.max.saturating_sub(now));
+            let grant = self.credit.min(self.max.saturating_sub(now));
             if grant == 0 {
                 return 0;
             }
@@ -574,6 +586,37 @@ mod tests {
         assert_eq!(sent, (0..600).collect::<Vec<_>>(), "all kept, in order");
         assert!(q.is_empty());
         assert_eq!(q.push(&span(1_000)), Pushed::Queued, "room again");
+    }
+
+    #[test]
+    fn room_reserved_by_idle_threads_never_fills_a_small_queue() {
+        assert_eq!(credit_for(512), 2);
+        assert_eq!(credit_for(65_536), MAX_CREDIT);
+        assert_eq!(credit_for(10_000_000), MAX_CREDIT);
+        // 200 threads each queue one span and keep the rest of their step.
+        let q = Arc::new(Queue::new(512));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(Mutex::new(hold));
+        let (queued, done) = std::sync::mpsc::channel();
+        let idle: Vec<_> = (0..200u64)
+            .map(|t| {
+                let (q, hold, queued) = (q.clone(), hold.clone(), queued.clone());
+                std::thread::spawn(move || {
+                    queued.send(q.push(&span(t))).unwrap();
+                    // Alive (holding its room) until released.
+                    let _ = lock(&hold).recv();
+                })
+            })
+            .collect();
+        let pushed: Vec<Pushed> = (0..200).map(|_| done.recv().unwrap()).collect();
+        assert!(pushed.iter().all(|p| *p == Pushed::Queued));
+        // 200 queued and 200 reserved: another thread still has room.
+        let busy: Vec<Pushed> = (0..100).map(|i| q.push(&span(1_000 + i))).collect();
+        assert!(busy.iter().all(|p| *p != Pushed::Dropped), "{busy:?}");
+        drop(release);
+        for t in idle {
+            t.join().unwrap();
+        }
     }
 
     #[test]
