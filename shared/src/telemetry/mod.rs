@@ -3,10 +3,10 @@
 //! [`init`] installs a `tracing` subscriber with a fmt layer (JSON lines when
 //! `LOG_FORMAT=json`) filtered by `RUST_LOG` (default `info`) and, only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not
-//! `true`), this crate's OpenTelemetry layer ([`layer`]), which batches
+//! `true`), this crate's OpenTelemetry layer (`layer`), which batches
 //! spans to that collector over OTLP/gRPC (or OTLP/HTTP with
 //! `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`) from a thread of its own
-//! ([`export`]), encoding them itself ([`encode`]). The trace spans (HTTP
+//! (`export`), encoding them itself (`encode`). The trace spans (HTTP
 //! server, Redis client, job, event batch) are `DEBUG` and only the
 //! OpenTelemetry layer asks for them, so with export off they are never
 //! created: tracing costs nothing. The W3C trace-context propagator is
@@ -30,8 +30,8 @@
 //! prints only when `TEST_LOG` is set.
 //!
 //! Layout: `record` (a span's data), `layer` (the `tracing` layer and the
-//! sampler), `encode` (OTLP protobuf), `export` (queue, thread, gRPC and
-//! HTTP), `propagation` (W3C trace context and head sampling), `server`
+//! sampler), `encode` (OTLP protobuf), `buffer` (each thread's encoded
+//! spans, waiting), `export` (the export thread, gRPC and HTTP), `propagation` (W3C trace context and head sampling), `server`
 //! (the HTTP server span outside the registry), `intern` (its route, method
 //! and name strings, interned).
 
@@ -47,6 +47,7 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogFormat, TelemetrySettings, TraceSampler};
 
+mod buffer;
 mod encode;
 mod export;
 mod intern;

@@ -104,7 +104,7 @@ pub fn set_remote_parent(
     });
 }
 
-/// The configured sampler of a head-sampled service ([`init_head_sampled`]).
+/// The configured sampler of a head-sampled service ([`super::init_head_sampled`]).
 pub(crate) static HEAD_SAMPLER: std::sync::OnceLock<Sampler> = std::sync::OnceLock::new();
 
 tokio::task_local! {
