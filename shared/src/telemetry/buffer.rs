@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::encode;
+use super::lock;
 use super::record::SpanRecord;
 
 /// Spans per export request, as the OpenTelemetry SDK's batch processor.
@@ -83,8 +84,8 @@ pub(crate) enum Pushed {
 /// The spans every thread has finished and the export thread not yet taken.
 pub(crate) struct Queue {
     id: u64,
-    /// Every thread's shard. A shard whose thread has ended is removed
-    /// once it is empty.
+    /// Every thread's shard. A shard whose thread has ended is removed by
+    /// the next [`Queue::take`], which empties it.
     shards: Mutex<Vec<Arc<Shard>>>,
     /// For a thread whose thread-locals are being destroyed (or, which
     /// cannot happen today, a push from inside a push).
@@ -208,10 +209,6 @@ impl Queue {
             buffer.full.is_empty() && buffer.current.spans == 0
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

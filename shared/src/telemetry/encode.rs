@@ -23,12 +23,10 @@ fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
     varint(buf, u64::from(field << 3 | u32::from(wire)));
 }
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
+fn varint(buf: &mut Vec<u8>, v: u64) {
+    let mut out = [0u8; 10];
+    let n = varint_into(&mut out, v);
+    buf.extend_from_slice(&out[..n]);
 }
 
 fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {

@@ -18,6 +18,7 @@ use anyhow::Context as _;
 
 use super::buffer::{Pushed, Queue};
 use super::encode::{self, Resource};
+use super::lock;
 use super::record::SpanRecord;
 use crate::config::OtlpProtocol;
 
@@ -133,10 +134,6 @@ impl Throttle {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The export thread: waits for a full batch or the delay, then sends.
 fn run(shared: &Shared, transport: Transport, settings: &ExportSettings) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -176,7 +173,6 @@ fn run(shared: &Shared, transport: Transport, settings: &ExportSettings) {
             }
         });
         let results = rt.block_on(futures::future::join_all(sends));
-        drop(batches);
         let dropped: usize = results
             .iter()
             .filter(|(r, _)| r.is_err())

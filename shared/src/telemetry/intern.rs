@@ -52,7 +52,7 @@ fn intern_in(
     max: usize,
     s: &str,
 ) -> Option<&'static str> {
-    let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
+    let mut set = super::lock(set);
     let set = set.get_or_insert_with(HashSet::new);
     if let Some(&hit) = set.get(s) {
         return Some(hit);

@@ -88,6 +88,14 @@ impl Drop for TelemetryGuard {
 /// spans without the `tracing` layer ([`record_remote_client_span`]).
 static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
 
+/// Locks `m`, taking it over from a thread that panicked while holding it:
+/// what the telemetry mutexes guard stays usable (a span buffer, a
+/// throttle's last time, the interned set), and telemetry must never
+/// take a service down.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Targets whose spans and events go to the OpenTelemetry layer: our own
 /// crates only. Spans from these at `DEBUG` and above are exported (the
 /// trace spans are `DEBUG`, so with export off they are never created);
