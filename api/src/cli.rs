@@ -39,6 +39,27 @@ pub enum Command {
     },
 }
 
+/// Reads the settings, builds the tokio runtime they ask for
+/// (`API_WORKER_THREADS`) and runs the chosen command in it.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    runtime(settings.worker_threads)
+        .context("starting the tokio runtime")?
+        .block_on(async {
+            let _telemetry = shared::telemetry::init_head_sampled(&settings.telemetry)?;
+            run(cli, settings).await
+        })
+}
+
+/// A multi-threaded runtime with `worker_threads` workers (0: one per core).
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 /// Runs the chosen command.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {

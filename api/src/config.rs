@@ -45,6 +45,11 @@ pub struct Settings {
     /// `shared::cache::near`); 0 (the default) turns the near cache off.
     /// Not with `REDIS_CLUSTER=true`.
     pub near_cache_max_entries: usize,
+    /// `API_WORKER_THREADS`: the tokio runtime's worker threads; 0 (the
+    /// default) means one per CPU core. Fewer helps where the api shares
+    /// its cores with other busy processes (see docs/benchmarks.md,
+    /// "One core each").
+    pub worker_threads: usize,
 }
 
 fn near_cache_max_entries(redis: &RedisSettings) -> Result<usize, ConfigError> {
@@ -107,6 +112,7 @@ impl Settings {
             recalc_retry: shared::jobs::recalc_retry_from_env()?,
             events: shared::event_bus::EventSettings::from_env()?,
             jaeger_ui_url: jaeger_ui_url()?,
+            worker_threads: shared::config::env_in_range("API_WORKER_THREADS", 0, 0, 1024)?,
         })
     }
 }

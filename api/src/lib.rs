@@ -38,7 +38,7 @@ mod startup;
 mod state;
 mod trace;
 
-pub use cli::{Cli, run};
+pub use cli::{Cli, main, run};
 pub use config::Settings;
 pub use error::ApiError;
 pub use extract::parse_object;

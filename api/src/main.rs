@@ -7,15 +7,6 @@ use clap::Parser as _;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = api::Cli::parse();
-    shared::shutdown::exit_code(
-        async {
-            let settings = api::Settings::from_env()?;
-            let _telemetry = shared::telemetry::init_head_sampled(&settings.telemetry)?;
-            api::run(cli, settings).await
-        }
-        .await,
-    )
+fn main() -> std::process::ExitCode {
+    shared::shutdown::exit_code(api::main(api::Cli::parse()))
 }

@@ -9,6 +9,8 @@
 //!   `invalid`, `redis_error`).
 //! - `redis_pool_connections`, `redis_pool_healthy_connections`,
 //!   `redis_pool_command_errors_total`: the Redis pool state, sampled at scrape.
+//! - `runtime_worker_threads`: the tokio runtime's worker threads
+//!   (`API_WORKER_THREADS`), sampled at scrape.
 //! - `events_published_total` (label `kind`): market events published.
 
 use std::time::Instant;
@@ -54,6 +56,10 @@ fn describe() {
         "redis_pool_healthy_connections",
         "Pool connections whose last command succeeded"
     );
+    metrics::describe_gauge!(
+        "runtime_worker_threads",
+        "Worker threads of the api's tokio runtime (API_WORKER_THREADS; 0 means one per core)"
+    );
     metrics::describe_counter!(
         "redis_pool_command_errors_total",
         "Redis commands that failed since start"
@@ -81,6 +87,12 @@ pub(crate) fn sample_pool(pool: &RedisPool) {
     metrics::gauge!("redis_pool_connections").set(state.size as f64);
     metrics::gauge!("redis_pool_healthy_connections").set(state.healthy as f64);
     metrics::counter!("redis_pool_command_errors_total").absolute(state.errors);
+}
+
+/// Samples the tokio runtime's worker count (`API_WORKER_THREADS`).
+pub(crate) fn sample_runtime() {
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics::gauge!("runtime_worker_threads").set(workers as f64);
 }
 
 /// Middleware: times every request into [`HTTP_DURATION`].

@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         events: settings.events.clone(),
         jaeger_ui_url: None,
         near_cache_max_entries: 0,
+        worker_threads: 0,
     };
     let app = api::Application::build(&api_settings).await?;
     let publish_url = format!(

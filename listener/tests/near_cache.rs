@@ -11,6 +11,9 @@
 //! - a Redis restart flushes both near caches, which serve nothing while
 //!   Redis is away and start empty when it is back.
 //!
+//! The first api runs on one tokio worker thread (`API_WORKER_THREADS=1`,
+//! as `scripts/bench-read` runs it), the second on one per core.
+//!
 //! The cache TTL is an hour, so without invalidations the near caches
 //! would keep answering the old prices for the whole test.
 
@@ -69,11 +72,16 @@ impl Fleet {
             http: reqwest::Client::new(),
             _dir: dir,
         };
-        for _ in 0..2 {
+        for api in 0..2 {
             let port = free_port();
             let mut envs = common(redis, &fleet.db);
             envs.push(("API_ADDR", format!("127.0.0.1:{port}")));
             envs.push(("API_NEAR_CACHE_MAX_ENTRIES", "1000".to_string()));
+            // The first api runs on one worker thread (as `scripts/bench-read`
+            // runs it), the second on one per core.
+            if api == 0 {
+                envs.push(("API_WORKER_THREADS", "1".to_string()));
+            }
             fleet.procs.spawn(&bin("api"), "api", &envs);
             fleet.apis.push(format!("http://127.0.0.1:{port}"));
         }
@@ -231,6 +239,20 @@ async fn a_write_by_another_client_reaches_both_apis_and_the_old_price_never_com
         percentile(&delays, 0.5),
         percentile(&delays, 0.99),
         delays[delays.len() - 1]
+    );
+    fleet.procs.stop();
+}
+
+#[tokio::test]
+async fn api_worker_threads_sets_the_runtime_workers() {
+    let redis = RedisServer::start().await;
+    let fleet = Fleet::start(&redis).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(fleet.metric(0, "runtime_worker_threads").await, 1.0);
+    assert_eq!(
+        fleet.metric(1, "runtime_worker_threads").await,
+        cores as f64,
+        "unset, API_WORKER_THREADS means one worker per core"
     );
     fleet.procs.stop();
 }

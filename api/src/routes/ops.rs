@@ -88,9 +88,10 @@ impl Probe for AppState {
         (ok, body)
     }
 
-    /// The Redis pool's state, sampled at scrape.
+    /// The Redis pool's and the runtime's state, sampled at scrape.
     async fn before_scrape(&self) {
         crate::metrics::sample_pool(self.cache.pool());
+        crate::metrics::sample_runtime();
         if let Some(near) = self.cache.near() {
             near.sample();
         }

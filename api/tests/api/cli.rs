@@ -130,6 +130,8 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
         ("API_NEAR_CACHE_MAX_ENTRIES", "lots"),
         ("API_NEAR_CACHE_MAX_ENTRIES", "-1"),
+        ("API_WORKER_THREADS", "two"),
+        ("API_WORKER_THREADS", "5000"),
         ("OTEL_BSP_SCHEDULE_DELAY", "0"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "plenty"),

@@ -49,6 +49,7 @@ pub fn settings(redis_url: &str, database_url: &str, namespace: &str) -> Setting
         events: shared::event_bus::EventSettings::default(),
         jaeger_ui_url: None,
         near_cache_max_entries: 0,
+        worker_threads: 0,
     }
 }
 

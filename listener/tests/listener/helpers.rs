@@ -133,6 +133,7 @@ pub async fn start_api_and_worker_with(
         events: EventSettings::default(),
         jaeger_ui_url: None,
         near_cache_max_entries: 0,
+        worker_threads: 0,
     };
     api_settings.telemetry.service_name = "pricing-api-test".into();
     tweak_api(&mut api_settings);
