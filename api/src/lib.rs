@@ -8,10 +8,11 @@
 //! # Layout
 //! The modules are private; what tests, benches and `main.rs` use is
 //! re-exported here.
-//! - `cli`: the `api [serve|seed|import]` command line ([`Cli`], [`run`]).
+//! - `cli`: the `api [serve|seed|import]` command line ([`Cli`], [`main`], [`run`]).
 //! - `config`: [`Settings`] from the environment.
 //! - `startup`: [`Application`]: build, bind, serve, stop.
 //! - `state`: [`AppState`], one handle on the shared [`Clients`]; [`app`] is the router over it.
+//! - `observe`: the one layer around every route, timing it and running it in its span.
 //! - `trace`: the server span of each request; continues and returns `traceparent`.
 //! - `routes`: one module per feature (prices, tasks, queues, events, workers,
 //!   dashboard JSON, dashboard pages, operations), each with `router()`.
@@ -21,7 +22,7 @@
 //!   largest own cost through serde), byte for byte as serde writes it.
 //! - `extract`: extractors that turn bad input into JSON 4xx errors ([`parse_object`]).
 //! - `error`: [`ApiError`], the one error type at the HTTP boundary.
-//! - `metrics`: the api's series and the request-timing middleware.
+//! - `metrics`: the api's series and each request's timing.
 //! - `openapi`: the generated OpenAPI document ([`ApiDoc`]).
 
 mod cli;
@@ -30,6 +31,7 @@ mod error;
 mod extract;
 mod metrics;
 pub mod model;
+mod observe;
 mod openapi;
 mod render;
 mod routes;
@@ -55,7 +57,6 @@ pub fn app(state: AppState) -> axum::Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
         ))
-        .layer(axum::middleware::from_fn(metrics::track_http))
-        .layer(axum::middleware::from_fn(trace::trace_http))
+        .layer(observe::Observe)
         .with_state(state)
 }

@@ -16,8 +16,6 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::redis_pool::RedisPool;
 
@@ -95,20 +93,33 @@ pub(crate) fn sample_runtime() {
     metrics::gauge!("runtime_worker_threads").set(workers as f64);
 }
 
-/// Middleware: times every request into [`HTTP_DURATION`].
-pub(crate) async fn track_http(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(req.method());
-    // Copied (thread-local, uncontended) rather than the path's `Arc`
-    // cloned, whose count every core would write.
-    let route: Option<String> = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    let route = route.as_deref().unwrap_or("unmatched");
-    record_duration(method, route, response.status().as_u16(), start.elapsed());
-    response
+/// One request's timing into [`HTTP_DURATION`] (see [`crate::observe`]).
+pub(crate) struct Timing {
+    start: Instant,
+    method: &'static str,
+    /// Copied (thread-local, uncontended) rather than the path's `Arc`
+    /// cloned, whose count every core would write.
+    route: Option<String>,
+}
+
+impl Timing {
+    /// Starts timing `req`.
+    pub(crate) fn start(req: &Request) -> Self {
+        Self {
+            start: Instant::now(),
+            method: method_label(req.method()),
+            route: req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned()),
+        }
+    }
+
+    /// Records the request as answered with `status`.
+    pub(crate) fn finish(self, status: u16) {
+        let route = self.route.as_deref().unwrap_or("unmatched");
+        record_duration(self.method, route, status, self.start.elapsed());
+    }
 }
 
 /// A thread's [`HTTP_DURATION`] handles: by route, then by method and status.

@@ -1,6 +1,6 @@
 //! The server span of every request, in OpenTelemetry's HTTP conventions.
 //!
-//! [`trace_http`] opens a server span ([`shared::telemetry::ServerSpan`],
+//! [`RequestSpan`] opens a server span ([`shared::telemetry::ServerSpan`],
 //! kept in the request's task rather than the `tracing` registry, which
 //! made every traced request pay a lookup per poll) named `{method} {route}`
 //! (`otel.kind=server`, `http.request.method`, `http.route`, `url.path`,
@@ -20,47 +20,79 @@
 //! `traceparent`, flagged not sampled, so the listener and the worker drop
 //! its trace too.
 
+use std::convert::Infallible;
+use std::future::Future;
+
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
-use shared::telemetry::HeadDecision;
+use shared::telemetry::{HeadDecision, ServerSpan, SpanContext};
 
-/// Middleware: runs the request inside its server span, or, when head
-/// sampling drops it, without any span (and without a `traceparent` on its
-/// response; what it passes on is flagged not sampled).
-pub(crate) async fn trace_http(req: Request, next: Next) -> Response {
-    let decision = {
+/// How a request runs: in its server span, without any span because head
+/// sampling dropped it (and without a `traceparent` on its response; what
+/// it passes on is flagged not sampled), or plainly with span export off.
+pub(crate) enum RequestSpan {
+    /// Span export is off: no span to keep.
+    Off,
+    /// Head sampling dropped it: this is its (unsampled) span context.
+    Untraced(SpanContext),
+    /// Its server span.
+    Traced(ServerSpan),
+}
+
+impl RequestSpan {
+    /// Decides, and opens the server span when the request is traced.
+    pub(crate) fn start(req: &Request) -> Self {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        shared::telemetry::head_decision(header("traceparent"), header("tracestate"))
-    };
-    if let HeadDecision::Untraced(context) = decision {
-        // Boxed, as below: kept inline, these branches' futures would make
-        // every request's middleware future larger, and it is copied
-        // whole when it is created.
-        return Box::pin(shared::telemetry::run_untraced(context, next.run(req))).await;
-    }
-    let span = {
-        // In a block: a borrow of the request must not live across an await.
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        shared::telemetry::ServerSpan::start(
+        let traceparent = header("traceparent");
+        let tracestate = header("tracestate");
+        if let HeadDecision::Untraced(context) =
+            shared::telemetry::head_decision(traceparent, tracestate)
+        {
+            return Self::Untraced(context);
+        }
+        match ServerSpan::start(
             req.method().as_str(),
             req.extensions()
                 .get::<MatchedPath>()
                 .map(MatchedPath::as_str),
             req.uri().path(),
-            header("traceparent"),
-            header("tracestate"),
-        )
-    };
-    // With span export off there is no span to keep.
-    let Some(span) = span else {
-        return next.run(req).await;
-    };
-    let (mut response, span) = Box::pin(span.run(next.run(req))).await;
-    let traceparent = span.finish(response.status().as_u16());
-    if let Ok(value) = HeaderValue::try_from(traceparent) {
-        response.headers_mut().insert("traceparent", value);
+            traceparent,
+            tracestate,
+        ) {
+            Some(span) => Self::Traced(span),
+            None => Self::Off,
+        }
     }
-    response
+
+    /// Runs `route` (the request's handling) accordingly; a traced answer
+    /// carries the server span's `traceparent`.
+    pub(crate) async fn run(
+        self,
+        route: impl Future<Output = Result<Response, Infallible>>,
+    ) -> Response {
+        let route = async move {
+            match route.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        };
+        match self {
+            Self::Off => route.await,
+            // Boxed, as below: kept inline, these branches' futures would
+            // make every request's future larger, and it is copied whole
+            // when it is created.
+            Self::Untraced(context) => {
+                Box::pin(shared::telemetry::run_untraced(context, route)).await
+            }
+            Self::Traced(span) => {
+                let (mut response, span) = Box::pin(span.run(route)).await;
+                let traceparent = span.finish(response.status().as_u16());
+                if let Ok(value) = HeaderValue::try_from(traceparent) {
+                    response.headers_mut().insert("traceparent", value);
+                }
+                response
+            }
+        }
+    }
 }

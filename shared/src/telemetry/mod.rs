@@ -57,6 +57,8 @@ mod record;
 mod server;
 
 pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
+/// The span context that [`HeadDecision::Untraced`] carries.
+pub use opentelemetry::trace::SpanContext;
 pub use propagation::*;
 pub use server::ServerSpan;
 
