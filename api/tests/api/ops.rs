@@ -18,10 +18,13 @@ async fn health_and_ready_report_ok() {
 
 #[tokio::test]
 async fn metrics_expose_the_request_histogram_cache_counters_and_pool_state() {
-    // Arrange: one miss and one hit on the POST route.
+    // Arrange: one miss and one hit on the POST route, and a path no
+    // route matches.
     let app = spawn_app().await;
     app.price("P-12", false).await;
     app.price("P-12", false).await;
+    let (missing, _) = app.get_text("/no/such/route").await;
+    assert_eq!(missing, 404);
 
     // Act
     let (status, text) = app.get_text("/metrics").await;
@@ -53,6 +56,17 @@ async fn metrics_expose_the_request_histogram_cache_counters_and_pool_state() {
         text.lines()
             .any(|l| l.starts_with(r#"cache_misses_total{reason="absent"}"#))
     );
+    // A path no route matches is labelled `unmatched`, never by itself.
+    assert!(
+        text.lines().any(|l| {
+            l.starts_with("http_request_duration_seconds_count")
+                && l.contains(r#"route="unmatched""#)
+                && l.contains(r#"status="404""#)
+        }),
+        "no unmatched series in:\n{text}"
+    );
+    assert!(!text.contains("/no/such/route"));
+    assert!(series_value(&text, "runtime_worker_threads") >= 1.0);
     assert_eq!(series_value(&text, "redis_pool_connections"), 2.0);
     assert!(series_value(&text, "redis_pool_healthy_connections") >= 1.0);
 }
