@@ -57,6 +57,12 @@ where
         // task-local is in place for all of its work.
         let route = self.inner.call(req);
         Box::pin(async move {
+            let route = async move {
+                match route.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            };
             let response = span.run(route).await;
             timing.finish(response.status().as_u16());
             Ok(response)

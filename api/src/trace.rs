@@ -20,7 +20,6 @@
 //! `traceparent`, flagged not sampled, so the listener and the worker drop
 //! its trace too.
 
-use std::convert::Infallible;
 use std::future::Future;
 
 use axum::extract::{MatchedPath, Request};
@@ -67,16 +66,7 @@ impl RequestSpan {
 
     /// Runs `route` (the request's handling) accordingly; a traced answer
     /// carries the server span's `traceparent`.
-    pub(crate) async fn run(
-        self,
-        route: impl Future<Output = Result<Response, Infallible>>,
-    ) -> Response {
-        let route = async move {
-            match route.await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        };
+    pub(crate) async fn run(self, route: impl Future<Output = Response>) -> Response {
         match self {
             Self::Off => route.await,
             // Boxed, as below: kept inline, these branches' futures would
