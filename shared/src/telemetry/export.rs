@@ -161,8 +161,9 @@ fn run(shared: &Shared, transport: Transport, settings: &ExportSettings) {
         // Every batch at once: one export at a time cannot keep up with a
         // busy api when each round trip waits for a collector that shares
         // its machine.
-        let sends = batches.iter().map(|batch| {
+        let sends = batches.into_iter().map(|batch| {
             let body = encode::request_of_encoded(&settings.resource, &batch.bytes);
+            shared.queue.recycle(batch.bytes);
             let mut client = client.clone();
             let n = batch.spans;
             async move {
