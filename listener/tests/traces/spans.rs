@@ -131,6 +131,7 @@ pub fn event_trace_wanted() -> Vec<WantedOwned> {
                     && s.attr("http.request.method") == Some("POST")
                     && s.attr("http.route") == Some("/api/v1/publish-market-event")
                     && s.attr("url.path") == Some("/api/v1/publish-market-event")
+                    && s.attr("url.scheme") == Some("http")
                     && s.attr("http.response.status_code") == Some("202")
             }),
         ),

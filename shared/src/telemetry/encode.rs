@@ -171,6 +171,22 @@ fn attributes_len(field: u32, attributes: &[(Cow<'static, str>, AttrValue)]) -> 
         .sum()
 }
 
+/// String attributes as `Span.attributes` fields, for
+/// [`SpanRecord::encoded_attributes`].
+pub(crate) fn span_attributes(attributes: &[(&'static str, &'static str)]) -> Vec<u8> {
+    let attributes: Vec<_> = attributes
+        .iter()
+        .map(|(k, v)| (Cow::Borrowed(*k), AttrValue::Str(Cow::Borrowed(*v))))
+        .collect();
+    let mut buf = vec![0; attributes_len(9, &attributes)];
+    let mut out = Out::new(&mut buf);
+    for (k, v) in &attributes {
+        key_value(&mut out, 9, k, v);
+    }
+    debug_assert!(out.is_full(), "measured exactly");
+    buf
+}
+
 /// The resource and scope every span of a service shares.
 #[derive(Debug, Clone)]
 pub(crate) struct Resource {
@@ -264,6 +280,7 @@ fn span_len(s: &SpanRecord) -> usize {
         + parent
         + string_len(3, &s.trace_state)
         + string_len(5, &s.name)
+        + s.encoded_attributes.len()
         + attributes_len(9, &s.attributes)
         + events
         + links
@@ -288,6 +305,7 @@ fn span(buf: &mut Out<'_>, s: &SpanRecord) {
     varint(buf, u64::from(s.kind as u8));
     fixed64(buf, 7, s.start_unix_nano);
     fixed64(buf, 8, s.end_unix_nano);
+    buf.put(s.encoded_attributes);
     for (k, v) in &s.attributes {
         key_value(buf, 9, k, v);
     }
@@ -342,7 +360,7 @@ mod tests {
             kind: SpanKind::Server,
             start_unix_nano: 1_700_000_000_000_000_000 + i,
             end_unix_nano: 1_700_000_000_000_500_000 + i,
-            attributes: vec![
+            attributes: smallvec::smallvec![
                 (
                     Cow::Borrowed("http.route"),
                     AttrValue::Str("/api/v1/price".into()),
@@ -355,6 +373,12 @@ mod tests {
                 (Cow::Borrowed("ok"), AttrValue::Bool(true)),
                 (Cow::Borrowed("ratio"), AttrValue::Float(0.25)),
             ],
+            // Odd spans carry a pre-encoded set as well.
+            encoded_attributes: if i % 2 == 1 {
+                Box::leak(span_attributes(&[("db.system", "redis")]).into_boxed_slice())
+            } else {
+                &[]
+            },
             events: vec![SpanEvent {
                 time_unix_nano: 5,
                 name: "job failed".into(),
@@ -439,15 +463,24 @@ mod tests {
                 .iter()
                 .map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap()))
                 .collect();
+            let pre_encoded = if want.encoded_attributes.is_empty() {
+                vec![]
+            } else {
+                vec![("db.system", Value::StringValue("redis".into()))]
+            };
             assert_eq!(
                 values,
-                vec![
-                    ("http.route", Value::StringValue("/api/v1/price".into())),
-                    ("http.response.status_code", Value::IntValue(200)),
-                    ("neg", Value::IntValue(-3)),
-                    ("ok", Value::BoolValue(true)),
-                    ("ratio", Value::DoubleValue(0.25)),
+                [
+                    pre_encoded,
+                    vec![
+                        ("http.route", Value::StringValue("/api/v1/price".into())),
+                        ("http.response.status_code", Value::IntValue(200)),
+                        ("neg", Value::IntValue(-3)),
+                        ("ok", Value::BoolValue(true)),
+                        ("ratio", Value::DoubleValue(0.25)),
+                    ],
                 ]
+                .concat()
             );
             assert_eq!(got.events[0].name, "job failed");
             assert_eq!(got.events[0].time_unix_nano, 5);

@@ -10,11 +10,19 @@
 //! one in the process leaks it. The set is bounded ([`MAX_INTERNED`]): a
 //! string past the bound, or one that is not of the set (an extension
 //! method, a path that is not its route), stays owned.
+//!
+//! A span whose attributes are all such strings (a routed request's
+//! method, route, path and scheme; a Redis call's system, operation and
+//! summary) takes them already encoded ([`encoded_attributes`]): the same
+//! few sets, encoded once each, instead of seven attributes built, measured,
+//! encoded and dropped per traced request, which was about half of the
+//! encoding's work on it (`benches/spans.rs`).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most strings the process ever leaks here.
 pub(crate) const MAX_INTERNED: usize = 1024;
@@ -29,6 +37,48 @@ thread_local! {
     /// made of them, never a string a client chose, so it needs no
     /// protection from chosen collisions.
     static LOCAL: RefCell<foldhash::HashSet<&'static str>> = RefCell::new(foldhash::HashSet::default());
+}
+
+/// Most attributes in a set [`encoded_attributes`] keeps.
+const MAX_ENCODED_ATTRIBUTES: usize = 4;
+
+/// A set of static attributes by the addresses and lengths of its keys
+/// and values: a `&'static str` is never freed, so its address names it.
+type AttributesKey = [(usize, usize, usize, usize); MAX_ENCODED_ATTRIBUTES];
+
+/// Sets encoded so far, by every thread: at most [`MAX_INTERNED`].
+static ENCODED_SETS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's encoded sets (each thread encodes a set once).
+    static ENCODED: RefCell<foldhash::HashMap<AttributesKey, &'static [u8]>> =
+        RefCell::new(foldhash::HashMap::default());
+}
+
+/// `attributes`, encoded as OTLP `Span.attributes` fields once per thread
+/// and then borrowed; `None` for a set of more than
+/// [`MAX_ENCODED_ATTRIBUTES`], or once [`MAX_INTERNED`] sets are encoded.
+pub(crate) fn encoded_attributes(
+    attributes: &[(&'static str, &'static str)],
+) -> Option<&'static [u8]> {
+    if attributes.len() > MAX_ENCODED_ATTRIBUTES {
+        return None;
+    }
+    let mut key = [(0, 0, 0, 0); MAX_ENCODED_ATTRIBUTES];
+    for (slot, (k, v)) in key.iter_mut().zip(attributes) {
+        *slot = (k.as_ptr() as usize, k.len(), v.as_ptr() as usize, v.len());
+    }
+    if let Some(hit) = ENCODED.with_borrow(|sets| sets.get(&key).copied()) {
+        return Some(hit);
+    }
+    if ENCODED_SETS.fetch_add(1, Ordering::Relaxed) >= MAX_INTERNED {
+        ENCODED_SETS.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let encoded: &'static [u8] =
+        Box::leak(super::encode::span_attributes(attributes).into_boxed_slice());
+    ENCODED.with_borrow_mut(|sets| sets.insert(key, encoded));
+    Some(encoded)
 }
 
 /// `s`, borrowed from the interned set (added to it if there is room), or
@@ -193,6 +243,26 @@ mod tests {
         assert_eq!(made_up.name, "BREW /api/v1/price");
         assert_eq!(made_up.method, "BREW");
         assert!(!is_borrowed(&made_up.name) && !is_borrowed(&made_up.method));
+    }
+
+    #[test]
+    fn a_set_of_static_attributes_is_encoded_once() {
+        let set = [("db.system", "redis"), ("db.operation.name", "HGET")];
+        let first = encoded_attributes(&set).expect("encoded");
+        assert_eq!(
+            first,
+            &super::super::encode::span_attributes(&set)[..],
+            "the set's own encoding"
+        );
+        let again = encoded_attributes(&set).expect("encoded");
+        assert!(std::ptr::eq(first, again), "encoded once, then borrowed");
+        let other = encoded_attributes(&[("db.system", "redis"), ("db.operation.name", "SET")]);
+        assert!(
+            other.is_some_and(|o| o != first),
+            "another set, its own bytes"
+        );
+        let many = [("k", "v"); MAX_ENCODED_ATTRIBUTES + 1];
+        assert_eq!(encoded_attributes(&many), None, "too many to keep");
     }
 
     #[test]

@@ -25,6 +25,10 @@ impl From<opentelemetry::Value> for AttrValue {
     }
 }
 
+/// A span's attributes: inline while there are at most two, which is what
+/// a traced cache hit's spans have besides their [`SpanRecord::encoded_attributes`].
+pub(crate) type Attributes = smallvec::SmallVec<[(Cow<'static, str>, AttrValue); 2]>;
+
 /// Span kind, numbered as OTLP numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -81,7 +85,12 @@ pub(crate) struct SpanRecord {
     pub(crate) kind: SpanKind,
     pub(crate) start_unix_nano: u64,
     pub(crate) end_unix_nano: u64,
-    pub(crate) attributes: Vec<(Cow<'static, str>, AttrValue)>,
+    pub(crate) attributes: Attributes,
+    /// More attributes, already encoded as OTLP `Span.attributes` fields:
+    /// a set that many spans share, encoded once
+    /// ([`super::intern::encoded_attributes`]). Never replaced by
+    /// [`SpanRecord::set`]; empty for most spans.
+    pub(crate) encoded_attributes: &'static [u8],
     pub(crate) events: Vec<SpanEvent>,
     pub(crate) links: Vec<Link>,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
@@ -110,7 +119,8 @@ impl SpanRecord {
             kind,
             start_unix_nano,
             end_unix_nano: 0,
-            attributes: Vec::new(),
+            attributes: Attributes::new(),
+            encoded_attributes: &[],
             events: Vec::new(),
             links: Vec::new(),
             status_code: 0,

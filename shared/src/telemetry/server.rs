@@ -94,23 +94,35 @@ impl ServerSpan {
             SpanKind::Server,
             now_unix_nano(),
         ));
-        record.attributes.reserve(5);
-        record.attributes.push((
-            Cow::Borrowed("http.request.method"),
-            AttrValue::Str(strings.method),
-        ));
-        if let Some(route) = strings.route {
-            record
-                .attributes
-                .push((Cow::Borrowed("http.route"), AttrValue::Str(route)));
+        let constant = match (&strings.method, &strings.route, &strings.path) {
+            (Cow::Borrowed(method), Some(Cow::Borrowed(route)), Cow::Borrowed(path)) => {
+                super::intern::encoded_attributes(&[
+                    ("http.request.method", method),
+                    ("http.route", route),
+                    ("url.path", path),
+                    ("url.scheme", "http"),
+                ])
+            }
+            _ => None,
+        };
+        match constant {
+            Some(encoded) => record.encoded_attributes = encoded,
+            None => {
+                let r = &mut record.attributes;
+                r.push((
+                    Cow::Borrowed("http.request.method"),
+                    AttrValue::Str(strings.method),
+                ));
+                if let Some(route) = strings.route {
+                    r.push((Cow::Borrowed("http.route"), AttrValue::Str(route)));
+                }
+                r.push((Cow::Borrowed("url.path"), AttrValue::Str(strings.path)));
+                r.push((
+                    Cow::Borrowed("url.scheme"),
+                    AttrValue::Str(Cow::Borrowed("http")),
+                ));
+            }
         }
-        record
-            .attributes
-            .push((Cow::Borrowed("url.path"), AttrValue::Str(strings.path)));
-        record.attributes.push((
-            Cow::Borrowed("url.scheme"),
-            AttrValue::Str(Cow::Borrowed("http")),
-        ));
         Some(Self { record, pipeline })
     }
 
@@ -199,11 +211,14 @@ pub(crate) fn child(name: &'static str, attributes: &[(&'static str, &'static st
         SpanKind::Client,
         now_unix_nano(),
     );
-    record.attributes.extend(
-        attributes
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(*k), AttrValue::Str(Cow::Borrowed(*v)))),
-    );
+    match super::intern::encoded_attributes(attributes) {
+        Some(encoded) => record.encoded_attributes = encoded,
+        None => record.attributes.extend(
+            attributes
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), AttrValue::Str(Cow::Borrowed(*v)))),
+        ),
+    }
     Child::Sampled(Box::new(record))
 }
 
@@ -317,7 +332,11 @@ mod tests {
         assert_eq!(record.name, "HGET");
         assert_eq!(record.kind, SpanKind::Client);
         assert!(record.sampled);
-        assert_eq!(record.attributes.len(), 1);
+        assert_eq!(
+            record.encoded_attributes,
+            super::super::intern::encoded_attributes(&[("db.system", "redis")]).unwrap(),
+            "its attributes, encoded once for every such call"
+        );
         assert!(
             nested,
             "a `tracing` span inside the request is the nearer parent"
