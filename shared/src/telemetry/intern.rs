@@ -115,21 +115,37 @@ fn intern_in(
     Some(leaked)
 }
 
-/// A standard HTTP method as a static string; `None` for an extension
-/// method, which a client may make up at will and so is never interned.
-pub(crate) fn standard_method(method: &str) -> Option<&'static str> {
-    Some(match method {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        "CONNECT" => "CONNECT",
-        "TRACE" => "TRACE",
-        _ => return None,
-    })
+/// The standard HTTP methods.
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// A standard HTTP method as a static string, with its place in
+/// [`METHODS`]; `None` for an extension method, which a client may make
+/// up at will and so is never interned.
+pub(crate) fn standard_method(method: &str) -> Option<(usize, &'static str)> {
+    METHODS
+        .iter()
+        .position(|m| *m == method)
+        .map(|i| (i, METHODS[i]))
+}
+
+/// What [`ServerStrings::of`] found for a route and a standard method.
+#[derive(Clone, Copy)]
+struct Routed {
+    name: &'static str,
+    route: &'static str,
+    /// The server span's attributes for a request whose path is the route
+    /// itself ([`encoded_attributes`]), if they could be kept.
+    encoded: Option<&'static [u8]>,
+}
+
+thread_local! {
+    /// By route template, then by method ([`METHODS`]): the routes this
+    /// thread has seen whose strings are interned, so that a request to
+    /// one costs one lookup.
+    static ROUTED: RefCell<foldhash::HashMap<&'static str, [Option<Routed>; METHODS.len()]>> =
+        RefCell::new(foldhash::HashMap::default());
 }
 
 /// The strings of a server span: its name (`{method} {route}`, or the
@@ -140,12 +156,15 @@ pub(crate) struct ServerStrings {
     pub(crate) method: Cow<'static, str>,
     pub(crate) route: Option<Cow<'static, str>>,
     pub(crate) path: Cow<'static, str>,
+    /// Its method, route, path and scheme attributes, encoded, when all
+    /// are interned ([`encoded_attributes`]).
+    pub(crate) encoded: Option<&'static [u8]>,
 }
 
 impl ServerStrings {
     /// The strings of a request for `path` by `method`, matched to `route`.
     pub(crate) fn of(method: &str, route: Option<&str>, path: &str) -> Self {
-        let Some(standard) = standard_method(method) else {
+        let Some((m, standard)) = standard_method(method) else {
             return Self {
                 name: Cow::Owned(match route {
                     Some(route) => format!("{method} {route}"),
@@ -154,23 +173,63 @@ impl ServerStrings {
                 method: Cow::Owned(method.to_owned()),
                 route: route.map(|r| Cow::Owned(r.to_owned())),
                 path: Cow::Owned(path.to_owned()),
+                encoded: None,
             };
         };
-        let route = route.map(intern);
-        let name = match &route {
-            Some(route) => name_of(standard, route),
-            None => Cow::Borrowed(standard),
+        let Some(route) = route else {
+            return Self {
+                name: Cow::Borrowed(standard),
+                method: Cow::Borrowed(standard),
+                route: None,
+                path: Cow::Owned(path.to_owned()),
+                encoded: None,
+            };
+        };
+        let seen =
+            ROUTED.with_borrow(|routes| routes.get(route).and_then(|by_method| by_method[m]));
+        let routed = match seen {
+            Some(routed) => routed,
+            None => match (intern(route), name_of(standard, route)) {
+                (Cow::Borrowed(route), Cow::Borrowed(name)) => {
+                    let routed = Routed {
+                        name,
+                        route,
+                        encoded: encoded_attributes(&[
+                            ("http.request.method", standard),
+                            ("http.route", route),
+                            ("url.path", route),
+                            ("url.scheme", "http"),
+                        ]),
+                    };
+                    ROUTED.with_borrow_mut(|routes| {
+                        routes.entry(route).or_insert([None; METHODS.len()])[m] = Some(routed);
+                    });
+                    routed
+                }
+                // The interned set is full.
+                (route, name) => {
+                    return Self {
+                        name,
+                        method: Cow::Borrowed(standard),
+                        path: Cow::Owned(path.to_owned()),
+                        route: Some(route),
+                        encoded: None,
+                    };
+                }
+            },
         };
         // A route without parameters is its own path.
-        let path = match &route {
-            Some(route) if route.as_ref() == path => route.clone(),
-            _ => Cow::Owned(path.to_owned()),
-        };
+        let own_path = routed.route == path;
         Self {
-            name,
+            name: Cow::Borrowed(routed.name),
             method: Cow::Borrowed(standard),
-            route,
-            path,
+            route: Some(Cow::Borrowed(routed.route)),
+            path: if own_path {
+                Cow::Borrowed(routed.route)
+            } else {
+                Cow::Owned(path.to_owned())
+            },
+            encoded: routed.encoded.filter(|_| own_path),
         }
     }
 }
@@ -212,6 +271,23 @@ mod tests {
         assert_eq!(s.path, "/api/v1/price");
         assert!(is_borrowed(&s.name) && is_borrowed(&s.method) && is_borrowed(&s.path));
         assert!(s.route.as_ref().is_some_and(is_borrowed));
+        assert_eq!(
+            s.encoded,
+            encoded_attributes(&[
+                ("http.request.method", "POST"),
+                ("http.route", "/api/v1/price"),
+                ("url.path", "/api/v1/price"),
+                ("url.scheme", "http"),
+            ])
+            .map(|e| e.to_vec())
+            .as_deref(),
+            "its four attributes, encoded"
+        );
+        let seen = ServerStrings::of("POST", Some("/api/v1/price"), "/api/v1/price");
+        assert!(
+            matches!((s.encoded, seen.encoded), (Some(a), Some(b)) if std::ptr::eq(a, b)),
+            "the second request finds what the first did"
+        );
         // The same string from the same set, whichever thread asks.
         let again = std::thread::spawn(|| {
             ServerStrings::of("POST", Some("/api/v1/price"), "/api/v1/price").name
@@ -233,6 +309,7 @@ mod tests {
         assert_eq!(s.name, "GET /api/v1/price/{product_id}");
         assert_eq!(s.path, "/api/v1/price/P-7");
         assert!(!is_borrowed(&s.path), "a client's path is not interned");
+        assert_eq!(s.encoded, None, "its path is its own");
 
         let unmatched = ServerStrings::of("GET", None, "/no/such/thing");
         assert_eq!(unmatched.name, "GET");

@@ -200,14 +200,26 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
         if head_sampled {
             let _ = HEAD_SAMPLER.set(configured.clone());
         }
-        let (sampler, parent_based) = if head_sampled {
-            (Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), true)
+        let (sampler, parent_based, every_root) = if head_sampled {
+            (
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+                true,
+                true,
+            )
         } else {
-            (configured, is_parent_based(settings.sampler))
+            (
+                configured,
+                is_parent_based(settings.sampler),
+                matches!(
+                    settings.sampler,
+                    TraceSampler::AlwaysOn | TraceSampler::ParentBasedAlwaysOn
+                ),
+            )
         };
         let pipeline = Arc::new(Pipeline {
             sampler,
             parent_based,
+            every_root,
             exporter: Some(exporter.clone()),
         });
         let _ = PIPELINE.set(pipeline.clone());
@@ -393,6 +405,7 @@ pub fn init_for_tests() {
         let pipeline = Arc::new(Pipeline {
             sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
             parent_based: true,
+            every_root: true,
             exporter: None,
         });
         let _ = PIPELINE.set(pipeline.clone());

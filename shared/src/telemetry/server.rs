@@ -94,18 +94,7 @@ impl ServerSpan {
             SpanKind::Server,
             now_unix_nano(),
         ));
-        let constant = match (&strings.method, &strings.route, &strings.path) {
-            (Cow::Borrowed(method), Some(Cow::Borrowed(route)), Cow::Borrowed(path)) => {
-                super::intern::encoded_attributes(&[
-                    ("http.request.method", method),
-                    ("http.route", route),
-                    ("url.path", path),
-                    ("url.scheme", "http"),
-                ])
-            }
-            _ => None,
-        };
-        match constant {
+        match strings.encoded {
             Some(encoded) => record.encoded_attributes = encoded,
             None => {
                 let r = &mut record.attributes;
