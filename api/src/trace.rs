@@ -23,9 +23,14 @@
 use std::future::Future;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use shared::telemetry::{HeadDecision, ServerSpan, SpanContext};
+
+/// The W3C trace context headers, as constants: a header name given as a
+/// string is parsed on every lookup.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// How a request runs: in its server span, without any span because head
 /// sampling dropped it (and without a `traceparent` on its response; what
@@ -42,9 +47,12 @@ pub(crate) enum RequestSpan {
 impl RequestSpan {
     /// Decides, and opens the server span when the request is traced.
     pub(crate) fn start(req: &Request) -> Self {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let traceparent = header("traceparent");
-        let tracestate = header("tracestate");
+        if !shared::telemetry::records_spans() {
+            return Self::Off;
+        }
+        let header = |name: HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let traceparent = header(TRACEPARENT);
+        let tracestate = header(TRACESTATE);
         if let HeadDecision::Untraced(context) =
             shared::telemetry::head_decision(traceparent, tracestate)
         {
@@ -79,7 +87,7 @@ impl RequestSpan {
                 let (mut response, span) = Box::pin(span.run(route)).await;
                 let traceparent = span.finish(response.status().as_u16());
                 if let Ok(value) = HeaderValue::try_from(traceparent) {
-                    response.headers_mut().insert("traceparent", value);
+                    response.headers_mut().insert(TRACEPARENT, value);
                 }
                 response
             }

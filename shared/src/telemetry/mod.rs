@@ -90,6 +90,12 @@ impl Drop for TelemetryGuard {
 /// spans without the `tracing` layer ([`record_remote_client_span`]).
 static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
 
+/// Whether this process records spans (export on, or the test pipeline):
+/// with it off, a request needs no trace context read at all.
+pub fn records_spans() -> bool {
+    PIPELINE.get().is_some()
+}
+
 /// Locks `m`, taking it over from a thread that panicked while holding it:
 /// what the telemetry mutexes guard stays usable (a span buffer, a
 /// throttle's last time, the interned set), and telemetry must never
