@@ -10,13 +10,13 @@
 //! structs to prove it.
 //!
 //! Every message is measured before it is written (`span_len` and the other
-//! `_len` functions), so that its length prefix goes in front of it directly
-//! and the buffer grows at most once per span: writing a body first and its
-//! length after moves the body, or has to guess the prefix's size. The
-//! writes are byte pushes and fixed-size copies, which compile to plain
-//! stores; only strings are copied by length. Encoding was 44% of what a
-//! traced cache hit's spans cost the request thread before
-//! (`benches/spans.rs`).
+//! `_len` functions), so that its length prefix goes in front of it directly,
+//! into a slice of exactly the measured length, and the buffer grows at most
+//! once per span: writing a body first and its length after moves the body,
+//! or has to guess the prefix's size. Attribute sets that many spans share
+//! come encoded already ([`SpanRecord::encoded_attributes`]) and are copied
+//! as they are. Encoding was 44% of what a traced cache hit's spans cost
+//! the request thread before both (`benches/spans.rs`).
 
 use std::borrow::Cow;
 
@@ -52,11 +52,9 @@ fn string_len(field: u32, s: &str) -> usize {
     }
 }
 
-/// Where a measured message is written: a slice of exactly its length, so
-/// that a write is a store, not a capacity check and a length update of a
-/// `Vec` (whose fields a `u8` store may alias, so the compiler reloads them
-/// after each). A write past the end is not made, and [`Out::is_full`]
-/// then says no: a measuring mistake drops a span, it never panics.
+/// Where a measured message is written: a slice of exactly its length. A
+/// write past the end is not made, and [`Out::is_full`] then says no: a
+/// measuring mistake drops a span, it never panics.
 struct Out<'a> {
     buf: &'a mut [u8],
     at: usize,

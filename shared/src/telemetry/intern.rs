@@ -194,12 +194,9 @@ impl ServerStrings {
                     let routed = Routed {
                         name,
                         route,
-                        encoded: encoded_attributes(&[
-                            ("http.request.method", standard),
-                            ("http.route", route),
-                            ("url.path", route),
-                            ("url.scheme", "http"),
-                        ]),
+                        encoded: encoded_attributes(&super::server::route_attributes(
+                            standard, route,
+                        )),
                     };
                     ROUTED.with_borrow_mut(|routes| {
                         routes.entry(route).or_insert([None; METHODS.len()])[m] = Some(routed);

@@ -34,8 +34,29 @@ use super::record::{AttrValue, SpanEvent, SpanKind, SpanRecord, now_unix_nano};
 tokio::task_local! {
     /// The server span of the request this task serves, while it runs.
     /// Boxed: a task-local is moved in and out of its thread-local slot on
-    /// every poll of the request, and a record is about 200 bytes.
+    /// every poll of the request, and a record is a few hundred bytes.
     static SERVER: RefCell<Option<Box<SpanRecord>>>;
+}
+
+/// A server span's attribute keys, in OpenTelemetry's HTTP conventions.
+const METHOD: &str = "http.request.method";
+const ROUTE: &str = "http.route";
+const PATH: &str = "url.path";
+const SCHEME: &str = "url.scheme";
+
+/// The attributes of a server span for a request to a route without
+/// parameters (its path is the route), as [`super::intern`] encodes them
+/// once per route.
+pub(crate) fn route_attributes(
+    method: &'static str,
+    route: &'static str,
+) -> [(&'static str, &'static str); 4] {
+    [
+        (METHOD, method),
+        (ROUTE, route),
+        (PATH, route),
+        (SCHEME, "http"),
+    ]
 }
 
 /// An HTTP server span (`otel.kind=server`), in OpenTelemetry's HTTP
@@ -98,18 +119,12 @@ impl ServerSpan {
             Some(encoded) => record.encoded_attributes = encoded,
             None => {
                 let r = &mut record.attributes;
-                r.push((
-                    Cow::Borrowed("http.request.method"),
-                    AttrValue::Str(strings.method),
-                ));
+                r.push((Cow::Borrowed(METHOD), AttrValue::Str(strings.method)));
                 if let Some(route) = strings.route {
-                    r.push((Cow::Borrowed("http.route"), AttrValue::Str(route)));
+                    r.push((Cow::Borrowed(ROUTE), AttrValue::Str(route)));
                 }
-                r.push((Cow::Borrowed("url.path"), AttrValue::Str(strings.path)));
-                r.push((
-                    Cow::Borrowed("url.scheme"),
-                    AttrValue::Str(Cow::Borrowed("http")),
-                ));
+                r.push((Cow::Borrowed(PATH), AttrValue::Str(strings.path)));
+                r.push((Cow::Borrowed(SCHEME), AttrValue::Str(Cow::Borrowed("http"))));
             }
         }
         Some(Self { record, pipeline })
