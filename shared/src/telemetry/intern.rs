@@ -20,9 +20,8 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most strings the process ever leaks here.
 pub(crate) const MAX_INTERNED: usize = 1024;
@@ -46,17 +45,17 @@ const MAX_ENCODED_ATTRIBUTES: usize = 4;
 /// and values: a `&'static str` is never freed, so its address names it.
 type AttributesKey = [(usize, usize, usize, usize); MAX_ENCODED_ATTRIBUTES];
 
-/// Sets encoded so far, by every thread: at most [`MAX_INTERNED`].
-static ENCODED_SETS: AtomicUsize = AtomicUsize::new(0);
+/// Every set encoded so far, in the process: at most [`MAX_INTERNED`].
+static ENCODED_SETS: Mutex<Option<HashMap<AttributesKey, &'static [u8]>>> = Mutex::new(None);
 
 thread_local! {
-    /// This thread's encoded sets (each thread encodes a set once).
+    /// This thread's view of [`ENCODED_SETS`], read without a lock.
     static ENCODED: RefCell<foldhash::HashMap<AttributesKey, &'static [u8]>> =
         RefCell::new(foldhash::HashMap::default());
 }
 
-/// `attributes`, encoded as OTLP `Span.attributes` fields once per thread
-/// and then borrowed; `None` for a set of more than
+/// `attributes`, encoded as OTLP `Span.attributes` fields once in the
+/// process and then borrowed; `None` for a set of more than
 /// [`MAX_ENCODED_ATTRIBUTES`], or once [`MAX_INTERNED`] sets are encoded.
 pub(crate) fn encoded_attributes(
     attributes: &[(&'static str, &'static str)],
@@ -71,12 +70,20 @@ pub(crate) fn encoded_attributes(
     if let Some(hit) = ENCODED.with_borrow(|sets| sets.get(&key).copied()) {
         return Some(hit);
     }
-    if ENCODED_SETS.fetch_add(1, Ordering::Relaxed) >= MAX_INTERNED {
-        ENCODED_SETS.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
-    let encoded: &'static [u8] =
-        Box::leak(super::encode::span_attributes(attributes).into_boxed_slice());
+    let encoded = {
+        let mut sets = super::lock(&ENCODED_SETS);
+        let sets = sets.get_or_insert_with(HashMap::new);
+        match sets.get(&key) {
+            Some(&hit) => hit,
+            None if sets.len() >= MAX_INTERNED => return None,
+            None => {
+                let leaked: &'static [u8] =
+                    Box::leak(super::encode::span_attributes(attributes).into_boxed_slice());
+                sets.insert(key, leaked);
+                leaked
+            }
+        }
+    };
     ENCODED.with_borrow_mut(|sets| sets.insert(key, encoded));
     Some(encoded)
 }
@@ -330,6 +337,11 @@ mod tests {
         );
         let again = encoded_attributes(&set).expect("encoded");
         assert!(std::ptr::eq(first, again), "encoded once, then borrowed");
+        let elsewhere = std::thread::spawn(move || encoded_attributes(&set))
+            .join()
+            .unwrap()
+            .expect("encoded");
+        assert!(std::ptr::eq(first, elsewhere), "once in the process");
         let other = encoded_attributes(&[("db.system", "redis"), ("db.operation.name", "SET")]);
         assert!(
             other.is_some_and(|o| o != first),
