@@ -99,7 +99,9 @@ pub(crate) struct Timing {
     method: &'static str,
     /// Copied (thread-local, uncontended) rather than the path's `Arc`
     /// cloned, whose count every core would write.
-    route: Option<String>,
+    /// Shared with the request (a route template is reference-counted),
+    /// not copied.
+    route: Option<MatchedPath>,
 }
 
 impl Timing {
@@ -108,29 +110,27 @@ impl Timing {
         Self {
             start: Instant::now(),
             method: method_label(req.method()),
-            route: req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|p| p.as_str().to_owned()),
+            route: req.extensions().get::<MatchedPath>().cloned(),
         }
     }
 
     /// Records the request as answered with `status`.
     pub(crate) fn finish(self, status: u16) {
-        let route = self.route.as_deref().unwrap_or("unmatched");
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         record_duration(self.method, route, status, self.start.elapsed());
     }
 }
 
 /// A thread's [`HTTP_DURATION`] handles: by route, then by method and status.
-type DurationHandles =
-    std::collections::HashMap<Box<str>, Vec<(&'static str, u16, metrics::Histogram)>>;
+type DurationHandles = foldhash::HashMap<Box<str>, Vec<(&'static str, u16, metrics::Histogram)>>;
 
 thread_local! {
     /// This thread's handles on [`HTTP_DURATION`], by route, then method
     /// and status: found without building a labelled key, hashing it and
     /// taking the registry's shared lock on every request. Bounded by the
     /// route templates (and `unmatched`) times the methods and statuses.
+    /// Hashed with foldhash: its keys are the router's templates, never a
+    /// string a client chose.
     static DURATIONS: std::cell::RefCell<DurationHandles> = std::cell::RefCell::default();
 }
 
