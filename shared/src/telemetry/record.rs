@@ -177,24 +177,30 @@ impl SpanRecord {
 /// A W3C `traceparent` (`00-{trace id}-{span id}-{flags}`), written without
 /// the formatting machinery: one goes out with every response.
 pub(crate) fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    out.extend(
-        (0..32)
-            .rev()
-            .map(|i| HEX[(trace_id >> (i * 4)) as usize & 15]),
-    );
-    out.push(b'-');
-    out.extend(
-        (0..16)
-            .rev()
-            .map(|i| HEX[(span_id >> (i * 4)) as usize & 15]),
-    );
-    out.push(b'-');
-    out.extend([HEX[usize::from(flags >> 4)], HEX[usize::from(flags & 15)]]);
-    String::from_utf8(out).unwrap_or_default()
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let trace = trace_id.to_be_bytes();
+    for i in 0..16 {
+        out[3 + 2 * i..5 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(trace[i])]);
+    }
+    let span = span_id.to_be_bytes();
+    for i in 0..8 {
+        out[36 + 2 * i..38 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(span[i])]);
+    }
+    out[53..55].copy_from_slice(&HEX_PAIRS[usize::from(flags)]);
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
+
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    pairs
+};
 
 /// Now, in nanoseconds since the Unix epoch.
 pub(crate) fn now_unix_nano() -> u64 {
@@ -235,5 +241,12 @@ mod tests {
             r.traceparent(),
             format!("00-{:032x}-{:016x}-00", 1, r.span_id)
         );
+        for _ in 0..1_000 {
+            let (trace, span, flags) = (fastrand::u128(..), fastrand::u64(..), fastrand::u8(..));
+            assert_eq!(
+                traceparent(trace, span, flags),
+                format!("00-{trace:032x}-{span:016x}-{flags:02x}")
+            );
+        }
     }
 }
