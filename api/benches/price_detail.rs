@@ -1,10 +1,12 @@
 //! Benchmarks of JSON encode and decode of the API's bodies: the
-//! serialisation work on every request of the read path.
+//! serialisation work on every request of the read path. The api writes
+//! its price answers with its own writer (`price_detail_write_json`);
+//! `price_detail_encode` is serde's, for comparison.
 
 use std::hint::black_box;
 
 use api::model::{PriceDetail, PriceRequest, PriceSource};
-use api::parse_object;
+use api::{WriteJson as _, parse_object};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn json(c: &mut Criterion) {
@@ -20,6 +22,14 @@ fn json(c: &mut Criterion) {
     let encoded = serde_json::to_vec(&detail).expect("encode");
     c.bench_function("price_detail_encode", |b| {
         b.iter(|| serde_json::to_vec(black_box(&detail)))
+    });
+    // What the api writes (its own writer, the same bytes as serde's).
+    c.bench_function("price_detail_write_json", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(224);
+            black_box(&detail).write_json(&mut out);
+            out
+        })
     });
     c.bench_function("price_detail_decode", |b| {
         b.iter(|| serde_json::from_slice::<PriceDetail>(black_box(&encoded)))

@@ -45,6 +45,7 @@ pub use config::Settings;
 pub use error::ApiError;
 pub use extract::parse_object;
 pub use openapi::ApiDoc;
+pub use render::WriteJson;
 pub use startup::Application;
 pub use state::{AppState, Clients};
 
