@@ -178,6 +178,14 @@ fn is_parent_based(s: TraceSampler) -> bool {
     )
 }
 
+/// Whether a sampler keeps every root span, so that it need not be asked.
+fn keeps_every_root(s: TraceSampler) -> bool {
+    matches!(
+        s,
+        TraceSampler::AlwaysOn | TraceSampler::ParentBasedAlwaysOn
+    )
+}
+
 /// Installs the global subscriber for a service. Call once, early in `main`.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     install(settings, false)
@@ -216,10 +224,7 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
             (
                 configured,
                 is_parent_based(settings.sampler),
-                matches!(
-                    settings.sampler,
-                    TraceSampler::AlwaysOn | TraceSampler::ParentBasedAlwaysOn
-                ),
+                keeps_every_root(settings.sampler),
             )
         };
         let pipeline = Arc::new(Pipeline {
@@ -467,6 +472,29 @@ mod tests {
             decide(TraceSampler::AlwaysOn, dropped),
             SamplingDecision::RecordAndSample
         );
+    }
+
+    #[test]
+    fn only_a_sampler_that_keeps_every_root_skips_asking() {
+        use TraceSampler::*;
+        assert!(keeps_every_root(AlwaysOn) && keeps_every_root(ParentBasedAlwaysOn));
+        for s in [
+            AlwaysOff,
+            ParentBasedAlwaysOff,
+            TraceIdRatio(0.0),
+            ParentBasedTraceIdRatio(0.5),
+        ] {
+            assert!(!keeps_every_root(s), "{s:?}");
+        }
+        // Without the shortcut, the sampler decides a root.
+        let pipeline = |every_root| Pipeline {
+            sampler: sdk_sampler(ParentBasedTraceIdRatio(0.0)),
+            parent_based: true,
+            every_root,
+            exporter: None,
+        };
+        assert!(!pipeline(false).sample(None, 7, "job"));
+        assert!(pipeline(true).sample(None, 7, "job"));
     }
 
     #[test]
