@@ -55,9 +55,6 @@ pub fn app(state: AppState) -> axum::Router {
     use utoipa::OpenApi as _;
     routes::router()
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            extract::MAX_BODY_BYTES,
-        ))
         .layer(observe::Observe)
         .with_state(state)
 }

@@ -218,12 +218,24 @@ impl Offline {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+        self.send_body(method, path, headers, axum::body::Body::from(body))
+            .await
+    }
+
+    /// Like [`Self::send`], with any body (a stream, of unknown length).
+    pub async fn send_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: axum::body::Body,
+    ) -> (u16, axum::http::HeaderMap, Vec<u8>) {
         use tower::ServiceExt as _;
         let mut req = axum::http::Request::builder().method(method).uri(path);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(axum::body::Body::from(body)).expect("request");
+        let req = req.body(body).expect("request");
         let resp = self.router.clone().oneshot(req).await.expect("infallible");
         let (parts, body) = resp.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");

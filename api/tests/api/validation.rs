@@ -148,6 +148,36 @@ async fn malformed_oversized_and_non_json_bodies_are_refused() {
     assert_error(s, &b, 413, "payload_too_large", None);
 }
 
+/// A body sent in chunks, of no stated length, as `Transfer-Encoding:
+/// chunked` arrives.
+fn streamed(chunks: Vec<Vec<u8>>) -> axum::body::Body {
+    let chunks = chunks
+        .into_iter()
+        .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c)));
+    axum::body::Body::from_stream(futures::stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_read_and_held_to_the_same_limit() {
+    let app = offline_app().await;
+    let json = [("content-type", "application/json")];
+    // Read whole across its chunks: the ill-typed field is named.
+    let small = streamed(vec![b"{\"product_id\":".to_vec(), b"5}".to_vec()]);
+    let (s, _, b) = app.send_body("POST", "/api/v1/price", &json, small).await;
+    let b: Value = serde_json::from_slice(&b).expect("JSON");
+    assert_error(s, &b, 422, "validation_error", Some("product_id"));
+
+    // Over 64 KiB in 1 KiB chunks, with no length to refuse it by up front.
+    let mut chunks = vec![b"{\"product_id\":\"P-1\",\"user_location\":\"".to_vec()];
+    chunks.extend((0..70).map(|_| vec![b'x'; 1024]));
+    chunks.push(b"\"}".to_vec());
+    let (s, _, b) = app
+        .send_body("POST", "/api/v1/price", &json, streamed(chunks))
+        .await;
+    let b: Value = serde_json::from_slice(&b).expect("JSON");
+    assert_error(s, &b, 413, "payload_too_large", None);
+}
+
 #[tokio::test]
 async fn bad_batch_requests_are_refused() {
     let app = offline_app().await;
