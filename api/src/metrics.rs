@@ -97,8 +97,6 @@ pub(crate) fn sample_runtime() {
 pub(crate) struct Timing {
     start: Instant,
     method: &'static str,
-    /// Copied (thread-local, uncontended) rather than the path's `Arc`
-    /// cloned, whose count every core would write.
     /// Shared with the request (a route template is reference-counted),
     /// not copied.
     route: Option<MatchedPath>,

@@ -73,18 +73,14 @@ impl RequestSpan {
     }
 
     /// Runs `route` (the request's handling) accordingly; a traced answer
-    /// carries the server span's `traceparent`.
+    /// carries the server span's `traceparent`. [`crate::observe`] calls
+    /// it only for a request with a span, and boxes it.
     pub(crate) async fn run(self, route: impl Future<Output = Response>) -> Response {
         match self {
             Self::Off => route.await,
-            // Boxed, as below: kept inline, these branches' futures would
-            // make every request's future larger, and it is copied whole
-            // when it is created.
-            Self::Untraced(context) => {
-                Box::pin(shared::telemetry::run_untraced(context, route)).await
-            }
+            Self::Untraced(context) => shared::telemetry::run_untraced(context, route).await,
             Self::Traced(span) => {
-                let (mut response, span) = Box::pin(span.run(route)).await;
+                let (mut response, span) = span.run(route).await;
                 let traceparent = span.finish(response.status().as_u16());
                 if let Ok(value) = HeaderValue::try_from(traceparent) {
                     response.headers_mut().insert(TRACEPARENT, value);
