@@ -6,14 +6,14 @@
 //! escapes every key, chrono writes the timestamp one character at a time
 //! through serde_json's escaping adapter, and axum's `Json` starts from a
 //! 128-byte buffer that a price outgrows. Here the keys are literals, the
-//! timestamp is written by chrono into a plain string first, and the buffer
+//! amounts and the timestamp are written from their parts, and the buffer
 //! is sized once.
 
 use axum::body::Body;
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use chrono::SecondsFormat;
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 
 use crate::model::{BatchResponse, PriceDetail, PriceSource};
 
@@ -35,6 +35,10 @@ impl<T: WriteJson> IntoResponse for PriceJson<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(self.0.size_hint());
         self.0.write_json(&mut body);
+        // A buffer with room to spare becomes `Bytes` through one more
+        // allocation (its shared header); trimmed, it is taken as it is.
+        // Trimming keeps the block where it is unless it is mostly empty.
+        body.shrink_to_fit();
         let mut response = Response::new(Body::from(body));
         response
             .headers_mut()
@@ -60,14 +64,7 @@ impl WriteJson for PriceDetail {
         out.extend_from_slice(b",\"currency\":");
         write_str(out, &self.currency);
         out.extend_from_slice(b",\"calculated_at\":\"");
-        // chrono's own RFC 3339 writer with the settings its `Serialize`
-        // uses (AutoSi, `Z`); it only ever writes ASCII digits and `-:.TZ+`,
-        // which JSON needs no escape for.
-        out.extend_from_slice(
-            self.calculated_at
-                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-                .as_bytes(),
-        );
+        write_timestamp(out, &self.calculated_at);
         out.extend_from_slice(b"\"}");
     }
 
@@ -100,10 +97,67 @@ impl WriteJson for BatchResponse {
     }
 }
 
-/// A JSON string, escaped by serde_json.
+/// A JSON string as serde_json writes it. One with nothing to escape (a
+/// product id or a currency always) is copied between its quotes; any
+/// other goes through serde_json.
 fn write_str(out: &mut Vec<u8>, value: &str) {
+    // serde_json escapes only `"`, `\` and control characters.
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail, and a str always serialises.
     let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// A timestamp as chrono's `Serialize` writes it (RFC 3339 with `Z`, and
+/// as many fractional digits as `SecondsFormat::AutoSi` keeps: none, 3, 6
+/// or 9), without the quotes.
+///
+/// Written from the date and time fields directly: chrono's writer goes
+/// through its formatting machinery into a fresh `String`, which was a
+/// fifth of writing a price. Years outside 0..=9999 (which chrono writes
+/// with a sign) and leap seconds still go to chrono. Only ASCII digits and
+/// `-:.TZ+` are written, which JSON needs no escape for.
+fn write_timestamp(out: &mut Vec<u8>, at: &DateTime<Utc>) {
+    let (date, time) = (at.date_naive(), at.time());
+    let nanos = time.nanosecond();
+    let year = date.year();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(at.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
+        return;
+    }
+    let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    let year = year as u32;
+    let [y1, y2] = two(year / 100);
+    let [y3, y4] = two(year % 100);
+    let [mo1, mo2] = two(date.month());
+    let [d1, d2] = two(date.day());
+    let [h1, h2] = two(time.hour());
+    let [mi1, mi2] = two(time.minute());
+    let [s1, s2] = two(time.second());
+    out.extend_from_slice(&[
+        y1, y2, y3, y4, b'-', mo1, mo2, b'-', d1, d2, b'T', h1, h2, b':', mi1, mi2, b':', s1, s2,
+    ]);
+    let (fraction, digits) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    if digits > 0 {
+        let mut buf = [b'0'; 10];
+        buf[0] = b'.';
+        let mut rest = fraction;
+        for slot in buf[1..=digits].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out.extend_from_slice(&buf[..=digits]);
+    }
+    out.push(b'Z');
 }
 
 /// A JSON number as serde_json writes it (`null` if not finite).
@@ -193,6 +247,35 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn timestamps_are_written_exactly_as_serde_writes_them() {
+        let write = |at: &DateTime<Utc>| {
+            let mut out = vec![b'"'];
+            write_timestamp(&mut out, at);
+            out.push(b'"');
+            String::from_utf8(out).unwrap()
+        };
+        let mut all = instants();
+        let start = Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap().timestamp();
+        let end = Utc
+            .with_ymd_and_hms(9999, 12, 31, 23, 59, 59)
+            .unwrap()
+            .timestamp();
+        all.extend((0..100_000).map(|i| {
+            // Every precision AutoSi picks: whole seconds, millis, micros, nanos.
+            let nanos = match i % 4 {
+                0 => 0,
+                1 => fastrand::u32(0..1_000) * 1_000_000,
+                2 => fastrand::u32(0..1_000_000) * 1_000,
+                _ => fastrand::u32(0..1_000_000_000),
+            };
+            DateTime::from_timestamp(fastrand::i64(start..=end), nanos).unwrap()
+        }));
+        for at in all {
+            assert_eq!(write(&at), serde_json::to_string(&at).unwrap(), "{at:?}");
         }
     }
 

@@ -34,7 +34,7 @@ pub(crate) async fn price(
     let redis_up = match state.cache.get(product_id).await {
         Ok(Lookup::Hit(entry)) => {
             metrics::cache_hit();
-            return Ok(detail(&entry, PriceSource::Cache, prime));
+            return Ok(detail(entry, PriceSource::Cache, prime));
         }
         Ok(Lookup::Miss) => {
             metrics::cache_miss("absent");
@@ -57,7 +57,7 @@ pub(crate) async fn price(
     if redis_up && let Err(e) = state.cache.put(&entry).await {
         warn_redis_down(&e);
     }
-    Ok(detail(&entry, PriceSource::Database, prime))
+    Ok(detail(entry, PriceSource::Database, prime))
 }
 
 /// Prices for many products: one MGET, misses filled concurrently from the
@@ -118,7 +118,7 @@ pub(crate) async fn batch(
     let mut not_found = Vec::new();
     for (id, slot) in ids.into_iter().zip(slots) {
         match slot {
-            Some((entry, source)) => prices.push(detail(&entry, source, prime)),
+            Some((entry, source)) => prices.push(detail(entry, source, prime)),
             None => not_found.push(id),
         }
     }
@@ -138,9 +138,11 @@ async fn compute(state: &AppState, product_id: &str) -> Result<Option<CachedPric
     )
 }
 
-fn detail(entry: &CachedPrice, source: PriceSource, prime: bool) -> PriceDetail {
+/// The answer for `entry`, which it takes: its strings move into the
+/// answer rather than being copied.
+fn detail(entry: CachedPrice, source: PriceSource, prime: bool) -> PriceDetail {
     PriceDetail {
-        product_id: entry.product_id.clone(),
+        product_id: entry.product_id,
         final_price: pricing::cents_to_amount(pricing::customer_price_cents(
             entry.price_cents,
             prime,
@@ -148,7 +150,7 @@ fn detail(entry: &CachedPrice, source: PriceSource, prime: bool) -> PriceDetail 
         base_price: pricing::cents_to_amount(entry.price_cents),
         discount_rate: pricing::discount_rate(prime),
         source,
-        currency: entry.currency.clone(),
+        currency: entry.currency,
         calculated_at: entry.calculated_at,
     }
 }
