@@ -5,9 +5,11 @@
 //! [`ValidJson`] reports the JSON path of an ill-typed value, and the field
 //! name of a missing or unknown one.
 
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use http_body_util::BodyExt as _;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -35,24 +37,61 @@ where
         // body, rather than by axum's `DefaultBodyLimit` layer: that layer
         // wraps every route in one more boxed service, cloned and called on
         // every request (8% of the api's instructions on a near-cache hit).
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|error| {
-                let error = error.into_inner();
-                if error.is::<http_body_util::LengthLimitError>() {
-                    ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-                } else {
-                    ApiError::InvalidJson(format!("failed to read the request body: {error}"))
-                }
-            })?;
+        let bytes = read_body(req.into_body(), MAX_BODY_BYTES).await?;
         parse_object(&bytes).map(ValidJson)
     }
+}
+
+/// Reads a whole body of at most `limit` bytes.
+///
+/// A body that arrives in one chunk (a small JSON body sent with its
+/// length, as nearly every request's is) is taken as it is, and the end is
+/// known from the length without asking for another frame. axum's
+/// `to_bytes` first gathers the chunks in a list (an allocation) and polls
+/// once more for the end: together a tenth of a near-cache hit's own work.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut first = Bytes::new();
+    // Only when there is more than one chunk: all of them, joined.
+    let mut joined = Vec::new();
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::InvalidJson(format!("failed to read the request body: {error}"))
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if first.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.into()
+    })
 }
 
 fn is_json(req: &Request) -> bool {
     let Some(value) = req.headers().get(CONTENT_TYPE) else {
         return false;
     };
+    // The common case first, without splitting off parameters.
+    if value.as_bytes().eq_ignore_ascii_case(b"application/json") {
+        return true;
+    }
     let Ok(value) = value.to_str() else {
         return false;
     };

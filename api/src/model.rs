@@ -107,9 +107,14 @@ pub fn check_product_id(field: &str, id: &str) -> Result<(), ApiError> {
 
 /// Checks an optional location.
 pub fn check_location(location: Option<&str>) -> Result<(), ApiError> {
+    // Printable ASCII (nearly every location) is checked by its bytes.
+    let printable_ascii =
+        |loc: &str| loc.len() <= MAX_LOCATION_LEN && loc.bytes().all(|b| (0x20..0x7f).contains(&b));
     match location {
         Some(loc)
-            if loc.chars().count() > MAX_LOCATION_LEN || loc.chars().any(char::is_control) =>
+            if !printable_ascii(loc)
+                && (loc.chars().count() > MAX_LOCATION_LEN
+                    || loc.chars().any(char::is_control)) =>
         {
             Err(ApiError::field(
                 "user_location",
@@ -144,5 +149,36 @@ impl BatchRequest {
             }
         }
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_limited_by_characters_and_refused_with_control_characters() {
+        let accepted = [
+            String::new(),
+            "US-NY".into(),
+            "x".repeat(MAX_LOCATION_LEN),
+            // 128 characters but 256 bytes: the limit counts characters.
+            "é".repeat(MAX_LOCATION_LEN),
+            "São Paulo, BR".into(),
+        ];
+        for loc in &accepted {
+            assert!(check_location(Some(loc)).is_ok(), "{loc:?}");
+        }
+        let refused = [
+            "x".repeat(MAX_LOCATION_LEN + 1),
+            "é".repeat(MAX_LOCATION_LEN + 1),
+            "US\tNY".into(),
+            "US\u{7f}".into(),
+            "São\u{85}Paulo".into(),
+        ];
+        for loc in &refused {
+            assert!(check_location(Some(loc)).is_err(), "{loc:?}");
+        }
+        assert!(check_location(None).is_ok());
     }
 }
