@@ -36,7 +36,7 @@ fn json(c: &mut Criterion) {
     });
     let request = br#"{"product_id":"P-42","user_location":"US-NY","is_prime_member":true}"#;
     c.bench_function("price_request_decode (with field-path errors)", |b| {
-        b.iter(|| parse_object::<PriceRequest>(black_box(request)))
+        b.iter(|| parse_object::<PriceRequest<'_>>(black_box(request)))
     });
 }
 

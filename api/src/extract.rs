@@ -10,6 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use http_body_util::BodyExt as _;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -29,6 +30,24 @@ where
 {
     type Rejection = ApiError;
 
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBody(bytes) = JsonBody::from_request(req, state).await?;
+        parse_object(&bytes).map(ValidJson)
+    }
+}
+
+/// The bytes of a JSON body, not yet parsed: for a handler that parses
+/// them with [`parse_object`] into a type that borrows from them (the
+/// price request's strings), where [`ValidJson`] would copy each.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JsonBody(pub Bytes);
+
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         if !is_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
@@ -37,8 +56,9 @@ where
         // body, rather than by axum's `DefaultBodyLimit` layer: that layer
         // wraps every route in one more boxed service, cloned and called on
         // every request (8% of the api's instructions on a near-cache hit).
-        let bytes = read_body(req.into_body(), MAX_BODY_BYTES).await?;
-        parse_object(&bytes).map(ValidJson)
+        read_body(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map(JsonBody)
     }
 }
 
@@ -113,7 +133,7 @@ fn is_json(req: &Request) -> bool {
 /// Like `parse_json`, but the body must be a JSON object. serde would
 /// otherwise also accept a struct written as an array (`["P-1"]`), a form no
 /// client means to send.
-pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_object<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') | None => parse_json(bytes),
         Some(_) => Err(ApiError::Validation {
@@ -127,7 +147,7 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// read once, by serde_json alone; only a bad one is read again with its
 /// path tracked, to name the field at fault (tracking the path of every body
 /// cost about as much CPU as the near cache's lookup, by perf).
-pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
     }

@@ -4,6 +4,8 @@
 //! `{"product_id", "user_location"?, "is_prime_member"?}`. Unknown fields are
 //! refused, so a typo (`is_prime`) is an error, not a silently full price.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -17,19 +19,34 @@ pub const MAX_BATCH_IDS: usize = 1_000;
 pub const MAX_LOCATION_LEN: usize = 128;
 
 /// `POST /api/v1/price`.
+// Its strings borrow from the request body where they can (they are copied
+// only when they hold an escape), so reading a price request allocates
+// nothing.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PriceRequest {
+pub struct PriceRequest<'a> {
     /// Product id: 1–64 characters of `[A-Za-z0-9_.:-]`.
-    #[schema(example = "P-42")]
-    pub product_id: String,
+    #[schema(example = "P-42", value_type = String)]
+    #[serde(borrow)]
+    pub product_id: Cow<'a, str>,
     /// Where the customer is; accepted for compatibility and logged, not priced.
-    #[serde(default)]
-    #[schema(example = "US-NY")]
-    pub user_location: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed_option")]
+    #[schema(example = "US-NY", value_type = Option<String>)]
+    pub user_location: Option<Cow<'a, str>>,
     /// Prime members get a 5% discount, applied after the cache.
     #[serde(default)]
     pub is_prime_member: bool,
+}
+
+/// An optional string, borrowed from the input where it can be: serde
+/// borrows a `Cow` field of a struct, but not one inside an `Option`.
+fn borrowed_option<'de: 'a, 'a, D>(de: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(de)?.map(|b| b.0))
 }
 
 /// Query of `GET /api/v1/price/{product_id}`.
@@ -155,6 +172,28 @@ impl BatchRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_strings_borrow_from_the_body_unless_escaped() {
+        let plain = br#"{"product_id":"P-1","user_location":"US-NY"}"#;
+        let req: PriceRequest<'_> = serde_json::from_slice(plain).unwrap();
+        assert!(matches!(req.product_id, Cow::Borrowed("P-1")));
+        assert!(matches!(req.user_location, Some(Cow::Borrowed("US-NY"))));
+        assert!(!req.is_prime_member);
+
+        let escaped =
+            br#"{"product_id":"P\u002d1","user_location":"S\u00e3o Paulo","is_prime_member":true}"#;
+        let req: PriceRequest<'_> = serde_json::from_slice(escaped).unwrap();
+        assert_eq!(req.product_id, "P-1");
+        assert_eq!(req.user_location.as_deref(), Some("São Paulo"));
+        assert!(req.is_prime_member);
+
+        let absent: PriceRequest<'_> = serde_json::from_slice(br#"{"product_id":"P-1"}"#).unwrap();
+        assert_eq!(absent.user_location, None);
+        let null: PriceRequest<'_> =
+            serde_json::from_slice(br#"{"product_id":"P-1","user_location":null}"#).unwrap();
+        assert_eq!(null.user_location, None);
+    }
 
     #[test]
     fn locations_are_limited_by_characters_and_refused_with_control_characters() {

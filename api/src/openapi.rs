@@ -39,7 +39,7 @@ use crate::routes::{dashboard, events, ops, price, queues, tasks, workers};
         dashboard::jobs,
     ),
     components(schemas(
-        PriceRequest, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
+        PriceRequest<'_>, PriceDetail, PriceSource, BatchRequest, BatchResponse, ErrorBody,
         ops::Health, ops::Readiness, ops::Check,
         tasks::TaskStatus, tasks::DeadList, tasks::Accepted, tasks::Cancelled, tasks::Revoking, tasks::Triggered, queues::QueueDepths, queues::QueueDetail,
         queue::JobState, queue::Depths,

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ValidJson, ValidPath, ValidQuery};
+use crate::extract::{JsonBody, ValidJson, ValidPath, ValidQuery, parse_object};
 use crate::model::{
     BatchRequest, BatchResponse, PriceDetail, PriceQuery, PriceRequest, check_location,
     check_product_id,
@@ -26,7 +26,7 @@ pub(crate) fn router() -> Router<AppState> {
 /// Price of one product for one customer (cache-aside).
 #[utoipa::path(
     post, path = "/api/v1/price", tag = "prices",
-    request_body = PriceRequest,
+    request_body = PriceRequest<'_>,
     responses(
         (status = 200, description = "The price; `source` says whether it came from the cache", body = PriceDetail),
         (status = 400, description = "Body is not JSON", body = ErrorBody),
@@ -39,8 +39,9 @@ pub(crate) fn router() -> Router<AppState> {
 )]
 pub(crate) async fn post_price(
     State(state): State<AppState>,
-    ValidJson(req): ValidJson<PriceRequest>,
+    JsonBody(body): JsonBody,
 ) -> Result<PriceJson<PriceDetail>, ApiError> {
+    let req: PriceRequest<'_> = parse_object(&body)?;
     check_product_id("product_id", &req.product_id)?;
     check_location(req.user_location.as_deref())?;
     Ok(PriceJson(

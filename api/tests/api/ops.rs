@@ -116,6 +116,23 @@ async fn openapi_lists_every_route_and_docs_are_served() {
     .map(String::from)
     .collect();
     assert_eq!(documented, routes);
+    // The price request (whose strings borrow from the body) is documented
+    // with plain string fields, the id required.
+    let request = &spec["components"]["schemas"]["PriceRequest"];
+    assert_eq!(
+        request["properties"]["product_id"]["type"], "string",
+        "{request}"
+    );
+    assert_eq!(
+        request["required"],
+        serde_json::json!(["product_id"]),
+        "{request}"
+    );
+    assert_eq!(
+        request["properties"]["user_location"]["type"],
+        serde_json::json!(["string", "null"]),
+        "{request}"
+    );
     // Every admin endpoint documents its refusals.
     for (path, method) in [
         ("/api/v1/queues/{name}/pause", "post"),
