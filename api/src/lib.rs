@@ -54,7 +54,11 @@ pub use state::{AppState, Clients};
 pub fn app(state: AppState) -> axum::Router {
     use utoipa::OpenApi as _;
     routes::router()
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(observe::Observe)
+        .merge(
+            axum::Router::from(
+                utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()),
+            )
+            .layer(observe::Observe),
+        )
         .with_state(state)
 }

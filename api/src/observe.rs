@@ -1,17 +1,23 @@
-//! One tower layer around every route: times the request into the
-//! duration histogram ([`crate::metrics`]) and runs it in its server span
+//! Timing and tracing of every request: each is timed into the duration
+//! histogram ([`crate::metrics`]) and runs in its server span
 //! ([`crate::trace`]).
 //!
-//! It replaced two `axum::middleware::from_fn` layers. Each of those, on
-//! every request, cloned the service below it, boxed it again behind
-//! `Next` and boxed its own future; with export off they were 15% of the
-//! api's CPU on a near-cache hit (measured by removing them: 9.7 against
-//! 8.2 µs per request). This layer calls the route directly (axum gives
-//! each request a fresh clone of the route's service, so nothing else is
-//! waiting on it), and its future is a plain struct around the route's:
-//! axum boxes it once anyway, so boxing it here too only cost an
-//! allocation and a copy per request. Only a request with a span (export
-//! on) boxes its span's work.
+//! The api's own handlers are wrapped one by one ([`Observed`] as an axum
+//! `Handler`, by [`crate::routes::get`] and its siblings). Routers the api
+//! takes whole (the operations routes, Swagger UI) get [`Observe`], the
+//! same as a tower layer.
+//!
+//! Why two forms: a layer on a router wraps each of its routes in one
+//! more boxed service, which axum clones, calls and whose future it boxes
+//! on every request. On a near-cache hit that level cost 0.8 µs of the
+//! api's 8 (alternated runs with and without it); the handler form adds
+//! nothing axum does not already do per request. It replaced two
+//! `axum::middleware::from_fn` layers, which cost twice as much again.
+//!
+//! Both read the route's template (`MatchedPath`), which axum has set by
+//! the time a route's handler or layer is called, and both build the same
+//! future ([`ObservedFuture`]): the work as it is, and boxed only with a
+//! span (export on).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,13 +25,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::Request;
+use axum::handler::Handler;
 use axum::response::Response;
 use tower::{Layer, Service};
 
 use crate::metrics::Timing;
 use crate::trace::RequestSpan;
 
-/// The layer: wraps each route in [`Observed`].
+/// The layer, for routers taken whole: wraps each route in [`Observed`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Observe;
 
@@ -37,10 +44,18 @@ impl<S> Layer<S> for Observe {
     }
 }
 
-/// A route, timed and traced.
-#[derive(Debug, Clone)]
+/// A route (as a tower service) or a handler (as an axum `Handler`),
+/// timed and traced.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Observed<S> {
     inner: S,
+}
+
+impl<H> Observed<H> {
+    /// `handler`, timed and traced.
+    pub(crate) fn handler(handler: H) -> Self {
+        Self { inner: handler }
+    }
 }
 
 impl<S> Service<Request> for Observed<S>
@@ -57,28 +72,89 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let timing = Some(Timing::start(&req));
-        let span = RequestSpan::start(&req);
-        // The route's future does nothing until polled, so a span's
-        // task-local is in place for all of its work.
-        let route = self.inner.call(req);
-        let work = match span {
-            RequestSpan::Off => Work::Plain { route },
-            span => Work::Spanned {
-                future: Box::pin(span.run(async move {
-                    match route.await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                })),
-            },
-        };
-        ObservedFuture { work, timing }
+        observe(req, |req| self.inner.call(req))
+    }
+}
+
+impl<H, T, S> Handler<T, S> for Observed<H>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Send + 'static,
+{
+    type Future = ObservedFuture<H::Future>;
+
+    fn call(self, req: Request, state: S) -> Self::Future {
+        observe(req, |req| self.inner.call(req, state))
+    }
+}
+
+/// Starts timing `req` and decides its span, then has `start` begin the
+/// work (which does nothing until polled, so a span's task-local is in
+/// place for all of it).
+fn observe<F>(req: Request, start: impl FnOnce(Request) -> F) -> ObservedFuture<F>
+where
+    F: Future<Output: Answer> + Send + 'static,
+{
+    let timing = Some(Timing::start(&req));
+    let span = RequestSpan::start(&req);
+    let work = start(req);
+    let work = match span {
+        RequestSpan::Off => Work::Plain { work },
+        span => Work::Spanned {
+            future: Box::pin(span.run(async move { work.await.into_response() })),
+        },
+    };
+    ObservedFuture { work, timing }
+}
+
+/// What a route (`Result<Response, Infallible>`) or a handler
+/// (`Response`) answers.
+pub(crate) trait Answer {
+    /// The response in it.
+    fn response(&self) -> &Response;
+    /// The response, taken.
+    fn into_response(self) -> Response;
+    /// A response, as this answer.
+    fn from_response(response: Response) -> Self;
+}
+
+impl Answer for Response {
+    fn response(&self) -> &Response {
+        self
+    }
+
+    fn into_response(self) -> Response {
+        self
+    }
+
+    fn from_response(response: Response) -> Self {
+        response
+    }
+}
+
+impl Answer for Result<Response, Infallible> {
+    fn response(&self) -> &Response {
+        match self {
+            Ok(response) => response,
+            Err(never) => match *never {},
+        }
+    }
+
+    fn into_response(self) -> Response {
+        match self {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    fn from_response(response: Response) -> Self {
+        Ok(response)
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`Observed`]'s future: the route's, then the timing recorded.
+    /// [`Observed`]'s future: the work's, then the timing recorded.
     pub(crate) struct ObservedFuture<F> {
         #[pin]
         work: Work<F>,
@@ -88,32 +164,31 @@ pin_project_lite::pin_project! {
 }
 
 pin_project_lite::pin_project! {
-    /// The route's work: as it is, or inside the request's span.
+    /// The work: as it is, or inside the request's span.
     #[project = WorkProj]
     enum Work<F> {
-        Plain { #[pin] route: F },
+        Plain { #[pin] work: F },
         Spanned { future: Pin<Box<dyn Future<Output = Response> + Send>> },
     }
 }
 
 impl<F> Future for ObservedFuture<F>
 where
-    F: Future<Output = Result<Response, Infallible>>,
+    F: Future<Output: Answer>,
 {
-    type Output = Result<Response, Infallible>;
+    type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.work.project() {
-            WorkProj::Plain { route } => match ready!(route.poll(cx)) {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
-            WorkProj::Spanned { future } => ready!(future.as_mut().poll(cx)),
+        let answer = match this.work.project() {
+            WorkProj::Plain { work } => ready!(work.poll(cx)),
+            WorkProj::Spanned { future } => {
+                F::Output::from_response(ready!(future.as_mut().poll(cx)))
+            }
         };
         if let Some(timing) = this.timing.take() {
-            timing.finish(response.status().as_u16());
+            timing.finish(answer.response().status().as_u16());
         }
-        Poll::Ready(Ok(response))
+        Poll::Ready(answer)
     }
 }

@@ -2,8 +2,8 @@
 //! queue's jobs by state. Both are bounded work in Redis whatever the
 //! backlog (see `queue::browse`); neither walks the keyspace.
 
+use crate::routes::get;
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use queue::browse::{MAX_PAGE, RATE_WINDOW};

@@ -8,12 +8,12 @@
 //! gets a 4xx with the JSON error body naming the field, and is never
 //! published.
 
+use crate::routes::post;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use shared::events::{EventError, MAX_EVENT_BYTES};
 use utoipa::ToSchema;

@@ -10,11 +10,11 @@
 
 use std::sync::LazyLock;
 
+use crate::routes::get;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
 
 use crate::state::AppState;
 

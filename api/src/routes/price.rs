@@ -1,9 +1,9 @@
 //! Price reads: `POST /api/v1/price`, `GET /api/v1/price/{product_id}` and
 //! `POST /api/v1/prices/batch`.
 
+use crate::routes::{get, post};
 use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, ValidJson, ValidPath, ValidQuery, parse_object};

@@ -1,7 +1,7 @@
 //! The queues: their depths, and pausing and resuming one.
 
+use crate::routes::{get, post};
 use axum::extract::State;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use queue::{Depths, Queue};
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,8 @@
 //! The task API: status by id, the dead set, re-enqueue, cancel.
 
+use crate::routes::{delete, get, post};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use queue::{CancelOutcome, JobState, JobStatus, ResurrectOutcome, RevokeOutcome};
@@ -21,7 +21,7 @@ pub(crate) const MAX_DEAD_LIMIT: usize = 1_000;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/tasks/dead", get(dead))
-        .route("/api/v1/tasks/{task_id}", get(status).delete(cancel))
+        .route("/api/v1/tasks/{task_id}", get(status).merge(delete(cancel)))
         .route("/api/v1/tasks/{task_id}/retry", post(retry))
         .route("/api/v1/tasks/recalculate-all", post(recalculate_all))
 }

@@ -1,8 +1,8 @@
 //! The live worker registry (who runs, and what each runs now), and the
 //! schedules those workers run.
 
+use crate::routes::get;
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
 use queue::LastRun;
 use queue::schedule::ScheduleDef;

@@ -71,6 +71,96 @@ async fn metrics_expose_the_request_histogram_cache_counters_and_pool_state() {
     assert!(series_value(&text, "redis_pool_healthy_connections") >= 1.0);
 }
 
+#[tokio::test]
+async fn every_route_is_timed_under_its_template_and_method() {
+    // Every route the api serves, one request each (refusals included:
+    // they are timed too), then each must have its own series. Handlers
+    // are observed one by one (crate::routes::get and its siblings), so a
+    // route registered any other way would be missing here.
+    let app = spawn_app().await;
+    let routes = [
+        ("POST", "/api/v1/price", "/api/v1/price"),
+        ("GET", "/api/v1/price/{product_id}", "/api/v1/price/P-1"),
+        ("POST", "/api/v1/prices/batch", "/api/v1/prices/batch"),
+        ("GET", "/health", "/health"),
+        ("GET", "/ready", "/ready"),
+        ("GET", "/metrics", "/metrics"),
+        ("GET", "/api/v1/tasks/{task_id}", "/api/v1/tasks/t-1"),
+        ("DELETE", "/api/v1/tasks/{task_id}", "/api/v1/tasks/t-1"),
+        (
+            "POST",
+            "/api/v1/tasks/{task_id}/retry",
+            "/api/v1/tasks/t-1/retry",
+        ),
+        ("GET", "/api/v1/tasks/dead", "/api/v1/tasks/dead"),
+        ("GET", "/api/v1/queues", "/api/v1/queues"),
+        ("GET", "/api/v1/queues/{name}", "/api/v1/queues/default"),
+        (
+            "POST",
+            "/api/v1/queues/{name}/pause",
+            "/api/v1/queues/nope/pause",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/{name}/resume",
+            "/api/v1/queues/nope/resume",
+        ),
+        ("GET", "/api/v1/workers", "/api/v1/workers"),
+        ("GET", "/api/v1/schedules", "/api/v1/schedules"),
+        (
+            "POST",
+            "/api/v1/tasks/recalculate-all",
+            "/api/v1/tasks/recalculate-all",
+        ),
+        (
+            "POST",
+            "/api/v1/publish-market-event",
+            "/api/v1/publish-market-event",
+        ),
+        (
+            "GET",
+            "/api/v1/dashboard/overview",
+            "/api/v1/dashboard/overview",
+        ),
+        (
+            "GET",
+            "/api/v1/queues/{name}/jobs",
+            "/api/v1/queues/default/jobs",
+        ),
+        ("GET", "/dashboard", "/dashboard"),
+        ("GET", "/dashboard/", "/dashboard/"),
+        (
+            "GET",
+            "/dashboard/assets/app.js",
+            "/dashboard/assets/app.js",
+        ),
+        (
+            "GET",
+            "/dashboard/assets/app.css",
+            "/dashboard/assets/app.css",
+        ),
+        ("GET", "/openapi.json", "/openapi.json"),
+        ("GET", "/docs/", "/docs/"),
+        // A known path with a method it does not serve: 405, its template.
+        ("PUT", "/api/v1/price", "/api/v1/price"),
+    ];
+    for (method, _, path) in routes {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.send(method, path, None).await;
+    }
+    let (_, text) = app.get_text("/metrics").await;
+    for (method, template, _) in routes {
+        assert!(
+            text.lines().any(|l| {
+                l.starts_with("http_request_duration_seconds_count")
+                    && l.contains(&format!(r#"method="{method}""#))
+                    && l.contains(&format!(r#"route="{template}""#))
+            }),
+            "no series for {method} {template} in:\n{text}"
+        );
+    }
+}
+
 fn series_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.split([' ', '{']).next() == Some(name))
