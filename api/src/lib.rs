@@ -12,7 +12,8 @@
 //! - `config`: [`Settings`] from the environment.
 //! - `startup`: [`Application`]: build, bind, serve, stop.
 //! - `state`: [`AppState`], one handle on the shared [`Clients`]; [`app`] is the router over it.
-//! - `observe`: the one layer around every route, timing it and running it in its span.
+//! - `observe`: times every request and runs it in its span, around each handler
+//!   (`routes::get`, `post`, `delete`) or, for routers taken whole, as a layer.
 //! - `trace`: the server span of each request; continues and returns `traceparent`.
 //! - `routes`: one module per feature (prices, tasks, queues, events, workers,
 //!   dashboard JSON, dashboard pages, operations), each with `router()`.

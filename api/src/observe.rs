@@ -2,10 +2,10 @@
 //! histogram ([`crate::metrics`]) and runs in its server span
 //! ([`crate::trace`]).
 //!
-//! The api's own handlers are wrapped one by one ([`Observed`] as an axum
-//! `Handler`, by [`crate::routes::get`] and its siblings). Routers the api
-//! takes whole (the operations routes, Swagger UI) get [`Observe`], the
-//! same as a tower layer.
+//! The api's handlers are wrapped one by one ([`Observed`] as an axum
+//! `Handler`, by [`crate::routes::get`] and its siblings; the operations
+//! routes `shared` builds take the same `get`). A router the api takes
+//! whole (Swagger UI) gets [`Observe`], the same as a tower layer.
 //!
 //! Why two forms: a layer on a router wraps each of its routes in one
 //! more boxed service, which axum clones, calls and whose future it boxes

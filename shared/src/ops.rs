@@ -15,9 +15,10 @@ use std::future::Future;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde::Serialize;
 
 /// What one service reports on its operations endpoints.
@@ -43,11 +44,33 @@ pub trait Probe: Clone + Send + Sync + 'static {
 /// `/health`, `/ready` and `/metrics` over `P`'s state. Installs the
 /// process-wide recorder, so series counted before the first scrape are kept.
 pub fn router<P: Probe>() -> Router<P> {
+    router_with::<P, AxumGet>()
+}
+
+/// [`router`], with each handler registered by `G` (the api's wraps it to
+/// time and trace it).
+pub fn router_with<P: Probe, G: Get<P>>() -> Router<P> {
     crate::metrics::recorder();
     Router::new()
-        .route("/health", get(health::<P>))
-        .route("/ready", get(ready::<P>))
-        .route("/metrics", get(metrics::<P>))
+        .route("/health", G::get(health::<P>))
+        .route("/ready", G::get(ready::<P>))
+        .route("/metrics", G::get(metrics::<P>))
+}
+
+/// How [`router_with`] registers a `GET` handler.
+pub trait Get<S> {
+    /// The method router that serves `handler` on `GET`.
+    fn get<H: Handler<T, S>, T: 'static>(handler: H) -> MethodRouter<S>;
+}
+
+/// axum's own `get`.
+#[derive(Debug, Clone, Copy)]
+pub struct AxumGet;
+
+impl<S: Clone + Send + Sync + 'static> Get<S> for AxumGet {
+    fn get<H: Handler<T, S>, T: 'static>(handler: H) -> MethodRouter<S> {
+        get(handler)
+    }
 }
 
 /// Liveness: 200 with the service's health body.

@@ -14,7 +14,7 @@ use axum::handler::Handler;
 use axum::routing::MethodRouter;
 
 use crate::error::ApiError;
-use crate::observe::{Observe, Observed};
+use crate::observe::Observed;
 use crate::state::AppState;
 
 /// Every feature's routes, with the JSON 404 and 405 fallbacks, each
@@ -23,9 +23,7 @@ use crate::state::AppState;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(price::router())
-        // Built by `shared` (the worker and the listener serve the same):
-        // observed as a router.
-        .merge(ops::router().layer(Observe))
+        .merge(ops::router())
         .merge(tasks::router())
         .merge(queues::router())
         .merge(events::router())

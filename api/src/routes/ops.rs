@@ -3,6 +3,8 @@
 //! the api's [`Probe`].
 
 use axum::Router;
+use axum::handler::Handler;
+use axum::routing::MethodRouter;
 use serde::{Deserialize, Serialize};
 use shared::ops::Probe;
 use utoipa::ToSchema;
@@ -10,9 +12,19 @@ use utoipa::ToSchema;
 use crate::config::SERVICE_NAME;
 use crate::state::AppState;
 
-/// Routes of this module.
+/// Routes of this module: `shared`'s, each handler observed like the
+/// api's own.
 pub(crate) fn router() -> Router<AppState> {
-    shared::ops::router()
+    shared::ops::router_with::<AppState, Observed>()
+}
+
+/// Registers `shared`'s handlers with [`crate::routes::get`].
+struct Observed;
+
+impl shared::ops::Get<AppState> for Observed {
+    fn get<H: Handler<T, AppState>, T: 'static>(handler: H) -> MethodRouter<AppState> {
+        crate::routes::get(handler)
+    }
 }
 
 /// Liveness answer.
