@@ -301,7 +301,7 @@ impl PriceCache {
     pub async fn get(&self, product_id: &str) -> redis::RedisResult<Lookup> {
         let ticket = match &self.near {
             Some(near) => {
-                if let Some(entry) = near.get(product_id, Utc::now(), self.ttl) {
+                if let Some(entry) = near.get(product_id, Utc::now()) {
                     return Ok(Lookup::Hit(entry));
                 }
                 near.ticket(product_id)
@@ -325,7 +325,7 @@ impl PriceCache {
     /// Keeps a hit read from Redis under `ticket` in the near cache.
     fn keep(&self, ticket: Option<Ticket>, lookup: &Lookup) {
         if let (Some(near), Some(ticket), Lookup::Hit(entry)) = (&self.near, ticket, lookup) {
-            near.insert(ticket, entry.clone());
+            near.insert(ticket, entry.clone(), self.ttl);
         }
     }
 
@@ -337,7 +337,7 @@ impl PriceCache {
         let mut out: Vec<Option<Lookup>> = match &self.near {
             Some(near) => product_ids
                 .iter()
-                .map(|id| near.get(id, now, self.ttl).map(Lookup::Hit))
+                .map(|id| near.get(id, now).map(Lookup::Hit))
                 .collect(),
             None => vec![None; product_ids.len()],
         };

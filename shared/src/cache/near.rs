@@ -63,11 +63,13 @@ pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// connection counts as lost.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One near-cache entry: the price and the epochs it was read under.
+/// One near-cache entry: the price, the epochs it was read under, and
+/// when it expires (`None`: a TTL too long to add to a date, never).
 struct Slot {
     entry: CachedPrice,
     generation: u64,
     epoch: u64,
+    expires: Option<DateTime<Utc>>,
 }
 
 /// Counts evictions into `near_cache_evictions_total`.
@@ -138,16 +140,16 @@ impl NearCache {
     }
 
     /// The entry of `product_id`, if one is held, unchanged since it was
-    /// read, and fresh at `now` for `ttl`. Counts a hit or a miss; while
+    /// read, and not expired at `now`. Counts a hit or a miss; while
     /// tracking is down it answers `None` and counts nothing.
-    pub fn get(&self, product_id: &str, now: DateTime<Utc>, ttl: Duration) -> Option<CachedPrice> {
+    pub fn get(&self, product_id: &str, now: DateTime<Utc>) -> Option<CachedPrice> {
         if !self.is_live() {
             return None;
         }
         let found = self.entries.get(product_id).filter(|slot| {
             slot.generation == self.generation.load(Ordering::Acquire)
                 && slot.epoch == self.epoch_of(product_id).load(Ordering::Acquire)
-                && slot.entry.is_fresh(now, ttl)
+                && slot.expires.is_none_or(|expires| now < expires)
         });
         match found {
             Some(slot) => {
@@ -181,14 +183,19 @@ impl NearCache {
     }
 
     /// Keeps `entry`, read from Redis under `ticket`. It is served only if
-    /// no invalidation of its bucket and no flush came after the ticket.
-    pub fn insert(&self, ticket: Ticket, entry: CachedPrice) {
+    /// no invalidation of its bucket and no flush came after the ticket,
+    /// and until `ttl` after it was computed, as [`CachedPrice::is_fresh`]
+    /// says (worked out here, once, rather than on every hit).
+    pub fn insert(&self, ticket: Ticket, entry: CachedPrice, ttl: Duration) {
         if ticket.bucket != price_bucket_of(&entry.product_id) {
             return;
         }
         self.entries.insert(
             entry.product_id.clone(),
             Arc::new(Slot {
+                expires: chrono::Duration::from_std(ttl)
+                    .ok()
+                    .and_then(|ttl| entry.calculated_at.checked_add_signed(ttl)),
                 entry,
                 generation: ticket.generation,
                 epoch: ticket.epoch,
@@ -404,15 +411,12 @@ mod tests {
         assert!(near.ticket("P-1").is_none());
         let near = live(10);
         let t = near.ticket("P-1").unwrap();
-        near.insert(t, entry("P-1", 100));
-        assert_eq!(near.get("P-1", Utc::now(), TTL).unwrap().price_cents, 100);
+        near.insert(t, entry("P-1", 100), TTL);
+        assert_eq!(near.get("P-1", Utc::now()).unwrap().price_cents, 100);
         near.set_live(false);
-        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        assert!(near.get("P-1", Utc::now()).is_none());
         near.set_live(true);
-        assert!(
-            near.get("P-1", Utc::now(), TTL).is_none(),
-            "a reconnect flushes"
-        );
+        assert!(near.get("P-1", Utc::now()).is_none(), "a reconnect flushes");
     }
 
     #[test]
@@ -423,21 +427,21 @@ mod tests {
         // (old) value read before the write is stored.
         let t = near.ticket("P-1").unwrap();
         assert!(near.invalidate_key(keys.price("P-1").as_bytes()));
-        near.insert(t, entry("P-1", 100));
-        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        near.insert(t, entry("P-1", 100), TTL);
+        assert!(near.get("P-1", Utc::now()).is_none());
         // A read after the invalidation is kept and served.
         let t = near.ticket("P-1").unwrap();
-        near.insert(t, entry("P-1", 200));
-        assert_eq!(near.get("P-1", Utc::now(), TTL).unwrap().price_cents, 200);
+        near.insert(t, entry("P-1", 200), TTL);
+        assert_eq!(near.get("P-1", Utc::now()).unwrap().price_cents, 200);
         // Another bucket's invalidation leaves it alone; its own drops it.
         let other = (2..)
             .map(|i| format!("P-{i}"))
             .find(|id| price_bucket_of(id) != price_bucket_of("P-1"))
             .unwrap();
         near.invalidate_key(keys.price(&other).as_bytes());
-        assert!(near.get("P-1", Utc::now(), TTL).is_some());
+        assert!(near.get("P-1", Utc::now()).is_some());
         near.invalidate_key(keys.price("P-1").as_bytes());
-        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        assert!(near.get("P-1", Utc::now()).is_none());
     }
 
     #[test]
@@ -445,16 +449,16 @@ mod tests {
         let near = live(10);
         let t = near.ticket("P-1").unwrap();
         near.flush();
-        near.insert(t, entry("P-1", 100));
-        assert!(near.get("P-1", Utc::now(), TTL).is_none());
+        near.insert(t, entry("P-1", 100), TTL);
+        assert!(near.get("P-1", Utc::now()).is_none());
         let t = near.ticket("P-1").unwrap();
-        near.insert(t, entry("P-1", 100));
+        near.insert(t, entry("P-1", 100), TTL);
         near.apply(&PushInfo {
             kind: PushKind::Invalidate,
             data: vec![Value::Nil],
         });
         assert!(
-            near.get("P-1", Utc::now(), TTL).is_none(),
+            near.get("P-1", Utc::now()).is_none(),
             "FLUSHALL pushes a null"
         );
     }
@@ -471,9 +475,29 @@ mod tests {
     fn entries_obey_the_cache_ttl() {
         let near = live(10);
         let t = near.ticket("P-1").unwrap();
-        near.insert(t, entry("P-1", 100));
-        let later = Utc::now() + chrono::Duration::seconds(61);
-        assert!(near.get("P-1", later, TTL).is_none());
+        let at = Utc::now();
+        near.insert(t, CachedPrice::new("P-1", 100, at), TTL);
+        // Fresh until the TTL has passed since it was computed, as in Redis
+        // and as `CachedPrice::is_fresh` says.
+        let just_before = at + chrono::Duration::seconds(60) - chrono::Duration::nanoseconds(1);
+        let at_expiry = at + chrono::Duration::seconds(60);
+        assert!(near.get("P-1", just_before).is_some());
+        assert!(near.get("P-1", at_expiry).is_none());
+        for when in [at, just_before, at_expiry] {
+            let entry = CachedPrice::new("P-1", 100, at);
+            assert_eq!(
+                near.get("P-1", when).is_some(),
+                entry.is_fresh(when, TTL),
+                "{when}"
+            );
+        }
+        // A TTL too long to add to a date never expires.
+        let t = near.ticket("P-2").unwrap();
+        near.insert(t, CachedPrice::new("P-2", 100, at), Duration::MAX);
+        assert!(
+            near.get("P-2", at + chrono::Duration::days(365 * 100))
+                .is_some()
+        );
     }
 
     #[test]
@@ -482,7 +506,7 @@ mod tests {
         for i in 0..1_000 {
             let id = format!("P-{i}");
             let t = near.ticket(&id).unwrap();
-            near.insert(t, entry(&id, 100));
+            near.insert(t, entry(&id, 100), TTL);
         }
         assert!(near.len() <= 100, "{} entries", near.len());
     }
