@@ -1,6 +1,6 @@
 //! Operations endpoints: `/health` (liveness), `/ready` (Redis and the
-//! store) and `/metrics` (Prometheus), built by [`shared::ops::router`] over
-//! the api's [`Probe`].
+//! store) and `/metrics` (Prometheus), built by [`shared::ops::router_with`]
+//! over the api's [`Probe`].
 
 use axum::Router;
 use axum::handler::Handler;
