@@ -23,7 +23,7 @@ const PRICE_BYTES: usize = 224;
 /// A price endpoint's answer: `200` with the JSON of `T`.
 pub(crate) struct PriceJson<T>(pub T);
 
-/// What [`PriceJson`] can write (public for the benches).
+/// What a price answer (`PriceJson`) can write (public for the benches).
 pub trait WriteJson {
     /// Appends the JSON of `self`, the same bytes `serde_json::to_vec` makes.
     fn write_json(&self, out: &mut Vec<u8>);
