@@ -2,7 +2,6 @@
 //! queue's jobs by state. Both are bounded work in Redis whatever the
 //! backlog (see `queue::browse`); neither walks the keyspace.
 
-use crate::routes::get;
 use axum::extract::State;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -14,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidPath, ValidQuery};
+use crate::routes::get;
 use crate::routes::tasks::TaskStatus;
 use crate::state::AppState;
 

@@ -8,7 +8,6 @@
 //! gets a 4xx with the JSON error body naming the field, and is never
 //! published.
 
-use crate::routes::post;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -19,6 +18,7 @@ use shared::events::{EventError, MAX_EVENT_BYTES};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::routes::post;
 use crate::state::AppState;
 
 /// Routes of this module.

@@ -10,12 +10,12 @@
 
 use std::sync::LazyLock;
 
-use crate::routes::get;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
+use crate::routes::get;
 use crate::state::AppState;
 
 const INDEX: &str = include_str!("../../assets/dashboard/index.html");

@@ -1,7 +1,6 @@
 //! Price reads: `POST /api/v1/price`, `GET /api/v1/price/{product_id}` and
 //! `POST /api/v1/prices/batch`.
 
-use crate::routes::{get, post};
 use axum::Router;
 use axum::extract::State;
 
@@ -12,6 +11,7 @@ use crate::model::{
     check_product_id,
 };
 use crate::render::PriceJson;
+use crate::routes::{get, post};
 use crate::service;
 use crate::state::AppState;
 

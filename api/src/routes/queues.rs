@@ -1,6 +1,5 @@
 //! The queues: their depths, and pausing and resuming one.
 
-use crate::routes::{get, post};
 use axum::extract::State;
 use axum::{Json, Router};
 use queue::{Depths, Queue};
@@ -9,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::error::{AdminRefusal, ApiError, ErrorBody};
 use crate::extract::{Admin, ValidPath};
+use crate::routes::{get, post};
 use crate::state::AppState;
 
 /// Routes of this module.

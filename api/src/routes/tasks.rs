@@ -1,6 +1,5 @@
 //! The task API: status by id, the dead set, re-enqueue, cancel.
 
-use crate::routes::{delete, get, post};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Json, Router};
@@ -12,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{AdminRefusal, ApiError, ErrorBody};
 use crate::extract::{Admin, ValidPath, ValidQuery};
+use crate::routes::{delete, get, post};
 use crate::state::AppState;
 
 /// Most dead jobs one listing returns.

@@ -1,7 +1,6 @@
 //! The live worker registry (who runs, and what each runs now), and the
 //! schedules those workers run.
 
-use crate::routes::get;
 use axum::extract::State;
 use axum::{Json, Router};
 use queue::LastRun;
@@ -11,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::routes::get;
 use crate::state::AppState;
 
 /// Routes of this module.
