@@ -11,6 +11,8 @@
 //! - `cli`: the `api [serve|seed|import]` command line ([`Cli`], [`main`], [`run`]).
 //! - `config`: [`Settings`] from the environment.
 //! - `startup`: [`Application`]: build, bind, serve, stop.
+//! - `serve`: the HTTP/1 accept loop (`axum::serve`'s, with hyper's half-close
+//!   on, so a request's read buffer is reused) and its graceful shutdown.
 //! - `state`: [`AppState`], one handle on the shared [`Clients`]; [`app`] is the router over it.
 //! - `observe`: times every request and runs it in its span, around each handler
 //!   (`routes::get`, `post`, `delete`) or, for routers taken whole, as a layer.
@@ -36,6 +38,7 @@ mod observe;
 mod openapi;
 mod render;
 mod routes;
+mod serve;
 mod service;
 mod startup;
 mod state;

@@ -66,10 +66,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
         let store = self.state.store.clone();
-        axum::serve(self.listener, crate::app(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")?;
+        crate::serve::serve(self.listener, crate::app(self.state), shutdown).await;
         store.close().await;
         tracing::info!("api stopped");
         Ok(())

@@ -13,6 +13,7 @@ use shared::store::sqlite::SqliteStore;
 use tempfile::TempDir;
 use testkit::{RedisServer, seeded_store};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Products seeded into every test catalog.
 pub const SEEDED: u64 = 50;
@@ -28,6 +29,7 @@ pub struct TestApp {
     pub state: AppState,
     pub namespace: String,
     stop: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: TempDir,
 }
 
@@ -71,7 +73,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(app.run_until_stopped(async {
+    let served = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
@@ -82,6 +84,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         state,
         namespace,
         stop: Some(tx),
+        served: Some(served),
         _dir: dir,
     }
 }
@@ -95,6 +98,20 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Resolves the server's shutdown future: it stops accepting and lets
+    /// open connections finish their requests.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server to have stopped, and returns what it returned.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        let served = self.served.take().expect("the server was awaited once");
+        served.await.expect("the server task panicked")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -11,5 +11,6 @@ mod helpers;
 mod ops;
 mod postgres;
 mod price;
+mod serve;
 mod tasks;
 mod validation;
