@@ -15,10 +15,11 @@
 //!   on, so a request's read buffer is reused) and its graceful shutdown.
 //! - `state`: [`AppState`], one handle on the shared [`Clients`]; [`app`] is the router over it.
 //! - `observe`: times every request and runs it in its span, around each handler
-//!   (`routes::get`, `post`, `delete`) or, for routers taken whole, as a layer.
+//!   (`routes::get`, `post`, `delete`, under the template `Routes::at` gives).
 //! - `trace`: the server span of each request; continues and returns `traceparent`.
 //! - `routes`: one module per feature (prices, tasks, queues, events, workers,
-//!   dashboard JSON, dashboard pages, operations), each with `router()`.
+//!   dashboard JSON, dashboard pages, operations, the OpenAPI document and
+//!   Swagger UI), each with `router()`.
 //! - `service`: the cache-aside logic the price handlers call.
 //! - [`model`]: request and response bodies, and their validation.
 //! - `render`: the price answers' JSON, written directly (the read path's
@@ -58,11 +59,6 @@ pub use state::{AppState, Clients};
 pub fn app(state: AppState) -> axum::Router {
     use utoipa::OpenApi as _;
     routes::router()
-        .merge(
-            axum::Router::from(
-                utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()),
-            )
-            .layer(observe::Observe),
-        )
+        .merge(routes::docs::router(&ApiDoc::openapi()))
         .with_state(state)
 }

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::redis_pool::RedisPool;
 
@@ -97,30 +97,29 @@ pub(crate) fn sample_runtime() {
 pub(crate) struct Timing {
     start: Instant,
     method: &'static str,
-    /// Shared with the request (a route template is reference-counted),
-    /// not copied.
-    route: Option<MatchedPath>,
+    route: &'static str,
 }
 
 impl Timing {
-    /// Starts timing `req`.
-    pub(crate) fn start(req: &Request) -> Self {
+    /// Starts timing a `method` request to `route` (its template; `None`:
+    /// no route matched, labelled `unmatched`).
+    pub(crate) fn start(route: Option<&'static str>, method: &Method) -> Self {
         Self {
             start: Instant::now(),
-            method: method_label(req.method()),
-            route: req.extensions().get::<MatchedPath>().cloned(),
+            method: method_label(method),
+            route: route.unwrap_or("unmatched"),
         }
     }
 
     /// Records the request as answered with `status`.
     pub(crate) fn finish(self, status: u16) {
-        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        record_duration(self.method, route, status, self.start.elapsed());
+        record_duration(self.method, self.route, status, self.start.elapsed());
     }
 }
 
 /// A thread's [`HTTP_DURATION`] handles: by route, then by method and status.
-type DurationHandles = foldhash::HashMap<Box<str>, Vec<(&'static str, u16, metrics::Histogram)>>;
+type DurationHandles =
+    foldhash::HashMap<&'static str, Vec<(&'static str, u16, metrics::Histogram)>>;
 
 thread_local! {
     /// This thread's handles on [`HTTP_DURATION`], by route, then method
@@ -132,12 +131,14 @@ thread_local! {
     static DURATIONS: std::cell::RefCell<DurationHandles> = std::cell::RefCell::default();
 }
 
-fn record_duration(method: &'static str, route: &str, status: u16, took: std::time::Duration) {
+fn record_duration(
+    method: &'static str,
+    route: &'static str,
+    status: u16,
+    took: std::time::Duration,
+) {
     DURATIONS.with_borrow_mut(|by_route| {
-        let handles = match by_route.get_mut(route) {
-            Some(handles) => handles,
-            None => by_route.entry(route.into()).or_default(),
-        };
+        let handles = by_route.entry(route).or_default();
         let at = handles
             .iter()
             .position(|(m, s, _)| *m == method && *s == status)
@@ -145,7 +146,7 @@ fn record_duration(method: &'static str, route: &str, status: u16, took: std::ti
                 let histogram = metrics::histogram!(
                     HTTP_DURATION,
                     "method" => method,
-                    "route" => route.to_owned(),
+                    "route" => route,
                     "status" => status.to_string(),
                 );
                 handles.push((method, status, histogram));
@@ -155,15 +156,15 @@ fn record_duration(method: &'static str, route: &str, status: u16, took: std::ti
     });
 }
 
-fn method_label(method: &axum::http::Method) -> &'static str {
+fn method_label(method: &Method) -> &'static str {
     match *method {
-        axum::http::Method::GET => "GET",
-        axum::http::Method::POST => "POST",
-        axum::http::Method::PUT => "PUT",
-        axum::http::Method::DELETE => "DELETE",
-        axum::http::Method::PATCH => "PATCH",
-        axum::http::Method::HEAD => "HEAD",
-        axum::http::Method::OPTIONS => "OPTIONS",
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
     }
 }

@@ -22,7 +22,7 @@
 
 use std::future::Future;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use shared::telemetry::{HeadDecision, ServerSpan, SpanContext};
@@ -45,8 +45,9 @@ pub(crate) enum RequestSpan {
 }
 
 impl RequestSpan {
-    /// Decides, and opens the server span when the request is traced.
-    pub(crate) fn start(req: &Request) -> Self {
+    /// Decides, and opens the server span when the request is traced;
+    /// `route` is its template (`None`: no route matched).
+    pub(crate) fn start(req: &Request, route: Option<&str>) -> Self {
         if !shared::telemetry::records_spans() {
             return Self::Off;
         }
@@ -60,9 +61,7 @@ impl RequestSpan {
         }
         match ServerSpan::start(
             req.method().as_str(),
-            req.extensions()
-                .get::<MatchedPath>()
-                .map(MatchedPath::as_str),
+            route,
             req.uri().path(),
             traceparent,
             tracestate,

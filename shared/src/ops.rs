@@ -52,15 +52,21 @@ pub fn router<P: Probe>() -> Router<P> {
 pub fn router_with<P: Probe, G: Get<P>>() -> Router<P> {
     crate::metrics::recorder();
     Router::new()
-        .route("/health", G::get(health::<P>))
-        .route("/ready", G::get(ready::<P>))
-        .route("/metrics", G::get(metrics::<P>))
+        .route(HEALTH, G::get(HEALTH, health::<P>))
+        .route(READY, G::get(READY, ready::<P>))
+        .route(METRICS, G::get(METRICS, metrics::<P>))
 }
+
+/// The operations routes' paths.
+const HEALTH: &str = "/health";
+const READY: &str = "/ready";
+const METRICS: &str = "/metrics";
 
 /// How [`router_with`] registers a `GET` handler.
 pub trait Get<S> {
-    /// The method router that serves `handler` on `GET`.
-    fn get<H: Handler<T, S>, T: 'static>(handler: H) -> MethodRouter<S>;
+    /// The method router that serves `handler` on `GET` at `route` (a
+    /// template, for a registrar that labels by it).
+    fn get<H: Handler<T, S>, T: 'static>(route: &'static str, handler: H) -> MethodRouter<S>;
 }
 
 /// axum's own `get`.
@@ -68,7 +74,7 @@ pub trait Get<S> {
 pub struct AxumGet;
 
 impl<S: Clone + Send + Sync + 'static> Get<S> for AxumGet {
-    fn get<H: Handler<T, S>, T: 'static>(handler: H) -> MethodRouter<S> {
+    fn get<H: Handler<T, S>, T: 'static>(_route: &'static str, handler: H) -> MethodRouter<S> {
         get(handler)
     }
 }

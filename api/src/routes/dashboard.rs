@@ -13,8 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ValidPath, ValidQuery};
-use crate::routes::get;
 use crate::routes::tasks::TaskStatus;
+use crate::routes::{Routes as _, get};
 use crate::state::AppState;
 
 /// Newest market events the overview shows.
@@ -23,8 +23,8 @@ pub(crate) const RECENT_EVENTS: usize = 10;
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/dashboard/overview", get(overview))
-        .route("/api/v1/queues/{name}/jobs", get(jobs))
+        .at("/api/v1/dashboard/overview", get(overview))
+        .at("/api/v1/queues/{name}/jobs", get(jobs))
 }
 
 /// Everything the overview page shows, in one call.

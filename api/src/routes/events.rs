@@ -18,12 +18,12 @@ use shared::events::{EventError, MAX_EVENT_BYTES};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::routes::post;
+use crate::routes::{Routes as _, post};
 use crate::state::AppState;
 
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/publish-market-event", post(publish))
+    Router::new().at("/api/v1/publish-market-event", post(publish))
 }
 
 /// The answer to a publish.

@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per feature, each exposing `router()`.
 
 pub(crate) mod dashboard;
+pub(crate) mod docs;
 pub(crate) mod events;
 pub(crate) mod ops;
 pub(crate) mod pages;
@@ -17,9 +18,9 @@ use crate::error::ApiError;
 use crate::observe::Observed;
 use crate::state::AppState;
 
-/// Every feature's routes, with the JSON 404 and 405 fallbacks, each
-/// handler timed and traced ([`crate::observe`]). The OpenAPI document and
-/// the state are added by [`crate::app`].
+/// Every feature's routes, with the JSON 404 fallback, each handler timed
+/// and traced ([`crate::observe`]). The OpenAPI document's routes
+/// ([`docs::router`]) and the state are added by [`crate::app`].
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(price::router())
@@ -30,29 +31,64 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(workers::router())
         .merge(dashboard::router())
         .merge(pages::router())
-        .fallback(Observed::handler(not_found))
-        .method_not_allowed_fallback(Observed::handler(method_not_allowed))
+        .fallback(Observed::handler(None, not_found))
 }
 
 // The api's own routes use these, never axum's (clippy refuses those in
-// this crate: `api/clippy.toml`), so that every handler is observed.
+// this crate: `api/clippy.toml`), so that every handler is observed under
+// its route's template.
+
+/// The handlers of one path, by method, waiting for the path: [`Routes::at`]
+/// gives it, and each handler is then timed and traced under it.
+pub(crate) struct Handlers(Box<dyn FnOnce(&'static str) -> MethodRouter<AppState>>);
+
+impl Handlers {
+    fn new(build: impl FnOnce(&'static str) -> MethodRouter<AppState> + 'static) -> Self {
+        Self(Box::new(build))
+    }
+
+    /// These handlers and `other`'s, on the same path.
+    pub(crate) fn merge(self, other: Handlers) -> Handlers {
+        Handlers::new(move |route| (self.0)(route).merge((other.0)(route)))
+    }
+
+    /// The method router that serves these handlers at `route`, each
+    /// observed under it as its template, and a method they do not take
+    /// with a JSON 405, observed under it too.
+    pub(crate) fn at(self, route: &'static str) -> MethodRouter<AppState> {
+        (self.0)(route).fallback(Observed::handler(Some(route), method_not_allowed))
+    }
+}
 
 /// `axum::routing::get`, the handler timed and traced.
 #[allow(clippy::disallowed_methods)]
-pub(crate) fn get<H: Handler<T, AppState>, T: 'static>(handler: H) -> MethodRouter<AppState> {
-    axum::routing::get(Observed::handler(handler))
+pub(crate) fn get<H: Handler<T, AppState>, T: 'static>(handler: H) -> Handlers {
+    Handlers::new(move |route| axum::routing::get(Observed::handler(Some(route), handler)))
 }
 
 /// `axum::routing::post`, the handler timed and traced.
 #[allow(clippy::disallowed_methods)]
-pub(crate) fn post<H: Handler<T, AppState>, T: 'static>(handler: H) -> MethodRouter<AppState> {
-    axum::routing::post(Observed::handler(handler))
+pub(crate) fn post<H: Handler<T, AppState>, T: 'static>(handler: H) -> Handlers {
+    Handlers::new(move |route| axum::routing::post(Observed::handler(Some(route), handler)))
 }
 
 /// `axum::routing::delete`, the handler timed and traced.
 #[allow(clippy::disallowed_methods)]
-pub(crate) fn delete<H: Handler<T, AppState>, T: 'static>(handler: H) -> MethodRouter<AppState> {
-    axum::routing::delete(Observed::handler(handler))
+pub(crate) fn delete<H: Handler<T, AppState>, T: 'static>(handler: H) -> Handlers {
+    Handlers::new(move |route| axum::routing::delete(Observed::handler(Some(route), handler)))
+}
+
+/// `Router::route` for [`Handlers`].
+pub(crate) trait Routes {
+    /// Serves `handlers` at `path` ([`Handlers::at`]).
+    fn at(self, path: &'static str, handlers: Handlers) -> Self;
+}
+
+impl Routes for Router<AppState> {
+    #[allow(clippy::disallowed_methods)]
+    fn at(self, path: &'static str, handlers: Handlers) -> Self {
+        self.route(path, handlers.at(path))
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -18,12 +18,15 @@ pub(crate) fn router() -> Router<AppState> {
     shared::ops::router_with::<AppState, Observed>()
 }
 
-/// Registers `shared`'s handlers with [`crate::routes::get`].
+/// Registers `shared`'s handlers as [`crate::routes::Routes::at`] does.
 struct Observed;
 
 impl shared::ops::Get<AppState> for Observed {
-    fn get<H: Handler<T, AppState>, T: 'static>(handler: H) -> MethodRouter<AppState> {
-        crate::routes::get(handler)
+    fn get<H: Handler<T, AppState>, T: 'static>(
+        route: &'static str,
+        handler: H,
+    ) -> MethodRouter<AppState> {
+        crate::routes::get(handler).at(route)
     }
 }
 

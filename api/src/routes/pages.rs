@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::routes::get;
+use crate::routes::{Routes as _, get};
 use crate::state::AppState;
 
 const INDEX: &str = include_str!("../../assets/dashboard/index.html");
@@ -29,13 +29,13 @@ pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src '
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/dashboard", get(index))
-        .route(
+        .at("/dashboard", get(index))
+        .at(
             "/dashboard/",
             get(|| async { Redirect::permanent("/dashboard") }),
         )
-        .route("/dashboard/assets/app.js", get(app_js))
-        .route("/dashboard/assets/app.css", get(app_css))
+        .at("/dashboard/assets/app.js", get(app_js))
+        .at("/dashboard/assets/app.css", get(app_css))
 }
 
 /// The headers every dashboard response carries.

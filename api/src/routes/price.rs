@@ -11,16 +11,16 @@ use crate::model::{
     check_product_id,
 };
 use crate::render::PriceJson;
-use crate::routes::{get, post};
+use crate::routes::{Routes as _, get, post};
 use crate::service;
 use crate::state::AppState;
 
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/price", post(post_price))
-        .route("/api/v1/price/{product_id}", get(get_price))
-        .route("/api/v1/prices/batch", post(post_batch))
+        .at("/api/v1/price", post(post_price))
+        .at("/api/v1/price/{product_id}", get(get_price))
+        .at("/api/v1/prices/batch", post(post_batch))
 }
 
 /// Price of one product for one customer (cache-aside).

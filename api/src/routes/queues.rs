@@ -8,16 +8,16 @@ use utoipa::ToSchema;
 
 use crate::error::{AdminRefusal, ApiError, ErrorBody};
 use crate::extract::{Admin, ValidPath};
-use crate::routes::{get, post};
+use crate::routes::{Routes as _, get, post};
 use crate::state::AppState;
 
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/queues", get(list))
-        .route("/api/v1/queues/{name}", get(one))
-        .route("/api/v1/queues/{name}/pause", post(pause))
-        .route("/api/v1/queues/{name}/resume", post(resume))
+        .at("/api/v1/queues", get(list))
+        .at("/api/v1/queues/{name}", get(one))
+        .at("/api/v1/queues/{name}/pause", post(pause))
+        .at("/api/v1/queues/{name}/resume", post(resume))
 }
 
 /// Depths of every queue.

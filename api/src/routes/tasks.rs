@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{AdminRefusal, ApiError, ErrorBody};
 use crate::extract::{Admin, ValidPath, ValidQuery};
-use crate::routes::{delete, get, post};
+use crate::routes::{Routes as _, delete, get, post};
 use crate::state::AppState;
 
 /// Most dead jobs one listing returns.
@@ -20,10 +20,10 @@ pub(crate) const MAX_DEAD_LIMIT: usize = 1_000;
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/tasks/dead", get(dead))
-        .route("/api/v1/tasks/{task_id}", get(status).merge(delete(cancel)))
-        .route("/api/v1/tasks/{task_id}/retry", post(retry))
-        .route("/api/v1/tasks/recalculate-all", post(recalculate_all))
+        .at("/api/v1/tasks/dead", get(dead))
+        .at("/api/v1/tasks/{task_id}", get(status).merge(delete(cancel)))
+        .at("/api/v1/tasks/{task_id}/retry", post(retry))
+        .at("/api/v1/tasks/recalculate-all", post(recalculate_all))
 }
 
 /// A task as the API reports it.

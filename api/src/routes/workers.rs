@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::routes::get;
+use crate::routes::{Routes as _, get};
 use crate::state::AppState;
 
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/workers", get(list))
-        .route("/api/v1/schedules", get(schedules))
+        .at("/api/v1/workers", get(list))
+        .at("/api/v1/schedules", get(schedules))
 }
 
 /// Every live worker.
