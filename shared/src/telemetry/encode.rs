@@ -206,8 +206,7 @@ pub(crate) fn request(resource: &Resource, spans: &[SpanRecord]) -> Vec<u8> {
 
 /// Appends `s` to `buf` as one entry of `ScopeSpans.spans`: what a thread
 /// writes when it finishes a span ([`super::export`]), so that an export
-/// request is these bytes, concatenated, behind [`request_of_encoded`]'s
-/// header.
+/// request is these bytes, concatenated, behind [`request_head`].
 pub(crate) fn span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
     let len = span_len(s);
     let start = buf.len();
@@ -223,15 +222,28 @@ pub(crate) fn span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
 }
 
 /// One `ExportTraceServiceRequest` around `spans`, a run of
-/// [`span_entry`]s: the resource and the scope are written once, and the
-/// spans are copied as they are.
+/// [`span_entry`]s: [`request_head`], then the spans as they are (what the
+/// exporter sends, in one buffer).
+#[cfg(test)]
 pub(crate) fn request_of_encoded(resource: &Resource, spans: &[u8]) -> Vec<u8> {
+    let head = request_head(resource, spans.len());
+    let mut buf = Vec::with_capacity(head.len() + spans.len());
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(spans);
+    buf
+}
+
+/// What an `ExportTraceServiceRequest` holds before its spans, when they
+/// are `spans_len` bytes of [`span_entry`]s: the resource and the scope,
+/// and the length prefixes that cover the spans. The gRPC export sends
+/// these bytes and the spans' one after the other, without joining them.
+pub(crate) fn request_head(resource: &Resource, spans_len: usize) -> Vec<u8> {
     let version = env!("CARGO_PKG_VERSION");
     let resource_len = attributes_len(1, &resource.attributes);
     let scope_len = string_len(1, &resource.scope) + string_len(2, version);
-    let scope_spans_len = len_field(1, scope_len) + spans.len();
+    let scope_spans_len = len_field(1, scope_len) + spans_len;
     let resource_spans_len = len_field(1, resource_len) + len_field(2, scope_spans_len);
-    let mut buf = vec![0; len_field(1, resource_spans_len)];
+    let mut buf = vec![0; len_field(1, resource_spans_len) - spans_len];
     let mut out = Out::new(&mut buf);
     // ExportTraceServiceRequest.resource_spans
     len_prefix(&mut out, 1, resource_spans_len);
@@ -246,7 +258,6 @@ pub(crate) fn request_of_encoded(resource: &Resource, spans: &[u8]) -> Vec<u8> {
     len_prefix(&mut out, 1, scope_len);
     string(&mut out, 1, &resource.scope);
     string(&mut out, 2, version);
-    out.put(spans);
     debug_assert!(out.is_full(), "measured exactly");
     buf
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 
 use super::buffer::{Pushed, Queue};
 use super::encode::{self, Resource};
@@ -162,14 +163,20 @@ fn run(shared: &Shared, transport: Transport, settings: &ExportSettings) {
         // busy api when each round trip waits for a collector that shares
         // its machine.
         let sends = batches.into_iter().map(|batch| {
-            let body = encode::request_of_encoded(&settings.resource, &batch.bytes);
-            shared.queue.recycle(batch.bytes);
+            let body = ExportBody {
+                head: encode::request_head(&settings.resource, batch.bytes.len()),
+                spans: Bytes::from(batch.bytes),
+            };
             let mut client = client.clone();
             let n = batch.spans;
             async move {
+                let spans = body.spans.clone();
                 let sent = tokio::time::timeout(EXPORT_TIMEOUT, client.send(body))
                     .await
                     .unwrap_or_else(|_| Err("timed out".to_string()));
+                if let Some(spans) = reclaim(spans) {
+                    shared.queue.recycle(spans);
+                }
                 (sent, n)
             }
         });
@@ -243,7 +250,7 @@ enum Client {
 
 impl Client {
     /// Sends one encoded `ExportTraceServiceRequest`.
-    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+    async fn send(&mut self, body: ExportBody) -> Result<(), String> {
         match self {
             Self::Grpc(grpc) => {
                 grpc.ready().await.map_err(|e| e.to_string())?;
@@ -262,7 +269,7 @@ impl Client {
                 let resp = client
                     .post(url.as_str())
                     .header("content-type", "application/x-protobuf")
-                    .body(body)
+                    .body(body.joined())
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -276,13 +283,40 @@ impl Client {
     }
 }
 
+/// A batch's span buffer back from a sent request, for the next batch:
+/// the request has let go of it by now (one that timed out may not have,
+/// and its buffer is then freed when it does).
+fn reclaim(spans: Bytes) -> Option<Vec<u8>> {
+    spans.try_into_mut().ok().map(Vec::from)
+}
+
+/// An encoded `ExportTraceServiceRequest`, in its two parts: the head
+/// ([`encode::request_head`]) and a thread's batch of spans, which a gRPC
+/// export copies once, into the request it sends. Joining them first
+/// (zeroing a batch-sized buffer and copying the spans into it) was a
+/// tenth of what a traced request cost the api (callgrind).
+struct ExportBody {
+    head: Vec<u8>,
+    spans: Bytes,
+}
+
+impl ExportBody {
+    /// The request in one buffer, for OTLP/HTTP.
+    fn joined(self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.head.len() + self.spans.len());
+        body.extend_from_slice(&self.head);
+        body.extend_from_slice(&self.spans);
+        body
+    }
+}
+
 /// A gRPC codec for bodies encoded already: writes the bytes as they are,
 /// reads the (empty) answer without decoding it.
 #[derive(Debug, Clone, Copy, Default)]
 struct RawCodec;
 
 impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
+    type Encode = ExportBody;
     type Decode = ();
     type Encoder = RawCodec;
     type Decoder = RawCodec;
@@ -297,16 +331,18 @@ impl tonic::codec::Codec for RawCodec {
 }
 
 impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
+    type Item = ExportBody;
     type Error = tonic::Status;
 
     fn encode(
         &mut self,
-        item: Vec<u8>,
+        item: ExportBody,
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), tonic::Status> {
         use bytes::BufMut as _;
-        dst.put_slice(&item);
+        dst.reserve(item.head.len() + item.spans.len());
+        dst.put_slice(&item.head);
+        dst.put_slice(&item.spans);
         Ok(())
     }
 }
@@ -323,5 +359,29 @@ impl tonic::codec::Decoder for RawCodec {
         let n = src.remaining();
         src.advance(n);
         Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sent_batchs_span_buffer_comes_back_whole_and_the_body_is_head_then_spans() {
+        let mut batch = Vec::with_capacity(4096);
+        batch.extend_from_slice(b"spans");
+        let (at, capacity) = (batch.as_ptr(), batch.capacity());
+        let spans = Bytes::from(batch);
+        let body = ExportBody {
+            head: b"head:".to_vec(),
+            spans: spans.clone(),
+        };
+        // While the request holds the spans, they are not taken back.
+        assert!(reclaim(spans.clone()).is_none());
+        assert_eq!(body.joined(), b"head:spans");
+
+        let back = reclaim(spans).expect("the request has let go");
+        assert_eq!((back.as_ptr(), back.capacity()), (at, capacity));
+        assert_eq!(back, b"spans");
     }
 }
