@@ -26,6 +26,8 @@ use std::task::{Context, Poll, ready};
 use axum::extract::Request;
 use axum::handler::Handler;
 use axum::response::Response;
+use shared::telemetry::SpanContext;
+use tokio::task::futures::TaskLocalFuture;
 
 use crate::metrics::Timing;
 use crate::trace::RequestSpan;
@@ -65,8 +67,11 @@ where
         let work = self.inner.call(req, state);
         let work = match span {
             RequestSpan::Off => Work::Plain { work },
-            span => Work::Spanned {
-                future: Box::pin(span.run(work)),
+            RequestSpan::Untraced(context) => Work::Untraced {
+                work: shared::telemetry::run_untraced(context, work),
+            },
+            RequestSpan::Traced(span) => Work::Traced {
+                future: Box::pin(crate::trace::traced(span, work)),
             },
         };
         ObservedFuture { work, timing }
@@ -84,11 +89,14 @@ pin_project_lite::pin_project! {
 }
 
 pin_project_lite::pin_project! {
-    /// The work: as it is, or inside the request's span.
+    /// The work: as it is, marked as a request head sampling dropped, or
+    /// inside the request's span (boxed: that future is large, and only
+    /// sampled requests pay for it).
     #[project = WorkProj]
     enum Work<F> {
         Plain { #[pin] work: F },
-        Spanned { future: Pin<Box<dyn Future<Output = Response> + Send>> },
+        Untraced { #[pin] work: TaskLocalFuture<SpanContext, F> },
+        Traced { future: Pin<Box<dyn Future<Output = Response> + Send>> },
     }
 }
 
@@ -99,7 +107,8 @@ impl<F: Future<Output = Response>> Future for ObservedFuture<F> {
         let this = self.project();
         let response = match this.work.project() {
             WorkProj::Plain { work } => ready!(work.poll(cx)),
-            WorkProj::Spanned { future } => ready!(future.as_mut().poll(cx)),
+            WorkProj::Untraced { work } => ready!(work.poll(cx)),
+            WorkProj::Traced { future } => ready!(future.as_mut().poll(cx)),
         };
         if let Some(timing) = this.timing.take() {
             timing.finish(response.status().as_u16());

@@ -53,7 +53,9 @@ impl RequestSpan {
         }
         let header = |name: HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
         let traceparent = header(TRACEPARENT);
-        let tracestate = header(TRACESTATE);
+        // Without a traceparent a tracestate means nothing (W3C Trace
+        // Context: it must then be ignored), and most requests bring neither.
+        let tracestate = traceparent.and_then(|_| header(TRACESTATE));
         if let HeadDecision::Untraced(context) =
             shared::telemetry::head_decision(traceparent, tracestate)
         {
@@ -70,22 +72,15 @@ impl RequestSpan {
             None => Self::Off,
         }
     }
+}
 
-    /// Runs `route` (the request's handling) accordingly; a traced answer
-    /// carries the server span's `traceparent`. [`crate::observe`] calls
-    /// it only for a request with a span, and boxes it.
-    pub(crate) async fn run(self, route: impl Future<Output = Response>) -> Response {
-        match self {
-            Self::Off => route.await,
-            Self::Untraced(context) => shared::telemetry::run_untraced(context, route).await,
-            Self::Traced(span) => {
-                let (mut response, span) = span.run(route).await;
-                let traceparent = span.finish(response.status().as_u16());
-                if let Ok(value) = HeaderValue::try_from(traceparent) {
-                    response.headers_mut().insert(TRACEPARENT, value);
-                }
-                response
-            }
-        }
+/// Runs `route` (the request's handling) in `span`; the answer carries the
+/// span's `traceparent`. [`crate::observe`] boxes it.
+pub(crate) async fn traced(span: ServerSpan, route: impl Future<Output = Response>) -> Response {
+    let (mut response, span) = span.run(route).await;
+    let traceparent = span.finish(response.status().as_u16());
+    if let Ok(value) = HeaderValue::try_from(traceparent) {
+        response.headers_mut().insert(TRACEPARENT, value);
     }
+    response
 }

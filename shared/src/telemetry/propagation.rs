@@ -183,12 +183,13 @@ pub fn traceparent_of(context: &opentelemetry::trace::SpanContext) -> Option<Str
 }
 
 /// Runs `fut` as a request head sampling dropped: the span helpers create
-/// no span inside it, and [`current_trace_context`] gives `context`.
-pub async fn run_untraced<F: std::future::Future>(
+/// no span inside it, and [`current_trace_context`] gives `context`. The
+/// future itself, not wrapped in another: a caller can hold it unboxed.
+pub fn run_untraced<F: std::future::Future>(
     context: opentelemetry::trace::SpanContext,
     fut: F,
-) -> F::Output {
-    UNTRACED.scope(context, fut).await
+) -> tokio::task::futures::TaskLocalFuture<opentelemetry::trace::SpanContext, F> {
+    UNTRACED.scope(context, fut)
 }
 
 /// Links `span` to the remote span `traceparent`, for a span that works for
