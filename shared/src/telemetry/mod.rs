@@ -212,7 +212,10 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
         .transpose()?;
     let otel_layer = exporter.as_ref().map(|exporter| {
         if head_sampled {
-            let _ = HEAD_SAMPLER.set(configured.clone());
+            let _ = HEAD_SAMPLER.set(propagation::HeadSampler {
+                sampler: configured.clone(),
+                keeps_every_root: keeps_every_root(settings.sampler),
+            });
         }
         let (sampler, parent_based, every_root) = if head_sampled {
             (
