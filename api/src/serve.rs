@@ -7,7 +7,7 @@
 //! a client that hung up. That read reserves space in the connection's read
 //! buffer while the request's parsed headers still point into it, so the
 //! buffer cannot be reclaimed and hyper allocates a fresh 8 KiB one for
-//! every request (about 800 instructions and an allocation pair per request,
+//! every request (about 600 instructions and an allocation pair per request,
 //! measured with callgrind; see `docs/benchmarks.md`). With half-close on,
 //! hyper leaves the socket alone until the response is written: the buffer
 //! is reused, and a client that closes its write side while it waits still
