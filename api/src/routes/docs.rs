@@ -10,13 +10,13 @@ use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use utoipa::openapi::OpenApi;
 use utoipa_swagger_ui::Config;
 
 use crate::error::ApiError;
+use crate::extract::ValidPath;
 use crate::routes::{Routes as _, get};
 use crate::state::AppState;
 
@@ -47,7 +47,10 @@ pub(crate) fn router(document: &OpenApi) -> Router<AppState> {
         .at(DOCUMENT, get(document))
         .at("/docs", get(|| async { Redirect::to("/docs/") }))
         .at("/docs/", get(|| file(String::new())))
-        .at("/docs/{*rest}", get(|Path(rest): Path<String>| file(rest)))
+        .at(
+            "/docs/{*rest}",
+            get(|ValidPath(rest): ValidPath<String>| file(rest)),
+        )
 }
 
 /// One of Swagger UI's files, by its path under `/docs/` (`""`: the page).

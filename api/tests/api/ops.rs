@@ -225,4 +225,18 @@ async fn openapi_lists_every_route_and_docs_are_served() {
     let (s, html) = app.get_text("/docs/").await;
     assert_eq!(s, 200);
     assert!(html.contains("swagger"), "Swagger UI not served");
+    // A file Swagger UI does not have, or a malformed path under it, gets
+    // the JSON error body like every other route.
+    let (s, body) = app.get_json("/docs/no-such-file.js").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (s, body) = app.get_json("/docs/%FF").await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (422, Some("validation_error")),
+        "{body}"
+    );
 }
