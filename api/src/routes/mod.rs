@@ -12,7 +12,7 @@ pub(crate) mod workers;
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::routing::MethodRouter;
+use axum::routing::{MethodFilter, MethodRouter};
 
 use crate::error::ApiError;
 use crate::observe::Observed;
@@ -61,21 +61,25 @@ impl Handlers {
 }
 
 /// `axum::routing::get`, the handler timed and traced.
-#[allow(clippy::disallowed_methods)]
 pub(crate) fn get<H: Handler<T, AppState>, T: 'static>(handler: H) -> Handlers {
-    Handlers::new(move |route| axum::routing::get(Observed::handler(Some(route), handler)))
+    on(MethodFilter::GET, handler)
 }
 
 /// `axum::routing::post`, the handler timed and traced.
-#[allow(clippy::disallowed_methods)]
 pub(crate) fn post<H: Handler<T, AppState>, T: 'static>(handler: H) -> Handlers {
-    Handlers::new(move |route| axum::routing::post(Observed::handler(Some(route), handler)))
+    on(MethodFilter::POST, handler)
 }
 
 /// `axum::routing::delete`, the handler timed and traced.
-#[allow(clippy::disallowed_methods)]
 pub(crate) fn delete<H: Handler<T, AppState>, T: 'static>(handler: H) -> Handlers {
-    Handlers::new(move |route| axum::routing::delete(Observed::handler(Some(route), handler)))
+    on(MethodFilter::DELETE, handler)
+}
+
+/// `axum::routing::on`, the handler timed and traced (axum's `get` and its
+/// siblings are this with their method).
+#[allow(clippy::disallowed_methods)]
+fn on<H: Handler<T, AppState>, T: 'static>(filter: MethodFilter, handler: H) -> Handlers {
+    Handlers::new(move |route| axum::routing::on(filter, Observed::handler(Some(route), handler)))
 }
 
 /// `Router::route` for [`Handlers`].
