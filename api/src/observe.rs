@@ -26,7 +26,7 @@ use std::task::{Context, Poll, ready};
 use axum::extract::Request;
 use axum::handler::Handler;
 use axum::response::Response;
-use shared::telemetry::SpanContext;
+use shared::telemetry::{InSpan, SpanContext};
 use tokio::task::futures::TaskLocalFuture;
 
 use crate::metrics::Timing;
@@ -59,8 +59,8 @@ where
     type Future = ObservedFuture<H::Future>;
 
     /// Starts timing `req` and decides its span, then has the handler begin
-    /// the work (which does nothing until polled, so a span's task-local is
-    /// in place for all of it).
+    /// the work (which does nothing until polled, so a span is current for
+    /// all of it).
     fn call(self, req: Request, state: S) -> Self::Future {
         let timing = Some(Timing::start(self.route, req.method()));
         let span = RequestSpan::start(&req, self.route);
@@ -71,7 +71,7 @@ where
                 work: shared::telemetry::run_untraced(context, work),
             },
             RequestSpan::Traced(span) => Work::Traced {
-                future: Box::pin(crate::trace::traced(span, work)),
+                work: span.run(work),
             },
         };
         ObservedFuture { work, timing }
@@ -90,13 +90,14 @@ pin_project_lite::pin_project! {
 
 pin_project_lite::pin_project! {
     /// The work: as it is, marked as a request head sampling dropped, or
-    /// inside the request's span (boxed: that future is large, and only
-    /// sampled requests pay for it).
+    /// inside the request's span. Each holds the handler's future in place:
+    /// boxing it, or wrapping it in an `async` block, copies that large
+    /// future once more per request.
     #[project = WorkProj]
     enum Work<F> {
         Plain { #[pin] work: F },
         Untraced { #[pin] work: TaskLocalFuture<SpanContext, F> },
-        Traced { future: Pin<Box<dyn Future<Output = Response> + Send>> },
+        Traced { #[pin] work: InSpan<F> },
     }
 }
 
@@ -108,7 +109,10 @@ impl<F: Future<Output = Response>> Future for ObservedFuture<F> {
         let response = match this.work.project() {
             WorkProj::Plain { work } => ready!(work.poll(cx)),
             WorkProj::Untraced { work } => ready!(work.poll(cx)),
-            WorkProj::Traced { future } => ready!(future.as_mut().poll(cx)),
+            WorkProj::Traced { work } => {
+                let (response, span) = ready!(work.poll(cx));
+                crate::trace::answered(response, span)
+            }
         };
         if let Some(timing) = this.timing.take() {
             timing.finish(response.status().as_u16());

@@ -20,8 +20,6 @@
 //! `traceparent`, flagged not sampled, so the listener and the worker drop
 //! its trace too.
 
-use std::future::Future;
-
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
@@ -74,10 +72,9 @@ impl RequestSpan {
     }
 }
 
-/// Runs `route` (the request's handling) in `span`; the answer carries the
-/// span's `traceparent`. [`crate::observe`] boxes it.
-pub(crate) async fn traced(span: ServerSpan, route: impl Future<Output = Response>) -> Response {
-    let (mut response, span) = span.run(route).await;
+/// Ends `span` with `response`'s status and has the response carry its
+/// `traceparent`.
+pub(crate) fn answered(mut response: Response, span: ServerSpan) -> Response {
     let traceparent = span.finish(response.status().as_u16());
     if let Ok(value) = HeaderValue::try_from(traceparent) {
         response.headers_mut().insert(TRACEPARENT, value);

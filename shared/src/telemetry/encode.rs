@@ -176,9 +176,15 @@ pub(crate) fn span_attributes(attributes: &[(&'static str, &'static str)]) -> Ve
         .iter()
         .map(|(k, v)| (Cow::Borrowed(*k), AttrValue::Str(Cow::Borrowed(*v))))
         .collect();
-    let mut buf = vec![0; attributes_len(9, &attributes)];
+    span_attributes_of(&attributes)
+}
+
+/// Attributes as `Span.attributes` fields, for
+/// [`SpanRecord::encoded_attributes`].
+pub(crate) fn span_attributes_of(attributes: &[(Cow<'static, str>, AttrValue)]) -> Vec<u8> {
+    let mut buf = vec![0; attributes_len(9, attributes)];
     let mut out = Out::new(&mut buf);
-    for (k, v) in &attributes {
+    for (k, v) in attributes {
         key_value(&mut out, 9, k, v);
     }
     debug_assert!(out.is_full(), "measured exactly");
@@ -289,7 +295,7 @@ fn span_len(s: &SpanRecord) -> usize {
         + parent
         + string_len(3, &s.trace_state)
         + string_len(5, &s.name)
-        + s.encoded_attributes.len()
+        + s.encoded_attributes.iter().map(|e| e.len()).sum::<usize>()
         + attributes_len(9, &s.attributes)
         + events
         + links
@@ -303,18 +309,31 @@ fn status_len(s: &SpanRecord) -> Option<usize> {
 }
 
 fn span(buf: &mut Out<'_>, s: &SpanRecord) {
-    bytes(buf, 1, &s.trace_id.to_be_bytes());
-    bytes(buf, 2, &s.span_id.to_be_bytes());
+    // Fixed-size fields go in as whole arrays, keys and all: one bounds
+    // check each instead of one a byte.
+    let mut ids = [0; 28];
+    ids[..2].copy_from_slice(&[1 << 3 | LEN, 16]);
+    ids[2..18].copy_from_slice(&s.trace_id.to_be_bytes());
+    ids[18..20].copy_from_slice(&[2 << 3 | LEN, 8]);
+    ids[20..].copy_from_slice(&s.span_id.to_be_bytes());
+    buf.put(&ids);
     string(buf, 3, &s.trace_state);
     if s.parent_span_id != 0 {
-        bytes(buf, 4, &s.parent_span_id.to_be_bytes());
+        let mut parent = [4 << 3 | LEN, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+        parent[2..].copy_from_slice(&s.parent_span_id.to_be_bytes());
+        buf.put(&parent);
     }
     string(buf, 5, &s.name);
-    key(buf, 6, VARINT);
-    varint(buf, u64::from(s.kind as u8));
-    fixed64(buf, 7, s.start_unix_nano);
-    fixed64(buf, 8, s.end_unix_nano);
-    buf.put(s.encoded_attributes);
+    let mut kind_and_times = [0; 20];
+    // A kind is below 0x80: a one-byte varint.
+    kind_and_times[..3].copy_from_slice(&[6 << 3 | VARINT, s.kind as u8, 7 << 3 | FIXED64]);
+    kind_and_times[3..11].copy_from_slice(&s.start_unix_nano.to_le_bytes());
+    kind_and_times[11] = 8 << 3 | FIXED64;
+    kind_and_times[12..].copy_from_slice(&s.end_unix_nano.to_le_bytes());
+    buf.put(&kind_and_times);
+    for encoded in s.encoded_attributes {
+        buf.put(encoded);
+    }
     for (k, v) in &s.attributes {
         key_value(buf, 9, k, v);
     }
@@ -342,9 +361,9 @@ fn span(buf: &mut Out<'_>, s: &SpanRecord) {
         key(buf, 3, VARINT);
         varint(buf, u64::from(s.status_code));
     }
-    // W3C flags: sampled (only sampled spans are exported).
-    key(buf, 16, FIXED32);
-    buf.put(&1u32.to_le_bytes());
+    // W3C flags: sampled (only sampled spans are exported). Field 16's key
+    // is a two-byte varint.
+    buf.put(&[(16 << 3 | FIXED32) | 0x80, 1, 1, 0, 0, 0]);
 }
 
 #[cfg(test)]
@@ -384,9 +403,15 @@ mod tests {
             ],
             // Odd spans carry a pre-encoded set as well.
             encoded_attributes: if i % 2 == 1 {
-                Box::leak(span_attributes(&[("db.system", "redis")]).into_boxed_slice())
+                [
+                    Box::leak(span_attributes(&[("db.system", "redis")]).into_boxed_slice()),
+                    Box::leak(
+                        span_attributes_of(&[(Cow::Borrowed("http.status"), AttrValue::Int(404))])
+                            .into_boxed_slice(),
+                    ),
+                ]
             } else {
-                &[]
+                [&[], &[]]
             },
             events: vec![SpanEvent {
                 time_unix_nano: 5,
@@ -472,10 +497,13 @@ mod tests {
                 .iter()
                 .map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap()))
                 .collect();
-            let pre_encoded = if want.encoded_attributes.is_empty() {
+            let pre_encoded = if want.encoded_attributes[0].is_empty() {
                 vec![]
             } else {
-                vec![("db.system", Value::StringValue("redis".into()))]
+                vec![
+                    ("db.system", Value::StringValue("redis".into())),
+                    ("http.status", Value::IntValue(404)),
+                ]
             };
             assert_eq!(
                 values,

@@ -60,7 +60,7 @@ pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
 /// The span context that [`HeadDecision::Untraced`] carries.
 pub use opentelemetry::trace::SpanContext;
 pub use propagation::*;
-pub use server::ServerSpan;
+pub use server::{InSpan, ServerSpan};
 
 use layer::{OtlpLayer, Pipeline};
 use record::{AttrValue, SpanKind, SpanRecord};
