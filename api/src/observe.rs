@@ -26,8 +26,7 @@ use std::task::{Context, Poll, ready};
 use axum::extract::Request;
 use axum::handler::Handler;
 use axum::response::Response;
-use shared::telemetry::{InSpan, SpanContext};
-use tokio::task::futures::TaskLocalFuture;
+use shared::telemetry::{InSpan, Scoped, SpanContext};
 
 use crate::metrics::Timing;
 use crate::trace::RequestSpan;
@@ -96,7 +95,7 @@ pin_project_lite::pin_project! {
     #[project = WorkProj]
     enum Work<F> {
         Plain { #[pin] work: F },
-        Untraced { #[pin] work: TaskLocalFuture<SpanContext, F> },
+        Untraced { #[pin] work: Scoped<SpanContext, F> },
         Traced { #[pin] work: InSpan<F> },
     }
 }
@@ -108,7 +107,7 @@ impl<F: Future<Output = Response>> Future for ObservedFuture<F> {
         let this = self.project();
         let response = match this.work.project() {
             WorkProj::Plain { work } => ready!(work.poll(cx)),
-            WorkProj::Untraced { work } => ready!(work.poll(cx)),
+            WorkProj::Untraced { work } => ready!(work.poll(cx)).0,
             WorkProj::Traced { work } => {
                 let (response, span) = ready!(work.poll(cx));
                 crate::trace::answered(response, span)

@@ -31,9 +31,12 @@
 //!
 //! Layout: `record` (a span's data), `layer` (the `tracing` layer and the
 //! sampler), `encode` (OTLP protobuf), `buffer` (each thread's encoded
-//! spans, waiting), `export` (the export thread, gRPC and HTTP), `propagation` (W3C trace context and head sampling), `server`
-//! (the HTTP server span outside the registry), `intern` (its route, method
-//! and name strings, interned).
+//! spans, waiting), `export` (the export thread, gRPC and HTTP),
+//! `propagation` (W3C trace context and head sampling), `server` (the HTTP
+//! server span outside the registry), `intern` (its route, method and name
+//! strings, interned), `scope` (a value a request's future sees in a
+//! thread-local while it is polled: its server span, or the context of a
+//! request head sampling dropped).
 
 use std::borrow::Cow;
 use std::sync::{Arc, Once, OnceLock};
@@ -54,12 +57,14 @@ mod intern;
 mod layer;
 mod propagation;
 mod record;
+mod scope;
 mod server;
 
 pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
 /// The span context that [`HeadDecision::Untraced`] carries.
 pub use opentelemetry::trace::SpanContext;
 pub use propagation::*;
+pub use scope::Scoped;
 pub use server::{InSpan, ServerSpan};
 
 use layer::{OtlpLayer, Pipeline};
@@ -214,7 +219,7 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
         if head_sampled {
             let _ = HEAD_SAMPLER.set(propagation::HeadSampler {
                 sampler: configured.clone(),
-                keeps_every_root: keeps_every_root(settings.sampler),
+                roots: propagation::Roots::of(settings.sampler),
             });
         }
         let (sampler, parent_based, every_root) = if head_sampled {
@@ -445,6 +450,49 @@ mod tests {
         // No test in this binary installs one (that needs init_head_sampled
         // with an endpoint, once per process).
         assert_eq!(head_decision(None, None), HeadDecision::Traced);
+    }
+
+    #[test]
+    fn a_root_is_decided_as_the_sdk_sampler_decides_it() {
+        use TraceSampler::*;
+        use opentelemetry::trace::{SpanKind, TraceId};
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
+        use propagation::Roots;
+        let root = opentelemetry::Context::new();
+        for s in [
+            AlwaysOn,
+            AlwaysOff,
+            ParentBasedAlwaysOn,
+            ParentBasedAlwaysOff,
+            TraceIdRatio(0.0),
+            TraceIdRatio(0.1),
+            ParentBasedTraceIdRatio(0.1),
+            ParentBasedTraceIdRatio(0.5),
+            ParentBasedTraceIdRatio(0.999),
+            ParentBasedTraceIdRatio(1.0),
+        ] {
+            let (sdk, ours) = (sdk_sampler(s), Roots::of(s));
+            let mut kept = 0;
+            for _ in 0..2_000 {
+                let id = layer::new_trace_id();
+                let theirs = sdk
+                    .should_sample(
+                        Some(&root),
+                        TraceId::from(id),
+                        "http",
+                        &SpanKind::Server,
+                        &[],
+                        &[],
+                    )
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                assert_eq!(ours.keep(id), theirs, "{s:?}, trace {id:032x}");
+                kept += usize::from(theirs);
+            }
+            if let ParentBasedTraceIdRatio(0.5) = s {
+                assert!((800..1_200).contains(&kept), "about half: {kept}");
+            }
+        }
     }
 
     #[test]

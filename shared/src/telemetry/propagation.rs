@@ -3,8 +3,13 @@
 //! entry, an HTTP request), the head-sampling decision for an incoming
 //! request, and links to traces a batch serves.
 
+use std::cell::Cell;
+
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::Sampler;
+
+use super::scope::Scoped;
+use crate::config::TraceSampler;
 
 /// The W3C propagator, used directly: the global one sits behind a lock
 /// that every request would take twice.
@@ -59,9 +64,11 @@ pub(crate) fn extract(
 pub fn current_trace_context() -> Option<(String, Option<String>)> {
     // A request dropped by head sampling passes its "not sampled" decision
     // on, so the listener and the worker drop its trace too.
-    if let Ok(sc) = UNTRACED.try_with(Clone::clone) {
+    if let Some(w3c) = super::scope::with(&UNTRACED, |sc| {
         let state = sc.trace_state().header();
-        return Some((traceparent_of(&sc)?, Some(state).filter(|s| !s.is_empty())));
+        traceparent_of(sc).map(|traceparent| (traceparent, Some(state).filter(|s| !s.is_empty())))
+    }) {
+        return w3c;
     }
     trace_context_of(&tracing::Span::current())
         // No `tracing` span: the request's server span, if one runs.
@@ -107,27 +114,70 @@ pub fn set_remote_parent(
 /// The configured sampler of a head-sampled service ([`super::init_head_sampled`]).
 pub(crate) static HEAD_SAMPLER: std::sync::OnceLock<HeadSampler> = std::sync::OnceLock::new();
 
-/// A head-sampled service's sampler, and whether it keeps every root (then
-/// a request without a parent is traced without asking it: ids made and a
-/// sampling result built and dropped, about 300 instructions, for nothing).
+/// A head-sampled service's sampler, and how it decides for a root (a
+/// request without a parent), which is decided here without asking it:
+/// asking built ids, a context and a sampling result for each request,
+/// about 300 instructions of the 1,000 an unsampled request added.
 pub(crate) struct HeadSampler {
     pub(crate) sampler: Sampler,
-    pub(crate) keeps_every_root: bool,
+    pub(crate) roots: Roots,
 }
 
-tokio::task_local! {
-    /// Set while a request that head sampling dropped runs: its span
-    /// context, not sampled, which [`current_trace_context`] passes on.
-    static UNTRACED: opentelemetry::trace::SpanContext;
+/// How a sampler decides for a root span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Roots {
+    /// Every one is traced (`always_on`, `parentbased_always_on`).
+    All,
+    /// None is (`always_off`, `parentbased_always_off`).
+    None,
+    /// Those whose trace id's low 64 bits, shifted right by one, are below
+    /// this bound: the SDK's `TraceIdRatioBased` rule, so that a trace id
+    /// gets the same decision here as from the SDK's sampler.
+    Ratio(u64),
+}
+
+impl Roots {
+    /// How `sampler` decides for roots.
+    pub(crate) fn of(sampler: TraceSampler) -> Self {
+        match sampler {
+            TraceSampler::AlwaysOn | TraceSampler::ParentBasedAlwaysOn => Self::All,
+            TraceSampler::AlwaysOff | TraceSampler::ParentBasedAlwaysOff => Self::None,
+            TraceSampler::TraceIdRatio(r) | TraceSampler::ParentBasedTraceIdRatio(r) => {
+                if r >= 1.0 {
+                    Self::All
+                } else {
+                    // As the SDK computes it (`sample_based_on_probability`).
+                    Self::Ratio((r.max(0.0) * (1u64 << 63) as f64) as u64)
+                }
+            }
+        }
+    }
+
+    /// Whether a root of trace `trace_id` is traced.
+    pub(crate) fn keep(self, trace_id: u128) -> bool {
+        match self {
+            Self::All => true,
+            Self::None => false,
+            // Its low 64 bits.
+            Self::Ratio(bound) => (trace_id as u64) >> 1 < bound,
+        }
+    }
+}
+
+thread_local! {
+    /// Set while a request that head sampling dropped is polled
+    /// ([`run_untraced`]): its span context, not sampled, which
+    /// [`current_trace_context`] passes on.
+    static UNTRACED: Cell<Option<opentelemetry::trace::SpanContext>> = const { Cell::new(None) };
 }
 
 pub(crate) fn untraced() -> bool {
-    UNTRACED.try_with(|_| ()).is_ok()
+    super::scope::with(&UNTRACED, |_| ()).is_some()
 }
 
 /// The span context of the request head sampling dropped that runs now, if any.
 pub(crate) fn untraced_context() -> Option<opentelemetry::trace::SpanContext> {
-    UNTRACED.try_with(Clone::clone).ok()
+    super::scope::with(&UNTRACED, |context| context.clone())
 }
 
 /// What head sampling decided for an incoming request.
@@ -145,23 +195,34 @@ pub enum HeadDecision {
 /// [`HeadDecision::Traced`] unless the service was set up with
 /// [`super::init_head_sampled`] and exports spans.
 pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> HeadDecision {
-    use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry_sdk::trace::{
         IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample as _,
     };
     let Some(head) = HEAD_SAMPLER.get() else {
         return HeadDecision::Traced;
     };
-    if traceparent.is_none() && head.keeps_every_root {
-        return HeadDecision::Traced;
-    }
-    let sampler = &head.sampler;
-    // Most requests bring no trace context: nothing to parse then.
-    let parent = match traceparent {
-        Some(_) => extract(traceparent, tracestate),
-        None => opentelemetry::Context::new(),
+    let Some(_) = traceparent else {
+        if head.roots == Roots::All {
+            return HeadDecision::Traced;
+        }
+        let trace_id = super::layer::new_trace_id();
+        if head.roots.keep(trace_id) {
+            return HeadDecision::Traced;
+        }
+        return HeadDecision::Untraced(SpanContext::new(
+            TraceId::from(trace_id),
+            SpanId::from(super::layer::new_span_id()),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        ));
     };
+    let sampler = &head.sampler;
     let ids = RandomIdGenerator::default();
+    let parent = extract(traceparent, tracestate);
     let parent_sc = parent.span().span_context().clone();
     let trace_id = if parent_sc.is_valid() {
         parent_sc.trace_id()
@@ -197,11 +258,12 @@ pub fn traceparent_of(context: &opentelemetry::trace::SpanContext) -> Option<Str
 /// Runs `fut` as a request head sampling dropped: the span helpers create
 /// no span inside it, and [`current_trace_context`] gives `context`. The
 /// future itself, not wrapped in another: a caller can hold it unboxed.
+/// It gives `context` back with `fut`'s output.
 pub fn run_untraced<F: std::future::Future>(
     context: opentelemetry::trace::SpanContext,
     fut: F,
-) -> tokio::task::futures::TaskLocalFuture<opentelemetry::trace::SpanContext, F> {
-    UNTRACED.scope(context, fut)
+) -> Scoped<opentelemetry::trace::SpanContext, F> {
+    Scoped::new(&UNTRACED, context, fut)
 }
 
 /// Links `span` to the remote span `traceparent`, for a span that works for

@@ -28,37 +28,20 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use opentelemetry::trace::TraceContextExt as _;
 
 use super::layer::{Pipeline, new_span_id, new_trace_id};
 use super::record::{AttrValue, SpanEvent, SpanKind, SpanRecord, now_unix_nano};
+use super::scope::Scoped;
 
 thread_local! {
     /// The server span of the request being polled on this thread, if any:
-    /// put here by [`InSpan`] for each poll of its request and taken back
-    /// after (a `tokio::task_local!` did the same through a `RefCell` and a
-    /// scope guard, about 300 instructions a traced request). Boxed, so that
-    /// swapping it in and out moves a pointer, not a few hundred bytes.
+    /// put here by [`InSpan`] for each poll of its request
+    /// ([`super::scope`]). Boxed, so that swapping it in and out moves a
+    /// pointer, not a few hundred bytes.
     static SERVER: Cell<Option<Box<SpanRecord>>> = const { Cell::new(None) };
-}
-
-/// Puts back into [`SERVER`] what was there before a poll of a request
-/// (none, unless a request is polled inside another's poll, which cannot
-/// happen today), and hands what is there now (that request's record) to
-/// `ours`; on drop, so also when the poll panics.
-struct Restore<'a> {
-    before: Option<Box<SpanRecord>>,
-    ours: &'a mut Option<Box<SpanRecord>>,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        if let Ok(record) = SERVER.try_with(|cell| cell.replace(self.before.take())) {
-            *self.ours = record;
-        }
-    }
 }
 
 /// A server span's attribute keys, in OpenTelemetry's HTTP conventions.
@@ -160,8 +143,8 @@ impl ServerSpan {
     /// level (about 600 instructions of a traced cache hit, callgrind).
     pub fn run<F: Future>(self, fut: F) -> InSpan<F> {
         InSpan {
-            span: Some(self),
-            fut,
+            pipeline: Some(self.pipeline),
+            scoped: Scoped::new(&SERVER, self.record, fut),
         }
     }
 
@@ -200,11 +183,10 @@ pin_project_lite::pin_project! {
     /// [`ServerSpan::run`]'s future: the request's, with its span in
     /// [`SERVER`] for each poll; gives the span back with the output.
     pub struct InSpan<F> {
-        // Taken while `fut` is polled (it is then in `SERVER`) and when the
-        // request is answered.
-        span: Option<ServerSpan>,
+        // Taken when the request is answered.
+        pipeline: Option<Arc<Pipeline>>,
         #[pin]
-        fut: F,
+        scoped: Scoped<Box<SpanRecord>, F>,
     }
 }
 
@@ -213,29 +195,12 @@ impl<F: Future> Future for InSpan<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let ServerSpan { record, pipeline } = this
-            .span
+        let (out, record) = ready!(this.scoped.poll(cx));
+        let pipeline = this
+            .pipeline
             .take()
             .expect("a request's span is polled until it answers, not after");
-        let mut record = Some(record);
-        let poll = {
-            let _restore = Restore {
-                before: SERVER.replace(record.take()),
-                ours: &mut record,
-            };
-            this.fut.poll(cx)
-        };
-        let span = ServerSpan {
-            record: record.expect("the server span stays in its task while it is polled"),
-            pipeline,
-        };
-        match poll {
-            Poll::Ready(out) => Poll::Ready((out, span)),
-            Poll::Pending => {
-                *this.span = Some(span);
-                Poll::Pending
-            }
-        }
+        Poll::Ready((out, ServerSpan { record, pipeline }))
     }
 }
 
@@ -247,12 +212,7 @@ pub(crate) fn current_parent() -> Option<(u128, u64, bool, String)> {
 
 /// Runs `f` on the server span of the request running now, if there is one.
 pub(crate) fn with_current<R>(f: impl FnOnce(&mut SpanRecord) -> R) -> Option<R> {
-    // Taken out while `f` runs: a nested call (none today) sees no span,
-    // as a nested `RefCell` borrow would have.
-    let mut record = SERVER.try_with(Cell::take).ok().flatten()?;
-    let out = f(&mut record);
-    SERVER.set(Some(record));
-    Some(out)
+    super::scope::with(&SERVER, |record| f(record))
 }
 
 /// What a span made directly under the request's server span (not through
@@ -445,54 +405,6 @@ mod tests {
             r.attributes.as_slice(),
             [(Cow::Borrowed(STATUS_CODE), AttrValue::Int(999))],
             "a status past 599 is kept as it is"
-        );
-    }
-
-    #[test]
-    fn requests_polled_in_turn_each_see_their_own_span() {
-        use std::pin::pin;
-        let (a, b) = (price_request(true), price_request(true));
-        let (a_id, b_id) = (a.record.span_id, b.record.span_id);
-        let (go_a, wait_a) = tokio::sync::oneshot::channel::<()>();
-        let (go_b, wait_b) = tokio::sync::oneshot::channel::<()>();
-        // The current span's id before and after the request waits.
-        let request = |wait: tokio::sync::oneshot::Receiver<()>| async move {
-            let before = current_parent().map(|p| p.1);
-            let _ = wait.await;
-            (before, current_parent().map(|p| p.1))
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut a = pin!(a.run(request(wait_a)));
-        let mut b = pin!(b.run(request(wait_b)));
-        assert!(a.as_mut().poll(&mut cx).is_pending());
-        assert!(b.as_mut().poll(&mut cx).is_pending());
-        assert!(current_parent().is_none(), "between polls, none is current");
-        go_b.send(()).unwrap();
-        let Poll::Ready((seen_b, span_b)) = b.as_mut().poll(&mut cx) else {
-            panic!("b was let go");
-        };
-        go_a.send(()).unwrap();
-        let Poll::Ready((seen_a, span_a)) = a.as_mut().poll(&mut cx) else {
-            panic!("a was let go");
-        };
-        assert_eq!(seen_a, (Some(a_id), Some(a_id)));
-        assert_eq!(seen_b, (Some(b_id), Some(b_id)));
-        assert_eq!((span_a.record.span_id, span_b.record.span_id), (a_id, b_id));
-        assert!(current_parent().is_none());
-    }
-
-    #[test]
-    fn a_panicking_request_leaves_no_span_behind() {
-        let span = price_request(true);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut request = Box::pin(span.run(async { panic!("the handler failed") }));
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = request.as_mut().poll(&mut cx);
-        }));
-        assert!(polled.is_err());
-        assert!(
-            current_parent().is_none(),
-            "the thread's next request starts clean"
         );
     }
 
