@@ -116,8 +116,9 @@ pub(crate) static HEAD_SAMPLER: std::sync::OnceLock<HeadSampler> = std::sync::On
 
 /// A head-sampled service's sampler, and how it decides for a root (a
 /// request without a parent), which is decided here without asking it:
-/// asking built ids, a context and a sampling result for each request,
-/// about 300 instructions of the 1,000 an unsampled request added.
+/// asking built ids, a context and a sampling result for each request and
+/// dropped them (the decision was 391 of the 941 instructions an unsampled
+/// request added, callgrind).
 pub(crate) struct HeadSampler {
     pub(crate) sampler: Sampler,
     pub(crate) roots: Roots,
@@ -195,31 +196,16 @@ pub enum HeadDecision {
 /// [`HeadDecision::Traced`] unless the service was set up with
 /// [`super::init_head_sampled`] and exports spans.
 pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> HeadDecision {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
     use opentelemetry_sdk::trace::{
         IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample as _,
     };
     let Some(head) = HEAD_SAMPLER.get() else {
         return HeadDecision::Traced;
     };
-    let Some(_) = traceparent else {
-        if head.roots == Roots::All {
-            return HeadDecision::Traced;
-        }
-        let trace_id = super::layer::new_trace_id();
-        if head.roots.keep(trace_id) {
-            return HeadDecision::Traced;
-        }
-        return HeadDecision::Untraced(SpanContext::new(
-            TraceId::from(trace_id),
-            SpanId::from(super::layer::new_span_id()),
-            TraceFlags::default(),
-            false,
-            TraceState::default(),
-        ));
-    };
+    if traceparent.is_none() {
+        return root_decision(head.roots);
+    }
     let sampler = &head.sampler;
     let ids = RandomIdGenerator::default();
     let parent = extract(traceparent, tracestate);
@@ -241,6 +227,26 @@ pub fn head_decision(traceparent: Option<&str>, tracestate: Option<&str>) -> Hea
             parent_sc.trace_state().clone(),
         )),
     }
+}
+
+/// [`head_decision`] for a request without a `traceparent`, made without
+/// asking the sampler ([`Roots`]).
+fn root_decision(roots: Roots) -> HeadDecision {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    if roots == Roots::All {
+        return HeadDecision::Traced;
+    }
+    let trace_id = super::layer::new_trace_id();
+    if roots.keep(trace_id) {
+        return HeadDecision::Traced;
+    }
+    HeadDecision::Untraced(SpanContext::new(
+        TraceId::from(trace_id),
+        SpanId::from(super::layer::new_span_id()),
+        TraceFlags::default(),
+        false,
+        TraceState::default(),
+    ))
 }
 
 /// The W3C `traceparent` of `context` (`00-{trace id}-{span id}-{flags}`),
