@@ -183,14 +183,6 @@ fn is_parent_based(s: TraceSampler) -> bool {
     )
 }
 
-/// Whether a sampler keeps every root span, so that it need not be asked.
-fn keeps_every_root(s: TraceSampler) -> bool {
-    matches!(
-        s,
-        TraceSampler::AlwaysOn | TraceSampler::ParentBasedAlwaysOn
-    )
-}
-
 /// Installs the global subscriber for a service. Call once, early in `main`.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     install(settings, false)
@@ -232,7 +224,8 @@ fn install(settings: &TelemetrySettings, head_sampled: bool) -> anyhow::Result<T
             (
                 configured,
                 is_parent_based(settings.sampler),
-                keeps_every_root(settings.sampler),
+                // Then it need not be asked about a root.
+                propagation::Roots::of(settings.sampler) == propagation::Roots::All,
             )
         };
         let pipeline = Arc::new(Pipeline {
@@ -528,6 +521,8 @@ mod tests {
     #[test]
     fn only_a_sampler_that_keeps_every_root_skips_asking() {
         use TraceSampler::*;
+        use propagation::Roots;
+        let keeps_every_root = |s| Roots::of(s) == Roots::All;
         assert!(keeps_every_root(AlwaysOn) && keeps_every_root(ParentBasedAlwaysOn));
         for s in [
             AlwaysOff,
