@@ -26,7 +26,7 @@ use std::task::{Context, Poll, ready};
 use axum::extract::Request;
 use axum::handler::Handler;
 use axum::response::Response;
-use shared::telemetry::{InSpan, Scoped, SpanContext};
+use shared::telemetry::{InSpan, Scoped, UntracedContext};
 
 use crate::metrics::Timing;
 use crate::trace::RequestSpan;
@@ -95,7 +95,7 @@ pin_project_lite::pin_project! {
     #[project = WorkProj]
     enum Work<F> {
         Plain { #[pin] work: F },
-        Untraced { #[pin] work: Scoped<SpanContext, F> },
+        Untraced { #[pin] work: Scoped<UntracedContext, F> },
         Traced { #[pin] work: InSpan<F> },
     }
 }
@@ -107,10 +107,13 @@ impl<F: Future<Output = Response>> Future for ObservedFuture<F> {
         let this = self.project();
         let response = match this.work.project() {
             WorkProj::Plain { work } => ready!(work.poll(cx)),
-            WorkProj::Untraced { work } => ready!(work.poll(cx)).0,
-            WorkProj::Traced { work } => {
-                let (response, span) = ready!(work.poll(cx));
-                crate::trace::answered(response, span)
+            WorkProj::Untraced { work } => ready!(work.poll(cx)),
+            WorkProj::Traced { mut work } => {
+                let mut response = ready!(work.as_mut().poll(cx));
+                if let Some(span) = work.take_span() {
+                    crate::trace::answered(&mut response, span);
+                }
+                response
             }
         };
         if let Some(timing) = this.timing.take() {

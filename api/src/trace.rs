@@ -23,7 +23,7 @@
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
-use shared::telemetry::{HeadDecision, ServerSpan, SpanContext};
+use shared::telemetry::{HeadDecision, ServerSpan, UntracedContext};
 
 /// The W3C trace context headers, as constants: a header name given as a
 /// string is parsed on every lookup.
@@ -36,8 +36,8 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub(crate) enum RequestSpan {
     /// Span export is off: no span to keep.
     Off,
-    /// Head sampling dropped it: this is its (unsampled) span context.
-    Untraced(SpanContext),
+    /// Head sampling dropped it: this is its (unsampled) context.
+    Untraced(UntracedContext),
     /// Its server span.
     Traced(ServerSpan),
 }
@@ -74,10 +74,9 @@ impl RequestSpan {
 
 /// Ends `span` with `response`'s status and has the response carry its
 /// `traceparent`.
-pub(crate) fn answered(mut response: Response, span: ServerSpan) -> Response {
+pub(crate) fn answered(response: &mut Response, span: ServerSpan) {
     let traceparent = span.finish(response.status().as_u16());
     if let Ok(value) = HeaderValue::try_from(traceparent) {
         response.headers_mut().insert(TRACEPARENT, value);
     }
-    response
 }

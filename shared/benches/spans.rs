@@ -39,11 +39,14 @@ fn traced_hit() -> String {
     assert_eq!(head_decision(None, None), HeadDecision::Traced);
     let span = ServerSpan::start("POST", Some("/api/v1/price"), "/api/v1/price", None, None)
         .expect("span export is on");
-    let (answer, span) = ready(span.run(redis_call("HGET", "HGET", async {
+    let mut request = pin!(span.run(redis_call("HGET", "HGET", async {
         Ok::<_, String>(black_box(7u8))
     })));
-    black_box(answer.ok());
-    span.finish(200)
+    black_box(ready(request.as_mut()).ok());
+    request
+        .take_span()
+        .expect("the request answered")
+        .finish(200)
 }
 
 /// Waits until the receiver has `spans`; panics after a minute.

@@ -184,35 +184,57 @@ async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
     let queue = queue(&redis);
 
     // Act: an event without a traceparent, all the way to its job.
-    let dropped = reqwest::Client::new()
-        .post(format!("{}/api/v1/publish-market-event", services_up.api))
-        .header("content-type", "application/json")
-        .body(r#"{"kind":"demand_changed","data":{"demand":{"P-5":1.1}}}"#)
-        .send()
-        .await
-        .unwrap();
+    let dropped = publish_with(
+        &services_up.api,
+        r#"{"kind":"demand_changed","data":{"demand":{"P-5":1.1}}}"#,
+        &[],
+    )
+    .await;
     assert_eq!(dropped.status(), 202);
     assert!(
         dropped.headers().get("traceparent").is_none(),
         "a dropped request's answer names no trace: there is none to look up"
     );
     // What it published carries its trace, flagged not sampled.
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(shared::keys::Keys::new(NS).event_stream())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut redis.connection().await)
-        .await
-        .unwrap();
-    let [(_, fields)] = &entries[..] else {
-        panic!("one event published: {entries:?}");
+    let events = published_events(&redis).await;
+    let [event] = &events[..] else {
+        panic!("one event published: {events:?}");
     };
-    let event: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
     let tp = event["traceparent"].as_str().unwrap_or_default();
     assert!(tp.ends_with("-00"), "flagged not sampled: {event}");
     let dropped_trace = tp.split('-').nth(1).unwrap().to_string();
     wait("the unsampled event's job finished", || async {
         queue.depths().await.unwrap().succeeded_total == 1
+    })
+    .await;
+    // One from a client that did not sample its trace: the event goes on in
+    // that trace, from a span of the api's own, not sampled, with the
+    // client's tracestate.
+    let unsampled_client = "0af7651916cd43dd8448eb211c80319c";
+    let resp = publish_with(
+        &services_up.api,
+        r#"{"kind":"demand_changed","data":{"demand":{"P-7":1.1}}}"#,
+        &[
+            (
+                "traceparent",
+                &format!("00-{unsampled_client}-b7ad6b7169203331-00"),
+            ),
+            ("tracestate", "vendor=x"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let event = &published_events(&redis).await[1];
+    let tp = event["traceparent"].as_str().unwrap_or_default();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert!(
+        matches!(parts[..], ["00", trace, span, "00"]
+            if trace == unsampled_client && span != "b7ad6b7169203331"),
+        "the client's trace, from a span of the api's own, not sampled: {event}"
+    );
+    assert_eq!(event["tracestate"], "vendor=x", "{event}");
+    wait("the unsampled client's job finished", || async {
+        queue.depths().await.unwrap().succeeded_total == 2
     })
     .await;
     // Then one from a client that samples its trace.
@@ -232,4 +254,34 @@ async fn head_sampling_drops_a_whole_trace_and_keeps_a_sampled_clients() {
     let traces: BTreeSet<String> = rx.spans().into_iter().map(|s| s.trace_id).collect();
     assert!(!traces.contains(&dropped_trace), "{traces:?}");
     assert_eq!(traces, BTreeSet::from([CLIENT_TRACE.to_string()]));
+}
+
+/// Publishes the event `body` with these headers besides its content type.
+async fn publish_with(
+    api: &str,
+    body: &'static str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("{api}/api/v1/publish-market-event"))
+        .header("content-type", "application/json");
+    for &(name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.body(body).send().await.unwrap()
+}
+
+/// The events published to the event stream so far, oldest first.
+async fn published_events(redis: &RedisServer) -> Vec<serde_json::Value> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(shared::keys::Keys::new(NS).event_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|(_, fields)| serde_json::from_str(&fields[0].1).unwrap())
+        .collect()
 }

@@ -135,11 +135,11 @@ where
             // A request head sampling dropped: a span made inside it anyway
             // belongs to that trace, unsampled.
             None => match super::propagation::untraced_context() {
-                Some(sc) => (
-                    u128::from_be_bytes(sc.trace_id().to_bytes()),
-                    u64::from_be_bytes(sc.span_id().to_bytes()),
+                Some(context) => (
+                    context.trace_id,
+                    context.span_id(),
                     false,
-                    sc.trace_state().header(),
+                    context.trace_state.map(String::from).unwrap_or_default(),
                 ),
                 None => {
                     let trace = new_trace_id();

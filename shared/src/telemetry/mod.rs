@@ -61,8 +61,6 @@ mod scope;
 mod server;
 
 pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
-/// The span context that [`HeadDecision::Untraced`] carries.
-pub use opentelemetry::trace::SpanContext;
 pub use propagation::*;
 pub use scope::Scoped;
 pub use server::{InSpan, ServerSpan};

@@ -28,7 +28,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use opentelemetry::trace::TraceContextExt as _;
 
@@ -182,26 +182,32 @@ fn set_status(r: &mut SpanRecord, status: u16) {
 
 pin_project_lite::pin_project! {
     /// [`ServerSpan::run`]'s future: the request's, with its span in
-    /// [`SERVER`] for each poll; gives the span back with the output.
+    /// [`SERVER`] for each poll; [`InSpan::take_span`] gives the span back
+    /// once the request has answered.
     pub struct InSpan<F> {
-        // Taken when the request is answered.
+        // Taken with the span.
         pipeline: Option<Arc<Pipeline>>,
         #[pin]
         scoped: Scoped<Box<SpanRecord>, F>,
     }
 }
 
-impl<F: Future> Future for InSpan<F> {
-    type Output = (F::Output, ServerSpan);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+impl<F> InSpan<F> {
+    /// The span, once the request has answered (its future is ready), to
+    /// [`ServerSpan::finish`]; `None` if taken already.
+    pub fn take_span(self: Pin<&mut Self>) -> Option<ServerSpan> {
         let this = self.project();
-        let (out, record) = ready!(this.scoped.poll(cx));
-        let pipeline = this
-            .pipeline
-            .take()
-            .expect("a request's span is polled until it answers, not after");
-        Poll::Ready((out, ServerSpan { record, pipeline }))
+        let record = this.scoped.take_value()?;
+        let pipeline = this.pipeline.take()?;
+        Some(ServerSpan { record, pipeline })
+    }
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().scoped.poll(cx)
     }
 }
 
@@ -297,6 +303,13 @@ mod tests {
     const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
     const CLIENT_SPAN: u64 = 0x00f0_67aa_0ba9_02b7;
 
+    /// Runs `fut` in `span` to its end; gives the span back.
+    async fn run_in<T>(span: ServerSpan, fut: impl Future<Output = T>) -> (T, ServerSpan) {
+        let mut request = std::pin::pin!(span.run(fut));
+        let out = request.as_mut().await;
+        (out, request.take_span().expect("taken once, when done"))
+    }
+
     /// The server span of a price request whose client's span (of trace
     /// [`TRACE`]) was `sampled` or not.
     fn price_request(sampled: bool) -> ServerSpan {
@@ -315,15 +328,14 @@ mod tests {
     #[tokio::test]
     async fn what_runs_in_a_request_sees_its_server_span_as_the_current_span() {
         let span = price_request(true);
-        let ((child, context), span) = span
-            .run(async {
-                let child = tracing::debug_span!("child");
-                let child =
-                    super::super::layer::with_record(&child, |r| (r.trace_id, r.parent_span_id));
-                tracing::error!("the store failed");
-                (child, crate::telemetry::current_trace_context())
-            })
-            .await;
+        let ((child, context), span) = run_in(span, async {
+            let child = tracing::debug_span!("child");
+            let child =
+                super::super::layer::with_record(&child, |r| (r.trace_id, r.parent_span_id));
+            tracing::error!("the store failed");
+            (child, crate::telemetry::current_trace_context())
+        })
+        .await;
         let r = &span.record;
         assert_eq!(
             (r.trace_id, r.parent_span_id),
@@ -349,20 +361,19 @@ mod tests {
     #[tokio::test]
     async fn a_redis_call_in_a_request_is_a_client_span_made_without_the_registry() {
         let span = price_request(true);
-        let ((direct, nested, answer), span) = span
-            .run(async {
-                let direct = child("HGET", &[("db.system", "redis")]);
-                // Inside a `tracing` span, that span is the parent.
-                let nested = {
-                    let inner = tracing::debug_span!("publish");
-                    let _entered = inner.enter();
-                    matches!(child("XADD", &[]), Child::Elsewhere)
-                };
-                let answer: Result<u8, String> =
-                    crate::telemetry::redis_call("HGET", "HGET", async { Ok(7) }).await;
-                (direct, nested, answer)
-            })
-            .await;
+        let ((direct, nested, answer), span) = run_in(span, async {
+            let direct = child("HGET", &[("db.system", "redis")]);
+            // Inside a `tracing` span, that span is the parent.
+            let nested = {
+                let inner = tracing::debug_span!("publish");
+                let _entered = inner.enter();
+                matches!(child("XADD", &[]), Child::Elsewhere)
+            };
+            let answer: Result<u8, String> =
+                crate::telemetry::redis_call("HGET", "HGET", async { Ok(7) }).await;
+            (direct, nested, answer)
+        })
+        .await;
         let Child::Sampled(record) = direct else {
             panic!("a sampled request's Redis call is recorded");
         };
@@ -412,9 +423,10 @@ mod tests {
     #[tokio::test]
     async fn an_unsampled_request_records_no_redis_span() {
         let span = price_request(false);
-        let (unsampled, _) = span
-            .run(async { matches!(child("HGET", &[]), Child::Unsampled) })
-            .await;
+        let (unsampled, _) = run_in(span, async {
+            matches!(child("HGET", &[]), Child::Unsampled)
+        })
+        .await;
         assert!(unsampled, "a parent-based sampler follows the request");
         assert!(
             matches!(child("HGET", &[]), Child::Elsewhere),
