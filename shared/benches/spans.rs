@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use shared::config::{LogFormat, OtlpProtocol, TelemetrySettings, TraceSampler};
-use shared::telemetry::{HeadDecision, ServerSpan, head_decision, redis_call};
+use shared::telemetry::{HeadDecision, RedisOp, ServerSpan, head_decision, redis_call};
 use testkit::otlp_receiver::OtlpReceiver;
 
 /// Iterations timed between two waits for the receiver: well under the
@@ -39,9 +39,8 @@ fn traced_hit() -> String {
     assert_eq!(head_decision(None, None), HeadDecision::Traced);
     let span = ServerSpan::start("POST", Some("/api/v1/price"), "/api/v1/price", None, None)
         .expect("span export is on");
-    let mut request = pin!(span.run(redis_call("HGET", "HGET", async {
-        Ok::<_, String>(black_box(7u8))
-    })));
+    static HGET: RedisOp = RedisOp::new("HGET", "HGET");
+    let mut request = pin!(span.run(redis_call(&HGET, async { Ok::<_, String>(black_box(7u8)) })));
     black_box(ready(request.as_mut()).ok());
     request
         .take_span()

@@ -31,7 +31,7 @@ pub mod near;
 
 use tracing::Instrument as _;
 
-use crate::telemetry::{redis_call, redis_span};
+use crate::telemetry::{RedisOp, redis_call, redis_span};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -43,6 +43,12 @@ use crate::pricing::CURRENCY;
 use crate::redis_pool::RedisPool;
 use near::{NearCache, Ticket};
 use std::sync::Arc;
+
+/// The cache's Redis calls on the read and write paths, as their client
+/// spans describe them.
+static HGET: RedisOp = RedisOp::new("HGET", "HGET");
+static BATCH_HGET: RedisOp = RedisOp::new("BATCH HGET", "BATCH HGET");
+static HSET: RedisOp = RedisOp::new("HSET", "HSET");
 
 /// Version of the cached JSON format. Bump it when [`CachedPrice`] changes
 /// shape: entries of other versions then count as misses and are rewritten.
@@ -309,14 +315,8 @@ impl PriceCache {
             None => None,
         };
         let (mut conn, tracker) = self.pool.get();
-        let raw: Option<Vec<u8>> = tracker.track(
-            redis_call(
-                "HGET",
-                "HGET",
-                conn.hget(self.keys.price(product_id), product_id),
-            )
-            .await,
-        )?;
+        let raw: Option<Vec<u8>> = tracker
+            .track(redis_call(&HGET, conn.hget(self.keys.price(product_id), product_id)).await)?;
         let lookup = Lookup::from_raw(product_id, raw, Utc::now(), self.ttl);
         self.keep(ticket, &lookup);
         Ok(lookup)
@@ -360,14 +360,8 @@ impl PriceCache {
                 })
                 .collect();
             let (mut conn, tracker) = self.pool.get();
-            let raws = tracker.track(
-                redis_call(
-                    "BATCH HGET",
-                    "BATCH HGET",
-                    self.pool.query_keyed(&mut conn, cmds),
-                )
-                .await,
-            )?;
+            let raws = tracker
+                .track(redis_call(&BATCH_HGET, self.pool.query_keyed(&mut conn, cmds)).await)?;
             let now = Utc::now();
             for ((&i, raw), ticket) in wanted.iter().zip(raws).zip(tickets) {
                 let raw: Option<Vec<u8>> = redis::from_redis_value(raw)?;
@@ -388,7 +382,7 @@ impl PriceCache {
             .pexpire(&key, self.ttl_ms() as i64)
             .ignore();
         let (mut conn, tracker) = self.pool.get();
-        tracker.track(redis_call("HSET", "HSET", pipe.query_async::<()>(&mut conn)).await)
+        tracker.track(redis_call(&HSET, pipe.query_async::<()>(&mut conn)).await)
     }
 
     /// Many entries in one round trip (on a cluster, one per hash slot, at

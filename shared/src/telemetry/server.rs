@@ -235,8 +235,9 @@ pub(crate) enum Child {
 }
 
 /// Starts a client span `name` directly under the request's server span,
-/// if that is the current span, with these attributes.
-pub(crate) fn child(name: &'static str, attributes: &[(&'static str, &'static str)]) -> Child {
+/// if that is the current span, with these `attributes` (encoded as
+/// `Span.attributes` fields, once: [`super::RedisOp`]).
+pub(crate) fn child(name: &'static str, attributes: &'static [u8]) -> Child {
     let Some(pipeline) = super::PIPELINE.get() else {
         return Child::Elsewhere;
     };
@@ -258,14 +259,7 @@ pub(crate) fn child(name: &'static str, attributes: &[(&'static str, &'static st
         SpanKind::Client,
         now_unix_nano(),
     );
-    match super::intern::encoded_attributes(attributes) {
-        Some(encoded) => record.encoded_attributes[0] = encoded,
-        None => record.attributes.extend(
-            attributes
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(*k), AttrValue::Str(Cow::Borrowed(*v)))),
-        ),
-    }
+    record.encoded_attributes[0] = attributes;
     Child::Sampled(record)
 }
 
@@ -360,17 +354,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_redis_call_in_a_request_is_a_client_span_made_without_the_registry() {
+        static HGET: crate::telemetry::RedisOp = crate::telemetry::RedisOp::new("HGET", "HGET");
         let span = price_request(true);
         let ((direct, nested, answer), span) = run_in(span, async {
-            let direct = child("HGET", &[("db.system", "redis")]);
+            let direct = child(HGET.summary, HGET.encoded());
             // Inside a `tracing` span, that span is the parent.
             let nested = {
                 let inner = tracing::debug_span!("publish");
                 let _entered = inner.enter();
-                matches!(child("XADD", &[]), Child::Elsewhere)
+                matches!(child("XADD", b""), Child::Elsewhere)
             };
             let answer: Result<u8, String> =
-                crate::telemetry::redis_call("HGET", "HGET", async { Ok(7) }).await;
+                crate::telemetry::redis_call(&HGET, async { Ok(7) }).await;
             (direct, nested, answer)
         })
         .await;
@@ -385,9 +380,8 @@ mod tests {
         assert_eq!(record.name, "HGET");
         assert_eq!(record.kind, SpanKind::Client);
         assert!(record.sampled);
-        assert_eq!(
-            record.encoded_attributes[0],
-            super::super::intern::encoded_attributes(&[("db.system", "redis")]).unwrap(),
+        assert!(
+            std::ptr::eq(record.encoded_attributes[0], HGET.encoded()),
             "its attributes, encoded once for every such call"
         );
         assert!(
@@ -424,12 +418,12 @@ mod tests {
     async fn an_unsampled_request_records_no_redis_span() {
         let span = price_request(false);
         let (unsampled, _) = run_in(span, async {
-            matches!(child("HGET", &[]), Child::Unsampled)
+            matches!(child("HGET", b""), Child::Unsampled)
         })
         .await;
         assert!(unsampled, "a parent-based sampler follows the request");
         assert!(
-            matches!(child("HGET", &[]), Child::Elsewhere),
+            matches!(child("HGET", b""), Child::Elsewhere),
             "outside a request"
         );
     }
