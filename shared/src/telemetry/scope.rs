@@ -52,8 +52,8 @@ impl<T: 'static, F> Scoped<T, F> {
 
 impl<T: 'static, F: Future> Future for Scoped<T, F> {
     /// `fut`'s, as it is: handing the value back in a tuple with it moved a
-    /// request's whole response twice more (about 100 instructions of a
-    /// cache hit, callgrind).
+    /// request's whole response twice more (about 240 instructions of an
+    /// unsampled cache hit, callgrind: 663 over export off, 426 without).
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
