@@ -292,18 +292,6 @@ fn root_decision(roots: Roots) -> HeadDecision {
     ))
 }
 
-/// The W3C `traceparent` of `context` (`00-{trace id}-{span id}-{flags}`),
-/// or `None` for an invalid one.
-pub fn traceparent_of(context: &opentelemetry::trace::SpanContext) -> Option<String> {
-    context.is_valid().then(|| {
-        super::record::traceparent(
-            u128::from_be_bytes(context.trace_id().to_bytes()),
-            u64::from_be_bytes(context.span_id().to_bytes()),
-            context.trace_flags().to_u8(),
-        )
-    })
-}
-
 /// Runs `fut` as a request head sampling dropped: the span helpers create
 /// no span inside it, and [`current_trace_context`] gives `context`. The
 /// future itself, not wrapped in another: a caller can hold it unboxed.

@@ -137,8 +137,8 @@ impl ServerSpan {
         Some(Self { record, pipeline })
     }
 
-    /// Runs `fut` (the request) inside this span; gives the span back.
-    /// `fut` is polled where [`InSpan`] is, never moved again: a handler's
+    /// Runs `fut` (the request) inside this span; [`InSpan::take_span`]
+    /// gives the span back once it is done. `fut` is polled where [`InSpan`] is, never moved again: a handler's
     /// future is large, and the `async` wrappers and the box this replaced
     /// copied it once for every level (about 200 instructions of a traced
     /// cache hit, callgrind).
