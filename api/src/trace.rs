@@ -76,7 +76,7 @@ impl RequestSpan {
 /// `traceparent`.
 pub(crate) fn answered(response: &mut Response, span: ServerSpan) {
     let traceparent = span.finish(response.status().as_u16());
-    if let Ok(value) = HeaderValue::try_from(traceparent) {
+    if let Ok(value) = HeaderValue::from_bytes(traceparent.as_bytes()) {
         response.headers_mut().insert(TRACEPARENT, value);
     }
 }

@@ -35,7 +35,7 @@ fn ready<F: Future>(f: F) -> F::Output {
 }
 
 /// One traced cache hit's telemetry; returns its `traceparent`.
-fn traced_hit() -> String {
+fn traced_hit() -> shared::telemetry::Traceparent {
     assert_eq!(head_decision(None, None), HeadDecision::Traced);
     let span = ServerSpan::start("POST", Some("/api/v1/price"), "/api/v1/price", None, None)
         .expect("span export is on");

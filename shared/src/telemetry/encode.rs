@@ -214,6 +214,14 @@ pub(crate) fn request(resource: &Resource, spans: &[SpanRecord]) -> Vec<u8> {
 /// writes when it finishes a span ([`super::export`]), so that an export
 /// request is these bytes, concatenated, behind [`request_head`].
 pub(crate) fn span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
+    if !plain_span_entry(buf, s) {
+        measured_span_entry(buf, s);
+    }
+}
+
+/// [`span_entry`] for any span: measured first ([`span_len`]), then
+/// written into room of exactly that length.
+fn measured_span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
     let len = span_len(s);
     let start = buf.len();
     buf.resize(start + len_field(2, len), 0);
@@ -225,6 +233,69 @@ pub(crate) fn span_entry(buf: &mut Vec<u8>, s: &SpanRecord) {
     if !written {
         buf.truncate(start);
     }
+}
+
+/// [`span_entry`] for a plain span: one with no attributes but its
+/// encoded ones, no events, links, `tracestate` or status message. Both
+/// spans of a traced cache hit are plain. Its length is a sum of a few
+/// field lengths, and its fields are appended as they are, with no
+/// measuring pass over attributes and events, no zeroed room and no bounds
+/// check a byte: about 290 instructions where the general path took 390
+/// (callgrind, a traced cache hit's two spans). The bytes are the general
+/// path's, field for field (tested).
+/// `false`, with nothing written, for any other span.
+fn plain_span_entry(buf: &mut Vec<u8>, s: &SpanRecord) -> bool {
+    if !(s.attributes.is_empty()
+        && s.events.is_empty()
+        && s.links.is_empty()
+        && s.trace_state.is_empty()
+        && s.status_message.is_empty())
+    {
+        return false;
+    }
+    let parent = s.parent_span_id != 0;
+    let [attributes, status_attribute] = s.encoded_attributes;
+    let status = s.status_code != 0;
+    let len = 28
+        + if parent { 10 } else { 0 }
+        + string_len(5, &s.name)
+        + 20
+        + attributes.len()
+        + status_attribute.len()
+        // Status: its code alone, a one-byte varint.
+        + if status { 4 } else { 0 }
+        + FLAGS.len();
+    buf.reserve(len_field(2, len));
+    buf.push(2 << 3 | LEN);
+    push_varint(buf, len as u64);
+    buf.extend_from_slice(&ids(s));
+    if parent {
+        buf.extend_from_slice(&parent_id(s.parent_span_id));
+    }
+    if !s.name.is_empty() {
+        buf.push(5 << 3 | LEN);
+        push_varint(buf, s.name.len() as u64);
+        buf.extend_from_slice(s.name.as_bytes());
+    }
+    buf.extend_from_slice(&kind_and_times(s));
+    buf.extend_from_slice(attributes);
+    buf.extend_from_slice(status_attribute);
+    if status {
+        // A status code is below 0x80 (it is a `u8` of 0 to 2).
+        buf.extend_from_slice(&[15 << 3 | LEN, 2, 3 << 3 | VARINT, s.status_code & 0x7f]);
+    }
+    buf.extend_from_slice(&FLAGS);
+    true
+}
+
+/// Appends `v` as a varint.
+#[inline]
+fn push_varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
 }
 
 /// One `ExportTraceServiceRequest` around `spans`, a run of
@@ -308,29 +379,48 @@ fn status_len(s: &SpanRecord) -> Option<usize> {
         .then(|| string_len(2, &s.status_message) + 1 + varint_len(u64::from(s.status_code)))
 }
 
-fn span(buf: &mut Out<'_>, s: &SpanRecord) {
-    // Fixed-size fields go in as whole arrays, keys and all: one bounds
-    // check each instead of one a byte.
+/// A span's trace id and span id fields (1 and 2), keys and all.
+fn ids(s: &SpanRecord) -> [u8; 28] {
     let mut ids = [0; 28];
     ids[..2].copy_from_slice(&[1 << 3 | LEN, 16]);
     ids[2..18].copy_from_slice(&s.trace_id.to_be_bytes());
     ids[18..20].copy_from_slice(&[2 << 3 | LEN, 8]);
     ids[20..].copy_from_slice(&s.span_id.to_be_bytes());
-    buf.put(&ids);
+    ids
+}
+
+/// A span's parent span id field (4), key and all.
+fn parent_id(id: u64) -> [u8; 10] {
+    let mut parent = [4 << 3 | LEN, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+    parent[2..].copy_from_slice(&id.to_be_bytes());
+    parent
+}
+
+/// A span's kind, start and end fields (6 to 8), keys and all.
+fn kind_and_times(s: &SpanRecord) -> [u8; 20] {
+    let mut fields = [0; 20];
+    // A kind is below 0x80: a one-byte varint.
+    fields[..3].copy_from_slice(&[6 << 3 | VARINT, s.kind as u8, 7 << 3 | FIXED64]);
+    fields[3..11].copy_from_slice(&s.start_unix_nano.to_le_bytes());
+    fields[11] = 8 << 3 | FIXED64;
+    fields[12..].copy_from_slice(&s.end_unix_nano.to_le_bytes());
+    fields
+}
+
+/// The W3C flags field (16): sampled, since only sampled spans are
+/// exported. Field 16's key is a two-byte varint.
+const FLAGS: [u8; 6] = [(16 << 3 | FIXED32) | 0x80, 1, 1, 0, 0, 0];
+
+fn span(buf: &mut Out<'_>, s: &SpanRecord) {
+    // Fixed-size fields go in as whole arrays, keys and all: one bounds
+    // check each instead of one a byte.
+    buf.put(&ids(s));
     string(buf, 3, &s.trace_state);
     if s.parent_span_id != 0 {
-        let mut parent = [4 << 3 | LEN, 8, 0, 0, 0, 0, 0, 0, 0, 0];
-        parent[2..].copy_from_slice(&s.parent_span_id.to_be_bytes());
-        buf.put(&parent);
+        buf.put(&parent_id(s.parent_span_id));
     }
     string(buf, 5, &s.name);
-    let mut kind_and_times = [0; 20];
-    // A kind is below 0x80: a one-byte varint.
-    kind_and_times[..3].copy_from_slice(&[6 << 3 | VARINT, s.kind as u8, 7 << 3 | FIXED64]);
-    kind_and_times[3..11].copy_from_slice(&s.start_unix_nano.to_le_bytes());
-    kind_and_times[11] = 8 << 3 | FIXED64;
-    kind_and_times[12..].copy_from_slice(&s.end_unix_nano.to_le_bytes());
-    buf.put(&kind_and_times);
+    buf.put(&kind_and_times(s));
     for encoded in s.encoded_attributes {
         buf.put(encoded);
     }
@@ -361,9 +451,7 @@ fn span(buf: &mut Out<'_>, s: &SpanRecord) {
         key(buf, 3, VARINT);
         varint(buf, u64::from(s.status_code));
     }
-    // W3C flags: sampled (only sampled spans are exported). Field 16's key
-    // is a two-byte varint.
-    buf.put(&[(16 << 3 | FIXED32) | 0x80, 1, 1, 0, 0, 0]);
+    buf.put(&FLAGS);
 }
 
 #[cfg(test)]
@@ -425,6 +513,59 @@ mod tests {
             }],
             status_code: if i == 0 { 0 } else { 2 },
             status_message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_plain_span_is_written_as_the_measured_path_writes_it() {
+        static ATTRIBUTES: std::sync::LazyLock<Vec<u8>> =
+            std::sync::LazyLock::new(|| span_attributes(&[("db.system", "redis")]));
+        let plain = |parent, name: String, status_code, encoded| {
+            let mut s = sample(0);
+            s.parent_span_id = parent;
+            s.name = Cow::Owned(name);
+            s.status_code = status_code;
+            s.attributes.clear();
+            s.events.clear();
+            s.links.clear();
+            if encoded {
+                s.encoded_attributes = [ATTRIBUTES.as_slice(), ATTRIBUTES.as_slice()];
+            }
+            s
+        };
+        let spans = [
+            plain(0, "POST /api/v1/price".into(), 0, true),
+            plain(7, "HGET".into(), 2, false),
+            plain(7, String::new(), 1, true),
+            // Long enough that the name's and the span's lengths take
+            // two and three bytes.
+            plain(7, "x".repeat(20_000), 0, true),
+        ];
+        for s in &spans {
+            let (mut plain, mut measured) = (vec![9], vec![9]);
+            assert!(plain_span_entry(&mut plain, s));
+            measured_span_entry(&mut measured, s);
+            assert_eq!(plain, measured, "{}", &s.name[..s.name.len().min(20)]);
+        }
+        let mut with_state = spans[0].clone();
+        with_state.trace_state = "k=v".into();
+        let mut with_message = spans[0].clone();
+        with_message.status_message = "boom".into();
+        let mut with_attribute = spans[0].clone();
+        with_attribute
+            .attributes
+            .push((Cow::Borrowed("neg"), AttrValue::Int(-3)));
+        let others = [
+            sample(0),
+            sample(1),
+            with_state,
+            with_message,
+            with_attribute,
+        ];
+        for s in &others {
+            let mut buf = Vec::new();
+            assert!(!plain_span_entry(&mut buf, s), "not plain: {s:?}");
+            assert!(buf.is_empty(), "nothing written");
         }
     }
 

@@ -62,6 +62,7 @@ mod server;
 
 pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
 pub use propagation::*;
+pub use record::Traceparent;
 pub use scope::Scoped;
 pub use server::{InSpan, ServerSpan};
 

@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use opentelemetry::trace::TraceContextExt as _;
 
 use super::layer::{Pipeline, new_span_id, new_trace_id};
-use super::record::{AttrValue, SpanEvent, SpanKind, SpanRecord, now_unix_nano};
+use super::record::{AttrValue, SpanEvent, SpanKind, SpanRecord, Traceparent, now_unix_nano};
 use super::scope::Scoped;
 
 thread_local! {
@@ -152,10 +152,10 @@ impl ServerSpan {
     /// Ends the span with the response's `status` (a 5xx marks it failed),
     /// hands it to the exporter if sampled, and returns its `traceparent`
     /// for the response.
-    pub fn finish(mut self, status: u16) -> String {
+    pub fn finish(mut self, status: u16) -> Traceparent {
         let r = &mut self.record;
         set_status(r, status);
-        let traceparent = r.traceparent();
+        let traceparent = r.traceparent_value();
         if r.sampled {
             r.end_unix_nano = now_unix_nano();
             self.pipeline.finish(&self.record);
@@ -348,8 +348,12 @@ mod tests {
         assert_eq!(r.events[0].name, "the store failed");
         assert!(r.sampled);
         let traceparent = span.finish(200);
-        assert!(traceparent.starts_with(&format!("00-{TRACE:032x}-")));
-        assert!(traceparent.ends_with("-01"));
+        assert!(
+            traceparent
+                .as_str()
+                .starts_with(&format!("00-{TRACE:032x}-"))
+        );
+        assert!(traceparent.as_str().ends_with("-01"));
     }
 
     #[tokio::test]
