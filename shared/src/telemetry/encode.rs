@@ -17,6 +17,12 @@
 //! come encoded already ([`SpanRecord::encoded_attributes`]) and are copied
 //! as they are. Encoding was 44% of what a traced cache hit's spans cost
 //! the request thread before both (`benches/spans.rs`).
+//!
+//! A plain span (attributes encoded once only; no events, links,
+//! `tracestate` or status message) skips the measuring and is appended
+//! field by field ([`plain_span_entry`]). The file is long on purpose: the
+//! two ways a span is written and the tests that decode them with the
+//! generated structs, and hold them equal byte for byte, belong together.
 
 use std::borrow::Cow;
 
