@@ -255,7 +255,9 @@ fn plain_span_entry(buf: &mut Vec<u8>, s: &SpanRecord) -> bool {
         && s.events.is_empty()
         && s.links.is_empty()
         && s.trace_state.is_empty()
-        && s.status_message.is_empty())
+        && s.status_message.is_empty()
+        // A one-byte varint (OTLP's codes are 0 to 2).
+        && s.status_code < 0x80)
     {
         return false;
     }
@@ -287,8 +289,7 @@ fn plain_span_entry(buf: &mut Vec<u8>, s: &SpanRecord) -> bool {
     buf.extend_from_slice(attributes);
     buf.extend_from_slice(status_attribute);
     if status {
-        // A status code is below 0x80 (it is a `u8` of 0 to 2).
-        buf.extend_from_slice(&[15 << 3 | LEN, 2, 3 << 3 | VARINT, s.status_code & 0x7f]);
+        buf.extend_from_slice(&[15 << 3 | LEN, 2, 3 << 3 | VARINT, s.status_code]);
     }
     buf.extend_from_slice(&FLAGS);
     true
@@ -561,12 +562,15 @@ mod tests {
         with_attribute
             .attributes
             .push((Cow::Borrowed("neg"), AttrValue::Int(-3)));
+        let mut with_long_code = spans[0].clone();
+        with_long_code.status_code = 200;
         let others = [
             sample(0),
             sample(1),
             with_state,
             with_message,
             with_attribute,
+            with_long_code,
         ];
         for s in &others {
             let mut buf = Vec::new();
