@@ -270,8 +270,7 @@ fn plain_span_entry(buf: &mut Vec<u8>, s: &SpanRecord) -> bool {
         + 20
         + attributes.len()
         + status_attribute.len()
-        // Status: its code alone, a one-byte varint.
-        + if status { 4 } else { 0 }
+        + status_len(s).map_or(0, |len| len_field(15, len))
         + FLAGS.len();
     buf.reserve(len_field(2, len));
     buf.push(2 << 3 | LEN);

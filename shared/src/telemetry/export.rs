@@ -342,26 +342,23 @@ impl ExportBody {
 /// `ExportTraceServiceResponse`; an answer without one is an error.
 async fn grpc_outcome(response: axum::http::Response<tonic::body::Body>) -> Result<(), String> {
     use http_body_util::BodyExt as _;
-    let failed = |s: tonic::Status| Err(format!("{}: {}", s.code(), s.message()));
     if !response.status().is_success() {
         return Err(format!("the collector answered HTTP {}", response.status()));
     }
-    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-        return if status.code() == tonic::Code::Ok {
-            Ok(())
-        } else {
-            failed(status)
-        };
-    }
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    match body.trailers().and_then(tonic::Status::from_header_map) {
-        Some(status) if status.code() == tonic::Code::Ok => Ok(()),
-        Some(status) => failed(status),
-        None => Err("the collector's answer has no grpc-status".to_string()),
+    let status = match tonic::Status::from_header_map(response.headers()) {
+        Some(status) => status,
+        None => response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .trailers()
+            .and_then(tonic::Status::from_header_map)
+            .ok_or("the collector's answer has no grpc-status")?,
+    };
+    match status.code() {
+        tonic::Code::Ok => Ok(()),
+        code => Err(format!("{code}: {}", status.message())),
     }
 }
 
