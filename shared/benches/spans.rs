@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use shared::config::{LogFormat, OtlpProtocol, TelemetrySettings, TraceSampler};
-use shared::telemetry::{HeadDecision, RedisOp, ServerSpan, head_decision, redis_call};
+use shared::telemetry::{
+    HeadDecision, RedisOp, ServerRoute, ServerSpan, head_decision, redis_call,
+};
 use testkit::otlp_receiver::OtlpReceiver;
 
 /// Iterations timed between two waits for the receiver: well under the
@@ -37,8 +39,14 @@ fn ready<F: Future>(f: F) -> F::Output {
 /// One traced cache hit's telemetry; returns its `traceparent`.
 fn traced_hit() -> shared::telemetry::Traceparent {
     assert_eq!(head_decision(None, None), HeadDecision::Traced);
-    let span = ServerSpan::start("POST", Some("/api/v1/price"), "/api/v1/price", None, None)
-        .expect("span export is on");
+    let span = ServerSpan::start(
+        "POST",
+        Some(ServerRoute::of("/api/v1/price")),
+        "/api/v1/price",
+        None,
+        None,
+    )
+    .expect("span export is on");
     static HGET: RedisOp = RedisOp::new("HGET", "HGET");
     let mut request = pin!(span.run(redis_call(&HGET, async { Ok::<_, String>(black_box(7u8)) })));
     black_box(ready(request.as_mut()).ok());

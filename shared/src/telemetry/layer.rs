@@ -15,6 +15,7 @@
 //! `otel.status_code` (`ERROR`, `OK`) and `otel.status_message` its status.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::Arc;
 
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
@@ -97,6 +98,22 @@ pub(crate) fn new_span_id() -> u64 {
     u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes())
 }
 
+thread_local! {
+    /// How many of the layer's spans this thread is inside (entered, not
+    /// yet exited): kept here so that [`in_recorded_span`] needs no lookup
+    /// in the registry's span stack.
+    static ENTERED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether one of the layer's spans is entered on this thread, which makes
+/// it the parent of a span created now. (A span the layer does not see
+/// never is: the layer's filter skips it when looking for a parent.) About
+/// 100 instructions cheaper than asking the dispatcher for its current
+/// span, on every traced request's Redis call.
+pub(crate) fn in_recorded_span() -> bool {
+    ENTERED.with(Cell::get) != 0
+}
+
 /// The layer; see the module docs.
 #[derive(Debug)]
 pub(crate) struct OtlpLayer {
@@ -168,6 +185,17 @@ where
             fresh: true,
         });
         span.extensions_mut().insert(record);
+    }
+
+    // A span is entered and exited on one thread: `tracing`'s guards
+    // cannot be sent, and an instrumented future enters its span only
+    // around each of its polls.
+    fn on_enter(&self, _: &Id, _: Context<'_, S>) {
+        ENTERED.with(|n| n.set(n.get().saturating_add(1)));
+    }
+
+    fn on_exit(&self, _: &Id, _: Context<'_, S>) {
+        ENTERED.with(|n| n.set(n.get().saturating_sub(1)));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {

@@ -61,6 +61,7 @@ mod scope;
 mod server;
 
 pub use export::{EXPORT_TIMEOUT, EXPORT_WARNING_EVERY};
+pub use intern::ServerRoute;
 pub use propagation::*;
 pub use record::Traceparent;
 pub use scope::Scoped;

@@ -27,11 +27,11 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use opentelemetry::trace::TraceContextExt as _;
 
+use super::intern::ServerRoute;
 use super::layer::{Pipeline, new_span_id, new_trace_id};
 use super::record::{AttrValue, SpanEvent, SpanKind, SpanRecord, Traceparent, now_unix_nano};
 use super::scope::Scoped;
@@ -70,7 +70,9 @@ pub(crate) fn route_attributes(
 /// conventions, recorded outside the `tracing` registry; see the module docs.
 pub struct ServerSpan {
     record: Box<SpanRecord>,
-    pipeline: Arc<Pipeline>,
+    /// The process's pipeline, borrowed for good: an `Arc` clone and drop
+    /// would be two atomic writes per traced request.
+    pipeline: &'static Pipeline,
 }
 
 impl ServerSpan {
@@ -81,12 +83,12 @@ impl ServerSpan {
     /// `None` when no span is recorded in this process (export off).
     pub fn start(
         method: &str,
-        route: Option<&str>,
+        route: Option<&ServerRoute>,
         path: &str,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
     ) -> Option<Self> {
-        let pipeline = super::PIPELINE.get()?.clone();
+        let pipeline: &'static Pipeline = super::PIPELINE.get()?;
         let strings = super::intern::ServerStrings::of(method, route, path);
         let name = strings.name;
         let parent = traceparent
@@ -186,7 +188,7 @@ pin_project_lite::pin_project! {
     /// once the request has answered.
     pub struct InSpan<F> {
         // Taken with the span.
-        pipeline: Option<Arc<Pipeline>>,
+        pipeline: Option<&'static Pipeline>,
         #[pin]
         scoped: Scoped<Box<SpanRecord>, F>,
     }
@@ -245,7 +247,7 @@ pub(crate) fn child(name: &'static str, attributes: &'static [u8]) -> Child {
         return Child::Elsewhere;
     };
     // A `tracing` span inside the request is the nearer parent.
-    if tracing::dispatcher::get_default(|d| d.current_span().id().is_some()) {
+    if super::layer::in_recorded_span() {
         return Child::Elsewhere;
     }
     if !pipeline.sample_child((trace, parent_id, parent_sampled, &state), name) {
@@ -311,7 +313,7 @@ mod tests {
         let flags = if sampled { "01" } else { "00" };
         ServerSpan::start(
             "POST",
-            Some("/api/v1/price"),
+            Some(ServerRoute::of("/api/v1/price")),
             "/api/v1/price",
             Some(&format!("00-{TRACE:032x}-{CLIENT_SPAN:016x}-{flags}")),
             None,
