@@ -370,9 +370,11 @@ mod tests {
                 let _entered = inner.enter();
                 matches!(child("XADD", b""), Child::Elsewhere)
             };
+            // Once that span is left, the server span is the parent again.
+            let after = matches!(child("HGET", b""), Child::Sampled(_));
             let answer: Result<u8, String> =
                 crate::telemetry::redis_call(&HGET, async { Ok(7) }).await;
-            (direct, nested, answer)
+            (direct, nested && after, answer)
         })
         .await;
         let Child::Sampled(record) = direct else {
@@ -392,7 +394,7 @@ mod tests {
         );
         assert!(
             nested,
-            "a `tracing` span inside the request is the nearer parent"
+            "a `tracing` span inside the request is the nearer parent, while it is entered"
         );
         assert_eq!(answer, Ok(7), "the call's own answer comes back");
     }
