@@ -43,25 +43,12 @@ pub struct Settings {
     /// `API_NEAR_CACHE_MAX_ENTRIES`: prices this api keeps in its own
     /// memory, kept consistent by Redis's invalidations (see
     /// `shared::cache::near`); 0 (the default) turns the near cache off.
-    /// Not with `REDIS_CLUSTER=true`.
     pub near_cache_max_entries: usize,
     /// `API_WORKER_THREADS`: the tokio runtime's worker threads; 0 (the
     /// default) means one per CPU core. Fewer helps where the api shares
     /// its cores with other busy processes (see docs/benchmarks.md,
     /// "One core each").
     pub worker_threads: usize,
-}
-
-fn near_cache_max_entries(redis: &RedisSettings) -> Result<usize, ConfigError> {
-    let n = shared::config::env_in_range("API_NEAR_CACHE_MAX_ENTRIES", 0usize, 0, 100_000_000)?;
-    if n > 0 && redis.cluster {
-        return Err(ConfigError::new(
-            "API_NEAR_CACHE_MAX_ENTRIES",
-            n.to_string(),
-            "the near cache needs one Redis server; set it to 0 with REDIS_CLUSTER=true",
-        ));
-    }
-    Ok(n)
 }
 
 fn jaeger_ui_url() -> Result<Option<String>, ConfigError> {
@@ -101,7 +88,12 @@ impl Settings {
         let redis = RedisSettings::from_env()?;
         Ok(Self {
             addr: env_or("API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
-            near_cache_max_entries: near_cache_max_entries(&redis)?,
+            near_cache_max_entries: shared::config::env_in_range(
+                "API_NEAR_CACHE_MAX_ENTRIES",
+                0usize,
+                0,
+                100_000_000,
+            )?,
             redis,
             database: DatabaseSettings::from_env()?,
             cache: CacheSettings::from_env()?,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use queue::Queues;
 use shared::cache::PriceCache;
-use shared::cache::near::NearCache;
+use shared::cache::near::{self, NearCache};
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
 use shared::store::CatalogStore;
@@ -71,11 +71,9 @@ impl AppState {
         let mut cache = PriceCache::new(pool.clone(), keys.clone(), settings.cache.ttl);
         if settings.near_cache_max_entries > 0 {
             let near = NearCache::new(settings.near_cache_max_entries, keys);
-            let client = pool
-                .resp3_client()
-                .context("API_NEAR_CACHE_MAX_ENTRIES needs one Redis server (not a cluster)")?;
+            let source = near::Source::of(&pool).context("REDIS_URL")?;
             // The task ends when the near cache is dropped with the last state.
-            tokio::spawn(shared::cache::near::track(Arc::downgrade(&near), client));
+            tokio::spawn(near::track(Arc::downgrade(&near), source));
             cache = cache.with_near(near);
         }
         Ok(AppState(Arc::new(Clients {

@@ -9,7 +9,12 @@
 //!   never asserted;
 //! - a full recalculation's writes invalidate both apis' entries;
 //! - a Redis restart flushes both near caches, which serve nothing while
-//!   Redis is away and start empty when it is back.
+//!   Redis is away and start empty when it is back;
+//! - on a Redis Cluster (three primaries, three replicas) a write on any
+//!   primary reaches both apis; a primary's death flushes both near caches,
+//!   which track the new shape once a replica has taken over, and the dead
+//!   node's return as a replica, which closes no connection, flushes them
+//!   too.
 //!
 //! The first api runs on one tokio worker thread (`API_WORKER_THREADS=1`,
 //! as `scripts/bench-read` runs it; two on a one-core machine), the second
@@ -31,7 +36,7 @@ use shared::keys::Keys;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{CatalogStore, MarketUpdates, Observed};
 use tempfile::TempDir;
-use testkit::{Processes, RedisServer, eventually, free_port, seeded_store};
+use testkit::{Processes, RedisCluster, RedisServer, eventually, free_port, seeded_store};
 
 /// A guard against a hang, never a timing check.
 const LONG: Duration = Duration::from_secs(60);
@@ -52,18 +57,33 @@ struct Fleet {
     _dir: TempDir,
 }
 
-fn common(redis: &RedisServer, db: &str) -> Vec<(&'static str, String)> {
+/// The settings naming one redis-server.
+fn on_server(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![("REDIS_URL", redis.url())]
+}
+
+/// The settings naming a Redis Cluster by its seeds.
+fn on_cluster(cluster: &RedisCluster) -> Vec<(&'static str, String)> {
     vec![
-        ("REDIS_URL", redis.url()),
+        ("REDIS_URL", cluster.seeds().join(",")),
+        ("REDIS_CLUSTER", "true".to_string()),
+    ]
+}
+
+/// The services' settings on `redis` (see [`on_server`], [`on_cluster`]).
+fn common(redis: &[(&'static str, String)], db: &str) -> Vec<(&'static str, String)> {
+    let mut envs = redis.to_vec();
+    envs.extend([
         ("REDIS_NAMESPACE", NS.to_string()),
         ("DATABASE_URL", db.to_string()),
         ("CACHE_TTL_SECS", "3600".to_string()),
         ("WORKER_METRICS_ADDR", "127.0.0.1:0".to_string()),
-    ]
+    ]);
+    envs
 }
 
 impl Fleet {
-    async fn start(redis: &RedisServer) -> Self {
+    async fn start(redis: &[(&'static str, String)]) -> Self {
         let (store, dir, db) = seeded_store(PRODUCTS).await;
         let mut fleet = Fleet {
             store,
@@ -125,6 +145,24 @@ impl Fleet {
         testkit::metric(&text, name, "")
     }
 
+    /// Both apis' `near_cache_flushes_total`.
+    async fn flushes(&self) -> [f64; 2] {
+        [
+            self.metric(0, "near_cache_flushes_total").await,
+            self.metric(1, "near_cache_flushes_total").await,
+        ]
+    }
+
+    /// Waits until both apis have flushed since [`Self::flushes`] said `before`.
+    async fn wait_flushed(&self, before: [f64; 2]) {
+        for (api, before) in before.into_iter().enumerate() {
+            eventually(LONG, "the near cache is flushed", || async {
+                self.metric(api, "near_cache_flushes_total").await > before
+            })
+            .await;
+        }
+    }
+
     async fn wait_tracking(&self, api: usize) {
         eventually(LONG, "the near cache tracks invalidations", || async {
             self.metric(api, "near_cache_tracking").await == 1.0
@@ -146,14 +184,12 @@ impl Fleet {
 }
 
 /// Writes a price for `id` straight into Redis, as another client would.
-async fn hset(redis: &RedisServer, id: &str, cents: i64) {
-    let keys = Keys::new(NS);
-    let mut conn = redis.connection().await;
+async fn hset(conn: &mut impl redis::aio::ConnectionLike, id: &str, cents: i64) {
     let _: () = redis::cmd("HSET")
-        .arg(keys.price(id))
+        .arg(Keys::new(NS).price(id))
         .arg(id)
         .arg(CachedPrice::new(id, cents, Utc::now()).encode())
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
 }
@@ -210,7 +246,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test]
 async fn a_write_by_another_client_reaches_both_apis_and_the_old_price_never_comes_back() {
     let redis = RedisServer::start().await;
-    let fleet = Fleet::start(&redis).await;
+    let fleet = Fleet::start(&on_server(&redis)).await;
+    let mut conn = redis.connection().await;
     fleet.warm("P-1").await;
     let hits_before = fleet.metric(0, "near_cache_hits_total").await
         + fleet.metric(1, "near_cache_hits_total").await;
@@ -219,7 +256,7 @@ async fn a_write_by_another_client_reaches_both_apis_and_the_old_price_never_com
     for round in 0..40 {
         let want = 100_000 + round;
         let since = Instant::now();
-        hset(&redis, "P-1", want).await;
+        hset(&mut conn, "P-1", want).await;
         delays.extend(converge(&fleet, "P-1", want, since).await);
     }
 
@@ -258,7 +295,7 @@ fn cores() -> usize {
 #[tokio::test]
 async fn api_worker_threads_sets_the_runtime_workers() {
     let redis = RedisServer::start().await;
-    let fleet = Fleet::start(&redis).await;
+    let fleet = Fleet::start(&on_server(&redis)).await;
     let cores = cores();
     assert_eq!(
         fleet.metric(0, "runtime_worker_threads").await,
@@ -275,8 +312,8 @@ async fn api_worker_threads_sets_the_runtime_workers() {
 #[tokio::test]
 async fn a_full_recalculation_invalidates_what_both_apis_hold() {
     let redis = RedisServer::start().await;
-    let mut fleet = Fleet::start(&redis).await;
-    let mut envs = common(&redis, &fleet.db);
+    let mut fleet = Fleet::start(&on_server(&redis)).await;
+    let mut envs = common(&on_server(&redis), &fleet.db);
     envs.push(("WORKER_CONCURRENCY", "2".to_string()));
     fleet.procs.spawn(&bin("worker"), "worker", &envs);
     let ids: Vec<String> = (1..=10).map(|i| format!("P-{i}")).collect();
@@ -339,19 +376,13 @@ async fn a_redis_restart_flushes_both_near_caches() {
     // Persistent: the prices are still in Redis after the restart, so only
     // the near caches' flush decides where the first answer comes from.
     let mut redis = RedisServer::start_persistent().await;
-    let fleet = Fleet::start(&redis).await;
+    let fleet = Fleet::start(&on_server(&redis)).await;
     fleet.warm("P-1").await;
-    let mut flushes = [0.0; 2];
-    for (api, f) in flushes.iter_mut().enumerate() {
-        *f = fleet.metric(api, "near_cache_flushes_total").await;
-    }
+    let flushes = fleet.flushes().await;
 
     redis.stop();
-    for (api, before) in flushes.into_iter().enumerate() {
-        eventually(LONG, "the near cache is flushed", || async {
-            fleet.metric(api, "near_cache_flushes_total").await > before
-        })
-        .await;
+    fleet.wait_flushed(flushes).await;
+    for api in 0..2 {
         assert_eq!(fleet.metric(api, "near_cache_tracking").await, 0.0);
         // Bypassed: with Redis away the answer comes from the catalog.
         assert_eq!(fleet.price(api, "P-1").await.1, "database");
@@ -370,5 +401,119 @@ async fn a_redis_restart_flushes_both_near_caches() {
             "the first answer after the restart came from a near cache that was not flushed"
         );
     }
+    fleet.procs.stop();
+}
+
+/// The ids of `PRODUCTS`, one whose price hash each primary holds, with
+/// that primary's port.
+async fn one_per_primary(cluster: &RedisCluster) -> Vec<(String, u16)> {
+    let keys = Keys::new(NS);
+    let mut found: Vec<(String, u16)> = Vec::new();
+    for i in 1..=PRODUCTS {
+        let id = format!("P-{i}");
+        let port = cluster.primary_of(&keys.price(&id)).await;
+        if found.iter().all(|(_, p)| *p != port) {
+            found.push((id, port));
+        }
+    }
+    found
+}
+
+/// How many clients of the node on `port` track keys in broadcast mode
+/// (`CLIENT LIST` flags `B`); 0 when it does not answer.
+async fn broadcast_trackers(port: u16) -> usize {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    list.lines()
+        .filter(|client| {
+            client
+                .split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('B')))
+        })
+        .count()
+}
+
+/// Waits until each api tracks every node, replicas included: two
+/// broadcast-tracking clients on each.
+async fn wait_every_node_tracked(cluster: &RedisCluster) {
+    eventually(LONG, "both apis track every node", || async {
+        for port in cluster.ports() {
+            if broadcast_trackers(port).await != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_every_node_invalidates_and_a_change_of_shape_flushes() {
+    let mut cluster = RedisCluster::start().await;
+    let fleet = Fleet::start(&on_cluster(&cluster)).await;
+    let mut conn = cluster.connection().await;
+    let ids = one_per_primary(&cluster).await;
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // Replicas too: a replica pushes the invalidations of the writes it
+    // applies, so one promoted by a failover is tracked before its first.
+    wait_every_node_tracked(&cluster).await;
+
+    // A write on any primary reaches both apis.
+    let since = Instant::now();
+    for (round, (id, _)) in ids.iter().enumerate() {
+        fleet.warm(id).await;
+        let want = 200_000 + round as i64;
+        hset(&mut conn, id, want).await;
+        converge(&fleet, id, want, since).await;
+    }
+
+    // A primary dies: both near caches are flushed, and once a replica has
+    // taken over they track the new shape, the promoted replica included.
+    let (dead_id, dead_port) = ids[0].clone();
+    let flushes = fleet.flushes().await;
+    cluster.kill(dead_port);
+    fleet.wait_flushed(flushes).await;
+    cluster.wait_healthy().await;
+    for api in 0..2 {
+        fleet.wait_tracking(api).await;
+    }
+    let mut conn = cluster.connection().await;
+    let want = 300_000;
+    let since = Instant::now();
+    fleet.warm(&dead_id).await;
+    hset(&mut conn, &dead_id, want).await;
+    converge(&fleet, &dead_id, want, since).await;
+
+    // The dead node comes back as a replica: no connection is lost, but
+    // the shape changed, so both flush and track it too.
+    let (other, _) = &ids[1];
+    fleet.warm(other).await;
+    let flushes = fleet.flushes().await;
+    cluster.restart(dead_port).await;
+    cluster.wait_healthy().await;
+    fleet.wait_flushed(flushes).await;
+    for api in 0..2 {
+        fleet.wait_tracking(api).await;
+        let hits = fleet.metric(api, "near_cache_hits_total").await;
+        assert_eq!(fleet.price(api, other).await.1, "cache");
+        assert_eq!(
+            fleet.metric(api, "near_cache_hits_total").await,
+            hits,
+            "api {api}: an entry read before the shape changed was served"
+        );
+    }
+    wait_every_node_tracked(&cluster).await;
+    let want = 400_000;
+    let since = Instant::now();
+    fleet.warm(other).await;
+    hset(&mut conn, other, want).await;
+    converge(&fleet, other, want, since).await;
     fleet.procs.stop();
 }

@@ -148,20 +148,3 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         assert!(stderr.contains(var), "{var}: {stderr}");
     }
 }
-
-#[test]
-fn a_near_cache_on_a_redis_cluster_is_refused_at_startup() {
-    let out = Command::new(env!("CARGO_BIN_EXE_api"))
-        .args(["seed", "--products", "1"])
-        .env("REDIS_CLUSTER", "true")
-        .env("API_NEAR_CACHE_MAX_ENTRIES", "1000")
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a near cache on a cluster was accepted"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("API_NEAR_CACHE_MAX_ENTRIES"), "{stderr}");
-    assert!(stderr.contains("REDIS_CLUSTER"), "{stderr}");
-}

@@ -355,18 +355,22 @@ impl RedisPool {
         })
     }
 
-    /// A client of the same server speaking RESP3, for connections that
-    /// receive pushes (the near cache's invalidations); `None` on a cluster.
-    pub fn resp3_client(&self) -> Option<redis::Client> {
-        let Clients::Single(client) = &self.inner.clients else {
-            return None;
+    /// Clients speaking RESP3, for connections that receive pushes (the
+    /// near cache's invalidations): of the one server, or of each cluster
+    /// seed. Each keeps its URL's credentials and TLS roots.
+    pub fn resp3_clients(&self) -> redis::RedisResult<Vec<redis::Client>> {
+        let resp3 = |client: &redis::Client| {
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            redis::Client::open(info.set_redis_settings(settings))
         };
-        let info = client.get_connection_info().clone();
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(resp3)).ok()
+        match &self.inner.clients {
+            Clients::Single(client) => Ok(vec![resp3(client)?]),
+            Clients::Cluster { seeds, .. } => seeds.iter().map(resp3).collect(),
+        }
     }
 
     /// A new pub/sub connection (subscriptions need a connection of their

@@ -5,7 +5,8 @@
 //! capped the whole fleet of apis. With the near cache a hit is answered
 //! from this process's memory; Redis only tells it what changed.
 //!
-//! **How it stays right.** [`track`] keeps one RESP3 connection with
+//! **How it stays right.** [`track`] keeps a RESP3 connection (one per node
+//! on a cluster) with
 //! `CLIENT TRACKING ON BCAST PREFIX {ns}:prices:`: Redis then pushes an
 //! `invalidate` message naming the price hash of every write to one, by
 //! anyone (a recalculation, an event-driven update, `redis-cli HSET`), and
@@ -21,9 +22,9 @@
 //! - an invalidation costs one atomic increment, however many entries the
 //!   bucket holds.
 //!
-//! **Correctness before speed.** While the tracking connection is down
-//! (Redis restarting, a network cut, not yet connected) the near cache is
-//! flushed and bypassed: every read goes to Redis as before. A cut that
+//! **Correctness before speed.** While a tracking connection is down
+//! (Redis restarting, a network cut, not yet connected; see [`track`]) the
+//! near cache is flushed and bypassed: every read goes to Redis as before. A cut that
 //! closes no socket is found by a `PING` every [`PING_EVERY`] (bounded by
 //! [`PING_TIMEOUT`]); until then an entry whose invalidation was lost may
 //! be served, at most that long. Entries also obey the cache TTL exactly:
@@ -38,12 +39,11 @@
 //! `near_cache_flushes_total`, and the gauges `near_cache_entries` and
 //! `near_cache_tracking` (1 while invalidations are being received).
 //!
-//! A Redis Cluster is not supported: tracking is per node, and a node's
-//! failover would need re-tracking on the new primary; the api refuses a
-//! near cache together with `REDIS_CLUSTER=true`.
+//! On a Redis Cluster every node that serves slots is tracked, and a change
+//! of the cluster's shape flushes the cache ([`track`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -53,10 +53,13 @@ use redis::{PushInfo, PushKind, Value};
 
 use crate::cache::CachedPrice;
 use crate::keys::{Keys, PRICE_BUCKETS, price_bucket_of};
-use crate::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY};
 
-/// How often the tracking connection is checked with a `PING`: the longest
-/// a silent network cut can go unnoticed, together with [`PING_TIMEOUT`].
+mod track;
+pub use track::{Source, track};
+
+/// How often each tracking connection is checked with a `PING` (and a
+/// cluster's shape read again): the longest a silent network cut or a
+/// change of shape can go unnoticed, together with [`PING_TIMEOUT`].
 pub const PING_EVERY: Duration = Duration::from_millis(500);
 
 /// How long a `PING` of the tracking connection may take before the
@@ -291,102 +294,6 @@ fn describe() {
         "near_cache_tracking",
         "1 while the near cache receives invalidations and serves, else 0"
     );
-}
-
-/// Keeps `near` tracking: connects with RESP3, turns on `CLIENT TRACKING`
-/// in broadcast mode for the price hashes, applies every invalidation, and
-/// on any loss flushes and bypasses the cache, then reconnects with
-/// exponential backoff. Returns when the near cache is dropped.
-pub async fn track(near: Weak<NearCache>, client: redis::Client) {
-    let mut delay = INITIAL_RECONNECT_DELAY;
-    loop {
-        let Some(prefix) = near.upgrade().map(|n| n.keys.price_prefix().to_string()) else {
-            return;
-        };
-        match connect(&client, &prefix).await {
-            Ok((conn, pushes)) => {
-                delay = INITIAL_RECONNECT_DELAY;
-                tracing::info!("near cache: tracking price invalidations");
-                let lost = follow(&near, conn, pushes).await;
-                let Some(n) = near.upgrade() else { return };
-                n.set_live(false);
-                tracing::warn!(reason = %lost, "near cache: tracking lost; flushed, bypassed until it is back");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "near cache: cannot track invalidations");
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-    }
-}
-
-type Pushes = tokio::sync::mpsc::UnboundedReceiver<PushInfo>;
-
-/// A RESP3 connection with broadcast tracking of `prefix` turned on.
-async fn connect(
-    client: &redis::Client,
-    prefix: &str,
-) -> redis::RedisResult<(redis::aio::MultiplexedConnection, Pushes)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let config = redis::AsyncConnectionConfig::new()
-        .set_push_sender(tx)
-        .set_connection_timeout(Some(PING_TIMEOUT * 4))
-        .set_response_timeout(Some(PING_TIMEOUT));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    redis::cmd("CLIENT")
-        .arg("TRACKING")
-        .arg("ON")
-        .arg("BCAST")
-        .arg("PREFIX")
-        .arg(prefix)
-        .query_async::<()>(&mut conn)
-        .await?;
-    Ok((conn, rx))
-}
-
-/// Serves from `near` while `conn` delivers invalidations; returns why it
-/// stopped (the connection closed, a `PING` failed, or the cache is gone).
-async fn follow(
-    near: &Weak<NearCache>,
-    mut conn: redis::aio::MultiplexedConnection,
-    mut pushes: Pushes,
-) -> String {
-    match near.upgrade() {
-        Some(n) => n.set_live(true),
-        None => return "dropped".into(),
-    }
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            push = pushes.recv() => {
-                let Some(push) = push else { return "connection closed".into() };
-                if push.kind == PushKind::Disconnection {
-                    return "connection closed".into();
-                }
-                let Some(n) = near.upgrade() else { return "dropped".into() };
-                n.apply(&push);
-            }
-            _ = ping.tick() => {
-                let Some(n) = near.upgrade() else { return "dropped".into() };
-                n.sample();
-                drop(n);
-                let answer = tokio::time::timeout(
-                    PING_TIMEOUT,
-                    redis::cmd("PING").query_async::<String>(&mut conn),
-                )
-                .await;
-                match answer {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return format!("PING failed: {e}"),
-                    Err(_) => return "PING timed out".into(),
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
