@@ -9,7 +9,8 @@
 //! to make a replica take over (`cluster-node-timeout` is 1 s, so a
 //! failover takes a few seconds), and started again on the same port and
 //! data ([`RedisCluster::restart`]), after which the old primary rejoins as
-//! a replica.
+//! a replica. [`RedisCluster::start_tls`] makes every node speak TLS only,
+//! clients, replication and cluster bus alike.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::free_port;
+use super::{RedisOptions, RedisTls, free_port, harness_client};
 use shared::config::RedisSettings;
 
 /// Nodes in the cluster: three primaries, one replica each.
@@ -35,6 +36,7 @@ struct Node {
     bus: u16,
     dir: PathBuf,
     child: Option<Child>,
+    tls: Option<RedisTls>,
 }
 
 /// Generates `mod name { single(), cluster() }` for each test function
@@ -102,7 +104,8 @@ impl TestRedis {
 /// A running Redis Cluster, killed when dropped.
 pub struct RedisCluster {
     nodes: Vec<Node>,
-    _dir: TempDir,
+    tls: Option<RedisTls>,
+    dir: TempDir,
 }
 
 /// One line of `CLUSTER NODES`, as far as the tests need it.
@@ -121,6 +124,18 @@ pub struct NodeInfo {
 impl RedisCluster {
     /// Starts six nodes and forms the cluster.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts six nodes that speak TLS only (`--tls-port`, `--tls-cluster`,
+    /// `--tls-replication`, no plain port; clients are not asked for
+    /// certificates) and forms the cluster. The seeds are `rediss://`, and
+    /// the harness's own connections trust `tls.ca_pem`.
+    pub async fn start_tls(tls: RedisTls) -> Self {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<RedisTls>) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder for the cluster");
         let mut nodes = Vec::with_capacity(NODES);
         while nodes.len() < NODES {
@@ -139,13 +154,19 @@ impl RedisCluster {
                 bus,
                 dir: node_dir,
                 child: None,
+                tls: tls.clone(),
             };
             if node.spawn_and_wait().await {
                 nodes.push(node);
             }
         }
-        let cluster = Self { nodes, _dir: dir };
+        let cluster = Self { nodes, tls, dir };
         let mut create = Command::new("redis-cli");
+        if let Some(tls) = &cluster.tls {
+            let ca = cluster.dir.path().join("ca.crt");
+            std::fs::write(&ca, &tls.ca_pem).expect("write the CA file");
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
@@ -167,9 +188,14 @@ impl RedisCluster {
 
     /// Every node's URL: the seed list a client starts from.
     pub fn seeds(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect()
     }
 
@@ -185,17 +211,25 @@ impl RedisCluster {
 
     /// A cluster connection for assertions.
     pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
-        redis::cluster::ClusterClient::new(self.seeds())
-            .expect("cluster client")
-            .get_async_connection()
-            .await
-            .expect("connect to the test cluster")
+        let builder = redis::cluster::ClusterClient::builder(self.seeds());
+        match &self.tls {
+            Some(tls) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(tls.ca_pem.clone().into_bytes()),
+            }),
+            None => builder,
+        }
+        .build()
+        .expect("cluster client")
+        .get_async_connection()
+        .await
+        .expect("connect to the test cluster")
     }
 
     /// `CLUSTER NODES` as a live node sees it.
     pub async fn topology(&self) -> Vec<NodeInfo> {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            if let Some(text) = node_query::<String>(n.port, &["CLUSTER", "NODES"]).await {
+            if let Some(text) = n.query::<String>(&["CLUSTER", "NODES"]).await {
                 return parse_nodes(&text);
             }
         }
@@ -220,8 +254,9 @@ impl RedisCluster {
     pub async fn subscribers(&self, channel: &str) -> u64 {
         let mut total = 0;
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            if let Some(v) =
-                node_query::<Vec<(String, u64)>>(n.port, &["PUBSUB", "NUMSUB", channel]).await
+            if let Some(v) = n
+                .query::<Vec<(String, u64)>>(&["PUBSUB", "NUMSUB", channel])
+                .await
             {
                 total += v.first().map_or(0, |(_, n)| *n);
             }
@@ -288,20 +323,15 @@ impl RedisCluster {
     }
 
     async fn is_healthy(&self) -> bool {
-        let live: Vec<u16> = self
-            .nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.port)
-            .collect();
-        for port in &live {
-            let Some(info) = node_query::<String>(*port, &["CLUSTER", "INFO"]).await else {
+        let live: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+        for node in &live {
+            let Some(info) = node.query::<String>(&["CLUSTER", "INFO"]).await else {
                 return false;
             };
             if !info.contains("cluster_state:ok") {
                 return false;
             }
-            let Some(repl) = node_query::<String>(*port, &["INFO", "replication"]).await else {
+            let Some(repl) = node.query::<String>(&["INFO", "replication"]).await else {
                 return false;
             };
             if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
@@ -311,7 +341,7 @@ impl RedisCluster {
         let topology = self.topology().await;
         let covered: u32 = topology
             .iter()
-            .filter(|n| n.primary && !n.failed && live.contains(&n.port))
+            .filter(|n| n.primary && !n.failed && live.iter().any(|l| l.port == n.port))
             .flat_map(|n| n.slots.iter())
             .map(|(a, b)| u32::from(*b) - u32::from(*a) + 1)
             .sum();
@@ -333,10 +363,9 @@ impl Node {
     async fn spawn_and_wait(&mut self) -> bool {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let mut child = Command::new(bin)
-            .arg("--port")
-            .arg(self.port.to_string())
             .arg("--cluster-port")
             .arg(self.bus.to_string())
+            .args(self.listen())
             .args([
                 "--cluster-enabled",
                 "yes",
@@ -359,7 +388,7 @@ impl Node {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if node_query::<String>(self.port, &["PING"]).await.is_some() {
+            if self.query::<String>(&["PING"]).await.is_some() {
                 self.child = Some(child);
                 return true;
             }
@@ -376,23 +405,61 @@ impl Node {
             let _ = child.wait();
         }
     }
-}
 
-/// Sends one command to one node (not through the cluster); `None` on any error.
-async fn node_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Option<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_response_timeout(Some(Duration::from_millis(1_000)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .ok()?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
+    /// The options that make it listen on its port: plain, or TLS only
+    /// with its certificate files written to its folder.
+    fn listen(&self) -> Vec<std::ffi::OsString> {
+        let port = self.port.to_string();
+        let Some(tls) = &self.tls else {
+            return vec!["--port".into(), port.into()];
+        };
+        let mut args: Vec<std::ffi::OsString> = ["--port", "0", "--tls-port", &port]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        for (option, name, pem) in [
+            ("--tls-cert-file", "server.crt", &tls.cert_pem),
+            ("--tls-key-file", "server.key", &tls.key_pem),
+            ("--tls-ca-cert-file", "ca.crt", &tls.ca_pem),
+        ] {
+            let path = self.dir.join(name);
+            std::fs::write(&path, pem).expect("write the TLS files");
+            args.extend([option.into(), path.into_os_string()]);
+        }
+        for option in [
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ] {
+            args.push(option.into());
+        }
+        args
     }
-    cmd.query_async(&mut conn).await.ok()
+
+    /// Sends one command to this node (not through the cluster); `None` on
+    /// any error.
+    async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> Option<T> {
+        let options = RedisOptions {
+            tls: self.tls.clone(),
+            ..RedisOptions::default()
+        };
+        let client = harness_client(self.port, &options);
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(1_000)));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await.ok()
+    }
 }
 
 /// Parses `CLUSTER NODES`.

@@ -181,7 +181,7 @@ fn url_of(port: u16, options: &RedisOptions) -> String {
 }
 
 /// A client of the test server for the harness itself, trusting its CA.
-fn harness_client(port: u16, options: &RedisOptions) -> redis::Client {
+pub(crate) fn harness_client(port: u16, options: &RedisOptions) -> redis::Client {
     let url = url_of(port, options);
     match &options.tls {
         None => redis::Client::open(url),

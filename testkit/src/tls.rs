@@ -1,8 +1,8 @@
 //! A certificate authority made for one test, which no system trusts, for
-//! servers that the tests start with TLS (PostgreSQL, the market-data
-//! feed stub).
+//! servers that the tests start with TLS (redis-server, a Redis Cluster,
+//! PostgreSQL, the market-data feed stub).
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// A self-signed CA that issues server certificates.
 pub struct TestCa {
@@ -26,6 +26,12 @@ impl TestCa {
     pub fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: with rcgen's default name on both, OpenSSL
+        // (redis-server, redis-cli) takes a leaf for self-signed and
+        // refuses it; rustls does not look.
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "testkit CA");
         let key = KeyPair::generate().expect("CA key");
         Self {
             issuer: CertifiedIssuer::self_signed(params, key).expect("self-signed CA"),
@@ -42,10 +48,11 @@ impl TestCa {
     pub fn issue(&self, names: &[&str]) -> Issued {
         let key = KeyPair::generate().expect("leaf key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .expect("leaf params")
-            .signed_by(&key, &self.issuer)
-            .expect("sign the leaf");
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "testkit server");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign the leaf");
         Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),

@@ -1,13 +1,16 @@
-//! `rediss://` verified against the system's roots plus `REDIS_CA_FILE`.
+//! `rediss://` verified against the system's roots plus `REDIS_CA_FILE`,
+//! on one server and on a Redis Cluster that speaks TLS only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use shared::cache::near::{self, NearCache};
 use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::config::RedisSettings;
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
-use testkit::{RedisOptions, RedisServer, RedisTls, TestCa};
+use testkit::{RedisCluster, RedisOptions, RedisServer, RedisTls, TestCa, eventually};
 
 #[tokio::test]
 async fn rediss_trusts_the_ca_file_and_a_wrong_ca_is_one_error_at_start() {
@@ -82,4 +85,94 @@ async fn an_unreachable_tls_server_does_not_stop_a_service_from_starting() {
     let settings = RedisSettings::for_url(format!("rediss://127.0.0.1:{port}"), "tls");
     let pool = RedisPool::open(&settings).await.unwrap();
     assert!(pool.ping_all().await.is_err());
+}
+
+/// A guard against a hang, never a timing check.
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_trusted_through_the_ca_file_and_keeps_a_near_cache_right() {
+    // Arrange: three primaries and three replicas speaking TLS only, with
+    // certificates from the test's CA; the pool trusts it through
+    // REDIS_CA_FILE, and a near cache tracks every node.
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["127.0.0.1", "localhost"]);
+    let cluster = RedisCluster::start_tls(RedisTls {
+        cert_pem: leaf.cert_pem,
+        key_pem: leaf.key_pem,
+        ca_pem: ca.cert_pem(),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = dir.path().join("ca.pem");
+    std::fs::write(&trusted, ca.cert_pem()).unwrap();
+    let settings = RedisSettings {
+        ca_file: Some(trusted),
+        ..cluster.settings("tlsc")
+    };
+    settings.validate().unwrap();
+    let pool = RedisPool::open(&settings).await.unwrap();
+    let keys = Keys::new("tlsc");
+    let near = NearCache::new(100, keys.clone());
+    let source = near::Source::of(&pool).unwrap();
+    tokio::spawn(near::track(Arc::downgrade(&near), source));
+    let ttl = Duration::from_secs(3600);
+    let cache = PriceCache::new(pool, keys.clone(), ttl).with_near(near.clone());
+    eventually(LONG, "the near cache tracks every node", || async {
+        near.is_live()
+    })
+    .await;
+
+    // Products whose price hashes sit on each of the three primaries.
+    let mut ids: Vec<(String, u16)> = Vec::new();
+    for i in 1..=200 {
+        let id = format!("P-{i}");
+        let port = cluster.primary_of(&keys.price(&id)).await;
+        if ids.iter().all(|(_, p)| *p != port) {
+            ids.push((id, port));
+        }
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+
+    // Act and Assert: prices go in and out on every primary (redirections
+    // included), are then answered from the near cache, and a write by
+    // another client over TLS reaches it.
+    let mut conn = cluster.connection().await;
+    for (id, _) in &ids {
+        let entry = CachedPrice::new(id, 1_000, Utc::now());
+        cache.put(&entry).await.unwrap();
+        // Read until kept: a read whose ticket predates the put's own
+        // invalidation is, rightly, not served from memory.
+        eventually(LONG, "the price is kept in the near cache", || async {
+            assert_eq!(cache.get(id).await.unwrap(), Lookup::Hit(entry.clone()));
+            near.get(id, Utc::now()) == Some(entry.clone())
+        })
+        .await;
+
+        let newer = CachedPrice::new(id, 2_000, Utc::now());
+        let _: () = redis::cmd("HSET")
+            .arg(keys.price(id))
+            .arg(id)
+            .arg(newer.encode())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        eventually(LONG, "the write's invalidation arrives", || async {
+            near.get(id, Utc::now()).is_none()
+        })
+        .await;
+        assert_eq!(cache.get(id).await.unwrap(), Lookup::Hit(newer));
+    }
+
+    // A CA that did not issue the nodes' certificates is refused at start.
+    let stranger = dir.path().join("other.pem");
+    std::fs::write(&stranger, TestCa::new().cert_pem()).unwrap();
+    let refused = RedisSettings {
+        ca_file: Some(stranger),
+        ..cluster.settings("tlsc")
+    };
+    match RedisPool::open(&refused).await {
+        Err(e) => assert_eq!(e.setting, "REDIS_CA_FILE"),
+        Ok(_) => panic!("an untrusted cluster certificate was accepted"),
+    }
 }
