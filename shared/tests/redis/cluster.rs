@@ -1,9 +1,11 @@
 //! What the services rely on from a Redis Cluster.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt as _;
+use shared::cache::near::{self, NearCache};
 use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::keys::{Keys, hash_slot};
 use shared::redis_pool::RedisPool;
@@ -97,4 +99,65 @@ async fn a_message_published_through_any_node_reaches_a_subscriber_on_another() 
     got.sort();
     expected.sort();
     assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_the_near_cache_cannot_reach_is_left_out_and_the_cache_serves_on() {
+    // Arrange: a near cache tracking every node, holding a price from
+    // each primary.
+    let cluster = RedisCluster::start().await;
+    let pool = RedisPool::new(&cluster.settings("reach")).unwrap();
+    let keys = Keys::new("reach");
+    let near = NearCache::new(100, keys.clone());
+    tokio::spawn(near::track(
+        Arc::downgrade(&near),
+        near::Source::of(&pool).unwrap(),
+    ));
+    let cache =
+        PriceCache::new(pool, keys.clone(), Duration::from_secs(3600)).with_near(near.clone());
+    let ids = super::one_per_primary(&cluster, &keys).await;
+    let mut entries = Vec::new();
+    for id in &ids {
+        let entry = CachedPrice::new(id, 1_000, Utc::now());
+        cache.put(&entry).await.unwrap();
+        super::read_until_kept(&cache, &near, &entry).await;
+        entries.push(entry);
+    }
+
+    // Act: one replica stops answering its clients (`CLIENT PAUSE ALL`,
+    // for longer than the test) while it goes on replicating and the
+    // cluster, which talks over its bus, goes on counting it as healthy.
+    let replica = cluster
+        .topology()
+        .await
+        .into_iter()
+        .find(|n| !n.primary)
+        .unwrap()
+        .port;
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{replica}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300_000)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Assert: its unanswered PING flushes the near cache; it then tracks
+    // the other five nodes and serves again, and every primary's writes
+    // still reach it.
+    super::wait_dropped(&near, &ids[0]).await;
+    for entry in &entries {
+        super::read_until_kept(&cache, &near, entry).await;
+    }
+    for entry in &entries {
+        let newer = CachedPrice::new(&entry.product_id, 2_000, Utc::now());
+        cache.put(&newer).await.unwrap();
+        super::wait_dropped(&near, &entry.product_id).await;
+        super::read_until_kept(&cache, &near, &newer).await;
+    }
 }

@@ -87,9 +87,6 @@ async fn an_unreachable_tls_server_does_not_stop_a_service_from_starting() {
     assert!(pool.ping_all().await.is_err());
 }
 
-/// A guard against a hang, never a timing check.
-const LONG: Duration = Duration::from_secs(60);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_is_trusted_through_the_ca_file_and_keeps_a_near_cache_right() {
     // Arrange: three primaries and three replicas speaking TLS only, with
@@ -118,36 +115,19 @@ async fn a_tls_cluster_is_trusted_through_the_ca_file_and_keeps_a_near_cache_rig
     tokio::spawn(near::track(Arc::downgrade(&near), source));
     let ttl = Duration::from_secs(3600);
     let cache = PriceCache::new(pool, keys.clone(), ttl).with_near(near.clone());
-    eventually(LONG, "the near cache tracks every node", || async {
+    eventually(super::LONG, "the near cache tracks every node", || async {
         near.is_live()
     })
     .await;
-
-    // Products whose price hashes sit on each of the three primaries.
-    let mut ids: Vec<(String, u16)> = Vec::new();
-    for i in 1..=200 {
-        let id = format!("P-{i}");
-        let port = cluster.primary_of(&keys.price(&id)).await;
-        if ids.iter().all(|(_, p)| *p != port) {
-            ids.push((id, port));
-        }
-    }
-    assert_eq!(ids.len(), 3, "{ids:?}");
 
     // Act and Assert: prices go in and out on every primary (redirections
     // included), are then answered from the near cache, and a write by
     // another client over TLS reaches it.
     let mut conn = cluster.connection().await;
-    for (id, _) in &ids {
+    for id in &super::one_per_primary(&cluster, &keys).await {
         let entry = CachedPrice::new(id, 1_000, Utc::now());
         cache.put(&entry).await.unwrap();
-        // Read until kept: a read whose ticket predates the put's own
-        // invalidation is, rightly, not served from memory.
-        eventually(LONG, "the price is kept in the near cache", || async {
-            assert_eq!(cache.get(id).await.unwrap(), Lookup::Hit(entry.clone()));
-            near.get(id, Utc::now()) == Some(entry.clone())
-        })
-        .await;
+        super::read_until_kept(&cache, &near, &entry).await;
 
         let newer = CachedPrice::new(id, 2_000, Utc::now());
         let _: () = redis::cmd("HSET")
@@ -157,10 +137,7 @@ async fn a_tls_cluster_is_trusted_through_the_ca_file_and_keeps_a_near_cache_rig
             .query_async(&mut conn)
             .await
             .unwrap();
-        eventually(LONG, "the write's invalidation arrives", || async {
-            near.get(id, Utc::now()).is_none()
-        })
-        .await;
+        super::wait_dropped(&near, id).await;
         assert_eq!(cache.get(id).await.unwrap(), Lookup::Hit(newer));
     }
 

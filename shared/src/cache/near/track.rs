@@ -11,11 +11,12 @@
 //! found with `CLUSTER SLOTS` from a seed: the primaries, which take the
 //! writes, and their replicas, which apply the same writes and push the
 //! same invalidations, so that a replica promoted by a failover has been
-//! tracked before its first write. Every [`PING_EVERY`] the cluster's shape
-//! (each node and whether it is a primary) is read again; any change (a
-//! failover, a node added, removed or back) flushes the near cache and
-//! tracks the new shape. A failover can lose a primary's last writes, and
-//! the flush drops whatever was read from them.
+//! tracked before its first write (a replica that cannot be reached is
+//! left out: its primary pushes the same keys). Every [`PING_EVERY`] the
+//! cluster's shape (each node and whether it is a primary) is read again;
+//! any change (a failover, a node added, removed or back) flushes the near
+//! cache and tracks the new shape. A failover can lose a primary's last
+//! writes, and the flush drops whatever was read from them.
 
 use std::sync::Weak;
 
@@ -89,7 +90,14 @@ type PushSender = tokio::sync::mpsc::UnboundedSender<PushInfo>;
 struct Tracking {
     conns: Vec<MultiplexedConnection>,
     pushes: Pushes,
-    shape: Option<Shape>,
+    cluster: Option<Tracked>,
+}
+
+/// The shape a cluster had when it was tracked, and the host of the node
+/// the first connection is to, through which it is read again.
+struct Tracked {
+    shape: Shape,
+    asked: String,
 }
 
 /// One node of a cluster as `CLUSTER SLOTS` names it.
@@ -111,18 +119,36 @@ async fn connect(source: &Source, prefix: &str) -> redis::RedisResult<Tracking> 
         Source::Server(client) => Ok(Tracking {
             conns: vec![open(client, tx, prefix).await?],
             pushes,
-            shape: None,
+            cluster: None,
         }),
         Source::Cluster(seeds) => {
             let (seed, shape) = discover(seeds).await?;
             let mut conns = Vec::with_capacity(shape.len());
+            let mut asked = None;
             for node in &shape {
-                conns.push(open(&client_at(seed, node)?, tx.clone(), prefix).await?);
+                match open(&client_at(seed, node)?, tx.clone(), prefix).await {
+                    Ok(conn) => {
+                        asked.get_or_insert_with(|| node.host.clone());
+                        conns.push(conn);
+                    }
+                    // A replica left out costs nothing but the head start
+                    // on a failover: its primary pushes the same keys, and
+                    // its promotion changes the shape.
+                    Err(e) if !node.primary => tracing::warn!(
+                        node = %format!("{}:{}", node.host, node.port),
+                        error = %e,
+                        "near cache: cannot track a replica; left out until the cluster's shape changes"
+                    ),
+                    Err(e) => return Err(e),
+                }
             }
+            let asked = asked.ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Io, "no cluster node to track"))
+            })?;
             Ok(Tracking {
                 conns,
                 pushes,
-                shape: Some(shape),
+                cluster: Some(Tracked { shape, asked }),
             })
         }
     }
@@ -264,7 +290,7 @@ async fn follow(near: &Weak<NearCache>, tracking: Tracking) -> String {
     let Tracking {
         mut conns,
         mut pushes,
-        shape,
+        cluster,
     } = tracking;
     match near.upgrade() {
         Some(n) => n.set_live(true),
@@ -286,7 +312,7 @@ async fn follow(near: &Weak<NearCache>, tracking: Tracking) -> String {
                 let Some(n) = near.upgrade() else { return "dropped".into() };
                 n.sample();
                 drop(n);
-                if let Err(why) = check(&mut conns, shape.as_ref()).await {
+                if let Err(why) = check(&mut conns, cluster.as_ref()).await {
                     return why;
                 }
             }
@@ -296,7 +322,10 @@ async fn follow(near: &Weak<NearCache>, tracking: Tracking) -> String {
 
 /// `PING`s every connection and, on a cluster, reads its shape again
 /// through the first; `Err` says what is wrong.
-async fn check(conns: &mut [MultiplexedConnection], shape: Option<&Shape>) -> Result<(), String> {
+async fn check(
+    conns: &mut [MultiplexedConnection],
+    cluster: Option<&Tracked>,
+) -> Result<(), String> {
     for conn in conns.iter_mut() {
         let answer =
             tokio::time::timeout(PING_TIMEOUT, redis::cmd("PING").query_async::<String>(conn))
@@ -307,14 +336,11 @@ async fn check(conns: &mut [MultiplexedConnection], shape: Option<&Shape>) -> Re
             Err(_) => return Err("PING timed out".into()),
         }
     }
-    let (Some(shape), Some(first)) = (shape, conns.first_mut()) else {
+    let (Some(tracked), Some(first)) = (cluster, conns.first_mut()) else {
         return Ok(());
     };
-    // The connections are in the shape's order: the first is to its first
-    // node, the host asked.
-    let asked = shape.first().map_or("", |n| n.host.as_str()).to_string();
-    match tokio::time::timeout(PING_TIMEOUT, shape_of(first, &asked)).await {
-        Ok(Ok(now)) if &now == shape => Ok(()),
+    match tokio::time::timeout(PING_TIMEOUT, shape_of(first, &tracked.asked)).await {
+        Ok(Ok(now)) if now == tracked.shape => Ok(()),
         Ok(Ok(_)) => Err("the cluster's shape changed".into()),
         Ok(Err(e)) => Err(format!("CLUSTER SLOTS failed: {e}")),
         Err(_) => Err("CLUSTER SLOTS timed out".into()),
