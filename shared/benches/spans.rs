@@ -85,6 +85,7 @@ fn spans(c: &mut Criterion) {
         sampler: TraceSampler::ParentBasedAlwaysOn,
         batch_delay: Duration::from_millis(5),
         max_queue: 4 * CHUNK as usize,
+        max_export_batch: 512,
         log_format: LogFormat::Pretty,
         log_filter: "warn".into(),
         resource_attributes: Vec::new(),

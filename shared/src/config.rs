@@ -427,11 +427,16 @@ pub struct TelemetrySettings {
     /// kept. Defaults to `parentbased_always_on`.
     pub sampler: TraceSampler,
     /// `OTEL_BSP_SCHEDULE_DELAY` (ms, default 5,000): the longest a finished
-    /// span waits before it is sent (a full batch of 512 goes at once).
+    /// span waits before it is sent (a full batch goes at once).
     pub batch_delay: Duration,
     /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 65,536): finished spans waiting to
     /// be sent, at most; more are dropped (with a warning a minute).
     pub max_queue: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (default 512, at most
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`): spans per export request, at most. Larger
+    /// batches mean fewer requests (and wake-ups of the export thread) for
+    /// the same spans; the collector must accept the bigger messages.
+    pub max_export_batch: usize,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     pub log_format: LogFormat,
     /// `RUST_LOG`: the env-filter directive. Defaults to `info`.
@@ -558,6 +563,15 @@ impl TelemetrySettings {
             Some(raw) => parse_resource_attributes(&raw)
                 .map_err(|e| ConfigError::new("OTEL_RESOURCE_ATTRIBUTES", raw, e))?,
         };
+        let max_queue = env_in_range("OTEL_BSP_MAX_QUEUE_SIZE", 65_536, 512, 10_000_000)?;
+        let max_export_batch = env_in_range("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1, 10_000_000)?;
+        if max_export_batch > max_queue {
+            return Err(ConfigError::new(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                max_export_batch.to_string(),
+                format!("must be at most OTEL_BSP_MAX_QUEUE_SIZE ({max_queue})"),
+            ));
+        }
         Ok(Self {
             service_name: service_name_of(
                 env_opt("OTEL_SERVICE_NAME"),
@@ -568,7 +582,8 @@ impl TelemetrySettings {
             otlp_protocol: env_or("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::Grpc)?,
             sampler: TraceSampler::from_env()?,
             batch_delay: env_millis("OTEL_BSP_SCHEDULE_DELAY", 5_000, 1, 3_600_000)?,
-            max_queue: env_in_range("OTEL_BSP_MAX_QUEUE_SIZE", 65_536, 512, 10_000_000)?,
+            max_queue,
+            max_export_batch,
             log_format: env_or("LOG_FORMAT", LogFormat::Pretty)?,
             log_filter,
             resource_attributes,

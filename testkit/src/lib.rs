@@ -370,6 +370,7 @@ pub fn telemetry(service_name: &str, log_filter: &str) -> TelemetrySettings {
         sampler: Default::default(),
         batch_delay: std::time::Duration::from_secs(5),
         max_queue: 65_536,
+        max_export_batch: 512,
         log_format: LogFormat::Pretty,
         log_filter: log_filter.into(),
         resource_attributes: Vec::new(),

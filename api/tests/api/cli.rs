@@ -135,6 +135,9 @@ fn a_bad_setting_stops_startup_and_names_the_variable() {
         ("OTEL_BSP_SCHEDULE_DELAY", "0"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "plenty"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+        // Over the default queue of 65,536.
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100000"),
         ("OTEL_RESOURCE_ATTRIBUTES", "team"),
         ("OTEL_RESOURCE_ATTRIBUTES", "team=%zz"),
     ] {

@@ -52,6 +52,43 @@ async fn over_otlp_http_the_spans_a_stopping_service_holds_are_flushed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_bsp_max_export_batch_size_sends_a_full_batch_of_that_size_at_once() {
+    // Arrange: a batch delay far longer than the test, and batches of two
+    // spans; one worker thread, so that a request's spans fill one buffer.
+    let redis = RedisServer::start().await;
+    let (_store, _dir, db) = seeded_store(5).await;
+    let rx = OtlpReceiver::start().await;
+    let up = Services::start_with(
+        &redis,
+        &db,
+        &rx.endpoint(),
+        &["api"],
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+            ("API_WORKER_THREADS", "1"),
+        ],
+    )
+    .await;
+
+    // Act: price reads, each a server span and its Redis spans.
+    for id in ["P-1", "P-2", "P-3"] {
+        let body = format!(r#"{{"product_id":"{id}"}}"#);
+        assert_eq!(post(&up.api, "/api/v1/price", &body).await.status(), 200);
+    }
+
+    // Assert: spans arrive while the api runs: each full batch of two was
+    // sent at once (with the default 512 they would wait for the delay or
+    // the flush at shutdown, as the test above shows).
+    let spans = rx
+        .wait_until(LONG, |all| all.iter().any(|s| s.kind == 2))
+        .await
+        .unwrap();
+    assert!(spans.len() >= 2, "{} spans", spans.len());
+    up.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otel_service_name_renames_a_service_resource_attributes_are_sent_and_otel_sdk_disabled_exports_nothing()
  {
     let redis = RedisServer::start().await;

@@ -29,16 +29,14 @@ use super::encode;
 use super::lock;
 use super::record::SpanRecord;
 
-/// Spans per export request, as the OpenTelemetry SDK's batch processor.
-pub(crate) const MAX_EXPORT_BATCH: usize = 512;
-
 /// Most room in the queue a thread reserves at a time: it takes from the
 /// shared count once per this many spans.
 const MAX_CREDIT: usize = 64;
 
-/// What a batch's buffer holds before it grows: 512 of the api's spans
-/// take about 90 KiB.
-const BATCH_BYTES: usize = 128 * 1024;
+/// Room in a batch's buffer per span before it grows: 512 of the api's
+/// spans (the default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) take about 90 KiB,
+/// so a buffer for 512 is 128 KiB.
+const SPAN_BYTES: usize = 256;
 
 /// Sent batches' buffers kept for reuse, at most.
 const SPARE_BUFFERS: usize = 8;
@@ -52,7 +50,8 @@ fn credit_for(max: usize) -> usize {
     (max / 256).clamp(1, MAX_CREDIT)
 }
 
-/// Encoded spans, at most [`MAX_EXPORT_BATCH`]: one export request's worth.
+/// Encoded spans, at most a batch's worth (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`):
+/// one export request.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     /// [`encode::span_entry`]s, one after the other.
@@ -104,6 +103,10 @@ pub(crate) struct Queue {
     /// cannot happen today, a push from inside a push).
     fallback: Arc<Shard>,
     max: usize,
+    /// Spans per batch, at most.
+    batch: usize,
+    /// Bytes a new batch's buffer is made with.
+    batch_bytes: usize,
     /// [`credit_for`] `max`.
     credit: usize,
     /// Spans waiting plus room reserved by threads: at most `max`.
@@ -113,13 +116,17 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    pub(crate) fn new(max: usize) -> Self {
+    /// A queue of at most `max` spans, sent in batches of at most `batch`.
+    pub(crate) fn new(max: usize, batch: usize) -> Self {
+        let batch = batch.clamp(1, max.max(1));
         let fallback = Arc::new(Shard::default());
         Self {
             id: NEXT_QUEUE.fetch_add(1, Ordering::Relaxed),
             shards: Mutex::new(vec![fallback.clone()]),
             fallback,
             max,
+            batch,
+            batch_bytes: batch.saturating_mul(SPAN_BYTES),
             credit: credit_for(max),
             reserved: AtomicUsize::new(0),
             spare: Mutex::new(Vec::new()),
@@ -161,11 +168,11 @@ impl Queue {
         if batch.bytes.capacity() == 0 {
             batch.bytes = lock(&self.spare)
                 .pop()
-                .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
+                .unwrap_or_else(|| Vec::with_capacity(self.batch_bytes));
         }
         encode::span_entry(&mut batch.bytes, span);
         batch.spans += 1;
-        if batch.spans < MAX_EXPORT_BATCH {
+        if batch.spans < self.batch {
             return Pushed::Queued;
         }
         let full = std::mem::take(&mut buffer.current);
@@ -193,8 +200,8 @@ impl Queue {
         }
     }
 
-    /// Takes every thread's spans, as batches of at most
-    /// [`MAX_EXPORT_BATCH`], and forgets the shards of threads that ended.
+    /// Takes every thread's spans, as batches of at most the queue's batch
+    /// size, and forgets the shards of threads that ended.
     pub(crate) fn take(&self) -> Vec<Batch> {
         let mut batches = Vec::new();
         let mut freed = 0;
@@ -225,7 +232,7 @@ impl Queue {
     pub(crate) fn recycle(&self, mut bytes: Vec<u8>) {
         bytes.clear();
         let mut spare = lock(&self.spare);
-        if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 4 * BATCH_BYTES {
+        if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 4 * self.batch_bytes {
             spare.push(bytes);
         }
     }
@@ -248,6 +255,9 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    /// The SDK's default batch, as the services run with.
+    const MAX_EXPORT_BATCH: usize = 512;
     use crate::telemetry::encode::Resource;
     use crate::telemetry::record::SpanKind;
 
@@ -283,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_what_comes_over_its_bound_and_has_room_again_once_taken() {
-        let q = Queue::new(600);
+        let q = Queue::new(600, MAX_EXPORT_BATCH);
         let pushed: Vec<Pushed> = (0..700).map(|i| q.push(&span(i))).collect();
         assert_eq!(pushed[511], Pushed::BatchFull, "the 512th fills a batch");
         assert_eq!(
@@ -301,11 +311,30 @@ mod tests {
     }
 
     #[test]
+    fn batches_are_of_the_size_set() {
+        let q = Queue::new(65_536, 100);
+        let pushed: Vec<Pushed> = (0..250).map(|i| q.push(&span(i))).collect();
+        let full: Vec<usize> = (0..250)
+            .filter(|i| pushed[*i] == Pushed::BatchFull)
+            .collect();
+        assert_eq!(full, vec![99, 199], "the 100th and the 200th fill a batch");
+        let sizes: Vec<usize> = q.take().iter().map(|b| b.spans).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+        // Never larger than the queue, nor empty.
+        let q = Queue::new(600, 1_000);
+        assert_eq!(q.batch, 600);
+        assert_eq!(Queue::new(600, 0).batch, 1);
+    }
+
+    #[test]
     fn a_sent_batchs_buffer_is_reused_by_the_next_batch() {
-        let q = Queue::new(65_536);
+        let q = Queue::new(65_536, MAX_EXPORT_BATCH);
         assert_eq!(q.push(&span(1)), Pushed::Queued);
         let sent = q.take().remove(0);
-        assert!(sent.bytes.capacity() >= BATCH_BYTES, "made big enough");
+        assert!(
+            sent.bytes.capacity() >= MAX_EXPORT_BATCH * SPAN_BYTES,
+            "made big enough"
+        );
         let at = sent.bytes.as_ptr();
         q.recycle(sent.bytes);
         assert_eq!(q.push(&span(2)), Pushed::Queued);
@@ -320,7 +349,7 @@ mod tests {
         assert_eq!(credit_for(65_536), MAX_CREDIT);
         assert_eq!(credit_for(10_000_000), MAX_CREDIT);
         // 200 threads each queue one span and keep the rest of their step.
-        let q = Arc::new(Queue::new(512));
+        let q = Arc::new(Queue::new(512, MAX_EXPORT_BATCH));
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let hold = Arc::new(Mutex::new(hold));
         let (queued, done) = std::sync::mpsc::channel();
@@ -347,7 +376,7 @@ mod tests {
 
     #[test]
     fn every_threads_spans_are_taken_and_an_ended_threads_buffer_is_forgotten() {
-        let q = Arc::new(Queue::new(65_536));
+        let q = Arc::new(Queue::new(65_536, MAX_EXPORT_BATCH));
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let q = q.clone();

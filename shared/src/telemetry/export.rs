@@ -3,7 +3,8 @@
 //! OTLP/gRPC or OTLP/HTTP.
 //!
 //! It sends when a thread's buffer holds a full batch
-//! ([`super::buffer::MAX_EXPORT_BATCH`] spans) or every `OTEL_BSP_SCHEDULE_DELAY`, and
+//! (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, 512 unless set) or every
+//! `OTEL_BSP_SCHEDULE_DELAY`, and
 //! drops a batch it cannot send within [`EXPORT_TIMEOUT`] (one warning a
 //! minute); spans are dropped while `OTEL_BSP_MAX_QUEUE_SIZE` of them wait
 //! (also one warning a minute). A collector that is down never blocks or
@@ -42,6 +43,8 @@ pub(crate) struct ExportSettings {
     pub(crate) delay: Duration,
     /// Finished spans waiting for the export thread, at most.
     pub(crate) max_queue: usize,
+    /// Spans per export request, at most.
+    pub(crate) max_batch: usize,
     pub(crate) resource: Resource,
 }
 
@@ -75,7 +78,7 @@ impl Exporter {
         // Refuse a bad endpoint now, not on the first export.
         let transport = Transport::plan(&settings)?;
         let shared = Arc::new(Shared {
-            queue: Queue::new(settings.max_queue),
+            queue: Queue::new(settings.max_queue, settings.max_batch),
             woken: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             dropped: AtomicU64::new(0),

@@ -256,6 +256,7 @@ fn export_settings(settings: &TelemetrySettings, endpoint: &str) -> export::Expo
         protocol: settings.otlp_protocol,
         delay: settings.batch_delay,
         max_queue: settings.max_queue,
+        max_batch: settings.max_export_batch,
         resource: encode::Resource {
             attributes: resource_attributes(settings),
             scope: settings.service_name.clone(),
