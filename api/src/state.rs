@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use queue::Queues;
 use shared::cache::PriceCache;
-use shared::cache::near::{self, NearCache};
+use shared::cache::near::NearCache;
 use shared::keys::Keys;
 use shared::redis_pool::RedisPool;
 use shared::store::CatalogStore;
@@ -70,10 +70,8 @@ impl AppState {
         let workers = queue::workers::WorkerRegistry::new(pool.clone(), &settings.redis.namespace);
         let mut cache = PriceCache::new(pool.clone(), keys.clone(), settings.cache.ttl);
         if settings.near_cache_max_entries > 0 {
-            let near = NearCache::new(settings.near_cache_max_entries, keys);
-            let source = near::Source::of(&pool).context("REDIS_URL")?;
-            // The task ends when the near cache is dropped with the last state.
-            tokio::spawn(near::track(Arc::downgrade(&near), source));
+            let near = NearCache::tracking(settings.near_cache_max_entries, keys, &pool)
+                .context("REDIS_URL")?;
             cache = cache.with_near(near);
         }
         Ok(AppState(Arc::new(Clients {

@@ -410,21 +410,6 @@ async fn a_redis_restart_flushes_both_near_caches() {
     fleet.procs.stop();
 }
 
-/// The ids of `PRODUCTS`, one whose price hash each primary holds, with
-/// that primary's port.
-async fn one_per_primary(cluster: &RedisCluster) -> Vec<(String, u16)> {
-    let keys = Keys::new(NS);
-    let mut found: Vec<(String, u16)> = Vec::new();
-    for i in 1..=PRODUCTS {
-        let id = format!("P-{i}");
-        let port = cluster.primary_of(&keys.price(&id)).await;
-        if found.iter().all(|(_, p)| *p != port) {
-            found.push((id, port));
-        }
-    }
-    found
-}
-
 /// How many clients of the node on `port` track keys in broadcast mode
 /// (`CLIENT LIST` flags `B`); 0 when it does not answer.
 async fn broadcast_trackers(port: u16) -> usize {
@@ -465,7 +450,7 @@ async fn on_a_redis_cluster_every_node_invalidates_and_a_change_of_shape_flushes
     let mut cluster = RedisCluster::start().await;
     let fleet = Fleet::start(&on_cluster(&cluster)).await;
     let mut conn = cluster.connection().await;
-    let ids = one_per_primary(&cluster).await;
+    let ids = cluster.product_per_primary(NS, PRODUCTS).await;
     assert_eq!(ids.len(), 3, "{ids:?}");
     // Replicas too: a replica pushes the invalidations of the writes it
     // applies, so one promoted by a failover is tracked before its first.

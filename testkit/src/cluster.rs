@@ -249,6 +249,22 @@ impl RedisCluster {
             .expect("a primary serves every slot")
     }
 
+    /// For each primary, the first of the products `P-1`…`P-{products}`
+    /// whose cached price (its hash under `namespace`) that primary holds,
+    /// with the primary's port: a product to write on each.
+    pub async fn product_per_primary(&self, namespace: &str, products: u64) -> Vec<(String, u16)> {
+        let keys = shared::keys::Keys::new(namespace);
+        let mut found: Vec<(String, u16)> = Vec::new();
+        for i in 1..=products {
+            let id = format!("P-{i}");
+            let port = self.primary_of(&keys.price(&id)).await;
+            if found.iter().all(|(_, p)| *p != port) {
+                found.push((id, port));
+            }
+        }
+        found
+    }
+
     /// How many clients are subscribed to `channel`, over every live node
     /// (a subscriber sits on one node; a publish reaches every node's).
     pub async fn subscribers(&self, channel: &str) -> u64 {

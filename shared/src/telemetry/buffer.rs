@@ -105,8 +105,6 @@ pub(crate) struct Queue {
     max: usize,
     /// Spans per batch, at most.
     batch: usize,
-    /// Bytes a new batch's buffer is made with.
-    batch_bytes: usize,
     /// [`credit_for`] `max`.
     credit: usize,
     /// Spans waiting plus room reserved by threads: at most `max`.
@@ -126,7 +124,6 @@ impl Queue {
             fallback,
             max,
             batch,
-            batch_bytes: batch.saturating_mul(SPAN_BYTES),
             credit: credit_for(max),
             reserved: AtomicUsize::new(0),
             spare: Mutex::new(Vec::new()),
@@ -168,7 +165,7 @@ impl Queue {
         if batch.bytes.capacity() == 0 {
             batch.bytes = lock(&self.spare)
                 .pop()
-                .unwrap_or_else(|| Vec::with_capacity(self.batch_bytes));
+                .unwrap_or_else(|| Vec::with_capacity(self.batch_bytes()));
         }
         encode::span_entry(&mut batch.bytes, span);
         batch.spans += 1;
@@ -178,6 +175,11 @@ impl Queue {
         let full = std::mem::take(&mut buffer.current);
         buffer.full.push(full);
         Pushed::BatchFull
+    }
+
+    /// Bytes a new batch's buffer is made with.
+    fn batch_bytes(&self) -> usize {
+        self.batch.saturating_mul(SPAN_BYTES)
     }
 
     /// Reserves up to a step of room ([`credit_for`]); 0 when the queue is full.
@@ -232,7 +234,7 @@ impl Queue {
     pub(crate) fn recycle(&self, mut bytes: Vec<u8>) {
         bytes.clear();
         let mut spare = lock(&self.spare);
-        if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 4 * self.batch_bytes {
+        if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 4 * self.batch_bytes() {
             spare.push(bytes);
         }
     }

@@ -1,11 +1,10 @@
 //! What the services rely on from a Redis Cluster.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt as _;
-use shared::cache::near::{self, NearCache};
+use shared::cache::near::NearCache;
 use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::keys::{Keys, hash_slot};
 use shared::redis_pool::RedisPool;
@@ -108,14 +107,10 @@ async fn a_replica_the_near_cache_cannot_reach_is_left_out_and_the_cache_serves_
     let cluster = RedisCluster::start().await;
     let pool = RedisPool::new(&cluster.settings("reach")).unwrap();
     let keys = Keys::new("reach");
-    let near = NearCache::new(100, keys.clone());
-    tokio::spawn(near::track(
-        Arc::downgrade(&near),
-        near::Source::of(&pool).unwrap(),
-    ));
+    let near = NearCache::tracking(100, keys.clone(), &pool).unwrap();
     let cache =
         PriceCache::new(pool, keys.clone(), Duration::from_secs(3600)).with_near(near.clone());
-    let ids = super::one_per_primary(&cluster, &keys).await;
+    let ids = super::one_per_primary(&cluster, "reach").await;
     let mut entries = Vec::new();
     for id in &ids {
         let entry = CachedPrice::new(id, 1_000, Utc::now());

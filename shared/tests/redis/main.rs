@@ -12,7 +12,6 @@ use std::time::Duration;
 use chrono::Utc;
 use shared::cache::near::NearCache;
 use shared::cache::{CachedPrice, Lookup, PriceCache};
-use shared::keys::Keys;
 use testkit::{RedisCluster, eventually};
 
 mod cluster;
@@ -21,16 +20,10 @@ mod tls;
 /// A guard against a hang, never a timing check.
 const LONG: Duration = Duration::from_secs(60);
 
-/// Product ids, one whose price hash each primary of `cluster` holds.
-async fn one_per_primary(cluster: &RedisCluster, keys: &Keys) -> Vec<String> {
-    let mut found: Vec<(String, u16)> = Vec::new();
-    for i in 1..=200 {
-        let id = format!("P-{i}");
-        let port = cluster.primary_of(&keys.price(&id)).await;
-        if found.iter().all(|(_, p)| *p != port) {
-            found.push((id, port));
-        }
-    }
+/// Product ids, one whose price hash each primary of `cluster` holds
+/// under `namespace`.
+async fn one_per_primary(cluster: &RedisCluster, namespace: &str) -> Vec<String> {
+    let found = cluster.product_per_primary(namespace, 200).await;
     assert_eq!(found.len(), 3, "{found:?}");
     found.into_iter().map(|(id, _)| id).collect()
 }

@@ -1,11 +1,10 @@
 //! `rediss://` verified against the system's roots plus `REDIS_CA_FILE`,
 //! on one server and on a Redis Cluster that speaks TLS only.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use shared::cache::near::{self, NearCache};
+use shared::cache::near::NearCache;
 use shared::cache::{CachedPrice, Lookup, PriceCache};
 use shared::config::RedisSettings;
 use shared::keys::Keys;
@@ -110,9 +109,7 @@ async fn a_tls_cluster_is_trusted_through_the_ca_file_and_keeps_a_near_cache_rig
     settings.validate().unwrap();
     let pool = RedisPool::open(&settings).await.unwrap();
     let keys = Keys::new("tlsc");
-    let near = NearCache::new(100, keys.clone());
-    let source = near::Source::of(&pool).unwrap();
-    tokio::spawn(near::track(Arc::downgrade(&near), source));
+    let near = NearCache::tracking(100, keys.clone(), &pool).unwrap();
     let ttl = Duration::from_secs(3600);
     let cache = PriceCache::new(pool, keys.clone(), ttl).with_near(near.clone());
     eventually(super::LONG, "the near cache tracks every node", || async {
@@ -124,7 +121,7 @@ async fn a_tls_cluster_is_trusted_through_the_ca_file_and_keeps_a_near_cache_rig
     // included), are then answered from the near cache, and a write by
     // another client over TLS reaches it.
     let mut conn = cluster.connection().await;
-    for id in &super::one_per_primary(&cluster, &keys).await {
+    for id in &super::one_per_primary(&cluster, "tlsc").await {
         let entry = CachedPrice::new(id, 1_000, Utc::now());
         cache.put(&entry).await.unwrap();
         super::read_until_kept(&cache, &near, &entry).await;

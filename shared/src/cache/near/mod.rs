@@ -54,8 +54,7 @@ use redis::{PushInfo, PushKind, Value};
 use crate::cache::CachedPrice;
 use crate::keys::{Keys, PRICE_BUCKETS, price_bucket_of};
 
-mod track;
-pub use track::{Source, track};
+pub mod track;
 
 /// How often each tracking connection is checked with a `PING` (and a
 /// cluster's shape read again): the longest a silent network cut or a

@@ -18,12 +18,13 @@
 //! cache and tracks the new shape. A failover can lose a primary's last
 //! writes, and the flush drops whatever was read from them.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, PushInfo, PushKind, Value};
 
 use super::{NearCache, PING_EVERY, PING_TIMEOUT};
+use crate::keys::Keys;
 use crate::redis_pool::{INITIAL_RECONNECT_DELAY, MAX_RECONNECT_DELAY, RedisPool};
 
 /// Where [`track`] receives invalidations from.
@@ -50,6 +51,22 @@ impl Source {
             .ok_or_else(|| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Redis server"))
             })
+    }
+}
+
+impl NearCache {
+    /// A near cache of at most `capacity` entries for the price hashes of
+    /// `keys`, kept by a task that tracks `pool`'s Redis ([`track`]); the
+    /// task ends when the cache is dropped. Needs a tokio runtime.
+    pub fn tracking(
+        capacity: usize,
+        keys: Keys,
+        pool: &RedisPool,
+    ) -> redis::RedisResult<Arc<Self>> {
+        let source = Source::of(pool)?;
+        let near = Self::new(capacity, keys);
+        tokio::spawn(track(Arc::downgrade(&near), source));
+        Ok(near)
     }
 }
 
@@ -161,10 +178,7 @@ async fn open(
     tx: PushSender,
     prefix: &str,
 ) -> redis::RedisResult<MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_push_sender(tx)
-        .set_connection_timeout(Some(PING_TIMEOUT * 4))
-        .set_response_timeout(Some(PING_TIMEOUT));
+    let config = config().set_push_sender(tx);
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
@@ -179,15 +193,20 @@ async fn open(
     Ok(conn)
 }
 
+/// The timeouts of every connection the tracker opens: a node that does
+/// not answer within them counts as lost.
+fn config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(PING_TIMEOUT * 4))
+        .set_response_timeout(Some(PING_TIMEOUT))
+}
+
 /// The cluster's shape, from the first seed that answers, with that seed.
 async fn discover(seeds: &[redis::Client]) -> redis::RedisResult<(&redis::Client, Shape)> {
     let mut last = None;
     for seed in seeds {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(PING_TIMEOUT * 4))
-            .set_response_timeout(Some(PING_TIMEOUT));
         let shape = match seed
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_multiplexed_async_connection_with_config(&config())
             .await
         {
             Ok(mut conn) => shape_of(&mut conn, host_of(seed)).await,
